@@ -1,0 +1,3 @@
+from cmar.cli import main
+
+raise SystemExit(main())

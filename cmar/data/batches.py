@@ -1,0 +1,130 @@
+"""Windows -> padded tensors: the Dataset, the Batch and the DataLoader settings.
+
+A :class:`Batch` of B windows with k context frames, image side S:
+
+- ``context_images``  float (B, k, 3, S, S): frames t-k .. t-1, normalised
+- ``target_image``    float (B, 3, S, S): frame t. In ``next`` mode a model may use it only as
+  the target of the next-frame loss; in ``grounded`` mode it is also an input.
+- ``context_tokens``  long (B, k, Lc) and ``context_mask`` bool (B, k, Lc): captions t-k .. t-1
+- ``target_in``       long (B, Lt): ``[BOS] w1 .. wn``, the decoder input (target shifted right)
+- ``target_out``      long (B, Lt): ``w1 .. wn [EOS]``, what each position must predict
+- ``target_mask``     bool (B, Lt): True on real positions of ``target_out``; padding is False
+  and must be ignored by the loss (``target_out`` holds ``[PAD]`` there)
+- ``window_ids``      list of B strings ``"<story_id>:<t>"``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cmar.data.images import ImageStore, image_transform
+from cmar.data.story import Story
+from cmar.data.tokenizer import encode
+from cmar.data.windows import Window, window_id
+
+
+@dataclass
+class Batch:
+    context_images: torch.Tensor
+    target_image: torch.Tensor
+    context_tokens: torch.Tensor
+    context_mask: torch.Tensor
+    target_in: torch.Tensor
+    target_out: torch.Tensor
+    target_mask: torch.Tensor
+    window_ids: list[str]
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        moved = {
+            f.name: (value.to(device, non_blocking=non_blocking)
+                     if isinstance(value, torch.Tensor) else value)
+            for f in fields(self) for value in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    def __len__(self) -> int:
+        return len(self.window_ids)
+
+
+class WindowDataset(Dataset):
+    """Item i is window i: its frames (uint8, from the ImageStore) and caption token ids.
+
+    Captions are tokenized once here, images decoded once in the store; ``__getitem__`` only
+    indexes.
+    """
+
+    def __init__(self, stories: list[Story], windows: list[Window], store: ImageStore,
+                 tokenizer, max_tokens: int = 40):
+        self.stories = stories
+        self.windows = windows
+        self.store = store
+        self.ids = [[encode(tokenizer, c)[:max_tokens] for c in s.captions] for s in stories]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        w = self.windows[i]
+        frames = self.store.frames(w.story, range(w.t - w.k, w.t + 1))  # (k + 1, 3, S, S)
+        return {
+            "context_images": frames[:-1],
+            "target_image": frames[-1],
+            "context_ids": [self.ids[w.story][c] for c in w.context],
+            "target_ids": self.ids[w.story][w.t],
+            "window_id": window_id(self.stories[w.story].story_id, w.t),
+        }
+
+
+def _pad(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) ids and bool mask; L >= 1 even when every sequence is empty."""
+    length = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return ids, ids != pad
+
+
+class Collate:
+    """Stacks items into a :class:`Batch`; a class (not a closure) so workers can pickle it."""
+
+    def __init__(self, pad_id: int, bos_id: int, eos_id: int):
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.transform = image_transform()
+
+    def __call__(self, items: list[dict]) -> Batch:
+        b, k = len(items), len(items[0]["context_ids"])
+        context = [ids for item in items for ids in item["context_ids"]]  # B * k captions
+        context_tokens, _ = _pad(context, self.pad_id)
+        context_tokens = context_tokens.view(b, k, -1)  # (B, k, Lc)
+        target_in, _ = _pad([[self.bos_id] + it["target_ids"] for it in items], self.pad_id)
+        target_out, target_mask = _pad([it["target_ids"] + [self.eos_id] for it in items],
+                                       self.pad_id)
+        return Batch(
+            context_images=self.transform(torch.stack([it["context_images"] for it in items])),
+            target_image=self.transform(torch.stack([it["target_image"] for it in items])),
+            context_tokens=context_tokens,
+            context_mask=context_tokens != self.pad_id,
+            target_in=target_in,
+            target_out=target_out,
+            target_mask=target_mask,
+            window_ids=[it["window_id"] for it in items],
+        )
+
+
+def make_loader(dataset: WindowDataset, tokenizer, batch_size: int = 32, shuffle: bool = False,
+                seed: int = 0, num_workers: int = 2) -> DataLoader:
+    """A DataLoader with a seeded order, persistent workers and pinned memory on CUDA."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=Collate(tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id),
+    )

@@ -1,0 +1,316 @@
+"""``load_stories``: any source of image sequences with captions -> validated :class:`Story` list.
+
+Sources, all read through Hugging Face ``datasets``:
+
+- ``"shapestories"``: the embedded procedural benchmark, generated once and cached under
+  ``cache_dir`` with ``save_to_disk``, then read back like any local copy;
+- ``"storyreasoning"``: ``daniel3303/StoryReasoning`` on the hub;
+- a local folder: a ``save_to_disk`` folder or a folder of parquet files (split taken from the
+  file names, ``train-*.parquet`` / ``test-*.parquet``, as on the hub);
+- any other string: a hub dataset id.
+
+Rows in the StoryReasoning schema (an ``images`` list and a ``story`` string with ``<gdi>``
+markup) go through the markup parser; any other source names its ``images_column`` and
+``captions_column`` (a list of images and a list of caption strings of the same length).
+Every row passes the same validation; a bad row is skipped and counted, never raised on and
+never misaligned. Splits without a counterpart in the source (StoryReasoning has no validation
+split) are carved from ``train`` by story id with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import datasets
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cmar.data.markup import apply_caption_policy, parse_boxes, parse_segments
+from cmar.data.story import LoadReport, Story, StoryList, decode_image
+
+log = logging.getLogger("cmar.data")
+
+STORYREASONING_HUB_ID = "daniel3303/StoryReasoning"
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+_WS = re.compile(r"\s+")
+
+
+def carve_split(story_ids: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split row indices by story id into (kept, carved), ``fraction`` of stories carved.
+
+    The assignment depends only on the set of ids and the seed, not on row order, so the same
+    source always gives the same split.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"split fraction must be in [0, 1), got {fraction}")
+    unique = sorted(set(story_ids))
+    random.Random(seed).shuffle(unique)
+    n_carved = round(len(unique) * fraction)
+    carved_ids = set(unique[:n_carved])
+    kept = [i for i, sid in enumerate(story_ids) if sid not in carved_ids]
+    carved = [i for i, sid in enumerate(story_ids) if sid in carved_ids]
+    return kept, carved
+
+
+def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any):
+    """Open ``source`` as a ``datasets.DatasetDict`` (see the module docstring for the forms)."""
+    if source == "shapestories":
+        from cmar.data.shapestories import shapestories_on_disk
+
+        source = str(shapestories_on_disk(cache_dir=cache_dir, **shapestories))
+    elif source == "storyreasoning":
+        source = STORYREASONING_HUB_ID
+    path = Path(source).expanduser()
+    if path.exists():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_dir() and not any(path.rglob("*.parquet")):
+            raise FileNotFoundError(
+                f"{path} holds neither a save_to_disk dataset nor parquet files"
+            )
+        else:
+            loaded = datasets.load_dataset(str(path))
+    else:
+        try:
+            loaded = datasets.load_dataset(source)
+        except Exception as error:  # the hub's errors do not say what to do next
+            raise RuntimeError(
+                f"could not load {source!r} from the Hugging Face hub ({error}). "
+                "Check the id and your network, or pass a local copy: a folder written by "
+                "Dataset.save_to_disk or a folder of parquet files."
+            ) from error
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def _select_split(
+    dataset_dict, split: str, id_column: str, val_fraction: float, test_fraction: float, seed: int
+):
+    """The rows of ``split``, carving validation/test from train when the source lacks them."""
+    split = _SPLIT_ALIASES.get(split, split)
+    if split in dataset_dict:
+        rows = dataset_dict[split]
+        if split != "train":
+            return rows
+    if "train" not in dataset_dict:
+        raise KeyError(f"split {split!r} not found; the source has {list(dataset_dict)}")
+    train = dataset_dict["train"]
+    ids = _story_ids(train, id_column, "train")
+    carved: dict[str, list[int]] = {}
+    kept = list(range(len(train)))
+    for name, fraction, offset in (("test", test_fraction, 1), ("validation", val_fraction, 0)):
+        if name in dataset_dict:
+            continue
+        keep_idx, carve_idx = carve_split([ids[i] for i in kept], fraction, seed + offset)
+        carved[name] = [kept[i] for i in carve_idx]
+        kept = [kept[i] for i in keep_idx]
+    if split == "train":
+        return train.select(kept)
+    if split in carved:
+        return train.select(carved[split])
+    raise KeyError(f"split {split!r} not found; the source has {list(dataset_dict)}")
+
+
+def _story_ids(rows, id_column: str, split: str) -> list[str]:
+    if id_column in rows.column_names:
+        return [str(value) for value in rows[id_column]]
+    return [f"{split}-{i}" for i in range(len(rows))]
+
+
+def _encoded(value: Any) -> bytes | None:
+    """Image file bytes from whatever a ``datasets`` image cell holds (None if nothing)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path") and Path(value["path"]).exists():
+            return Path(value["path"]).read_bytes()
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return buffer.getvalue()
+    if isinstance(value, str) and Path(value).exists():
+        return Path(value).read_bytes()
+    return None
+
+
+def _undecoded(rows, images_column: str):
+    """Turn off automatic image decoding so corrupt images can be caught per row."""
+    feature = rows.features[images_column]
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.Image):
+        return rows.cast_column(images_column, datasets.List(datasets.Image(decode=False)))
+    if isinstance(feature, list) and feature and isinstance(feature[0], datasets.Image):
+        return rows.cast_column(images_column, datasets.List(datasets.Image(decode=False)))
+    return rows
+
+
+def _check_columns(rows, needed: dict[str, str], where: str) -> None:
+    for role, column in needed.items():
+        if column not in rows.column_names:
+            raise ValueError(
+                f"{where} has no column {column!r} (the {role}); its columns are "
+                f"{rows.column_names}. Name the right one with {role}=... "
+                f"(config: data.{role})."
+            )
+
+
+def load_stories(
+    source: str = "shapestories",
+    split: str = "train",
+    *,
+    images_column: str = "images",
+    captions_column: str | None = None,
+    id_column: str = "story_id",
+    caption_policy: str = "first_sentence",
+    max_caption_tokens: int = 32,
+    min_frames: int = 2,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    limit: int | None = None,
+    cache_dir: str | Path = "data",
+    progress: bool = True,
+    **shapestories: Any,
+) -> StoryList:
+    """Load the validated stories of one split of ``source``.
+
+    Args:
+        source: ``"shapestories"``, ``"storyreasoning"``, a hub id, or a local folder.
+        split: ``train``, ``validation`` (alias ``val``) or ``test``.
+        images_column: column holding the list of frame images.
+        captions_column: column holding the list of captions; ``None`` means the
+            StoryReasoning schema (captions parsed from the ``story`` markup).
+        caption_policy / max_caption_tokens: see :func:`cmar.data.apply_caption_policy`.
+        min_frames: stories with fewer frames are skipped (``too_short``).
+        val_fraction / test_fraction / split_seed: how missing splits are carved from train.
+        limit: keep at most this many rows of the split (after carving), for quick runs.
+        cache_dir: where ShapeStories is generated and cached.
+        **shapestories: ``n_stories``, ``seed`` and generator knobs for ``"shapestories"``.
+
+    Returns:
+        A :class:`StoryList` (a list of :class:`Story`) whose ``.report`` says how many rows
+        were read, loaded and skipped, per reason, with example story ids.
+    """
+    dataset_dict = open_source(source, cache_dir=cache_dir, **shapestories)
+    rows = _select_split(dataset_dict, split, id_column, val_fraction, test_fraction, split_seed)
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    where = f"{source}[{split}]"
+    markup = captions_column is None
+    needed = {"images_column": images_column}
+    if markup:
+        if "story" not in rows.column_names:
+            raise ValueError(
+                f"{where} has no 'story' column, so it is not in the StoryReasoning schema; "
+                f"its columns are {rows.column_names}. Pass captions_column=... (config: "
+                "data.captions_column) naming the column that holds the list of captions."
+            )
+    else:
+        needed["captions_column"] = captions_column
+    _check_columns(rows, needed, where)
+    rows = _undecoded(rows, images_column)
+
+    report = LoadReport(source=source, split=_SPLIT_ALIASES.get(split, split), rows=len(rows))
+    ids = _story_ids(rows, id_column, report.split)
+    seen: set[str] = set()
+    stories: list[Story] = []
+    for i, row in enumerate(tqdm(rows, desc=f"loading {where}", disable=not progress)):
+        story_id = ids[i]
+        if story_id in seen:
+            report.skip("duplicate_story_id", story_id)
+            continue
+        story = _validate_row(row, story_id, report, markup, images_column, captions_column,
+                              caption_policy, max_caption_tokens, min_frames)
+        if story is not None:
+            seen.add(story_id)
+            stories.append(story)
+    report.loaded = len(stories)
+    report.frames = sum(len(s) for s in stories)
+    log.info(report.summary())
+    for reason, examples in report.examples.items():
+        log.warning("skipped %d stories (%s), e.g. %s", report.skipped[reason], reason, examples)
+    return StoryList(stories, report)
+
+
+def _validate_row(
+    row: dict,
+    story_id: str,
+    report: LoadReport,
+    markup: bool,
+    images_column: str,
+    captions_column: str | None,
+    caption_policy: str,
+    max_caption_tokens: int,
+    min_frames: int,
+) -> Story | None:
+    """One row -> Story, or None after recording why it was skipped."""
+    cells = row[images_column]
+    if not isinstance(cells, list) or not cells:
+        report.skip("missing_images", story_id)
+        return None
+    images = [_encoded(cell) for cell in cells]
+    for t, data in enumerate(images):
+        try:
+            if data is None:
+                raise ValueError("no image data")
+            decode_image(data)
+        except Exception as error:
+            report.skip("corrupt_image", story_id, f"frame {t + 1}: {type(error).__name__}")
+            return None
+
+    entities: list[dict] = [{} for _ in images]
+    mentions: list[tuple] = [() for _ in images]
+    if markup:
+        frame_count = row.get("frame_count")
+        if frame_count is not None and int(frame_count) != len(images):
+            report.skip("frame_count_mismatch", story_id,
+                        f"frame_count {frame_count}, {len(images)} images")
+            return None
+        segments = parse_segments(row.get("story") or "")
+        numbers = [segment.image for segment in segments]
+        if numbers != list(range(1, len(images) + 1)):
+            report.skip("segment_count_mismatch", story_id,
+                        f"{len(segments)} segments {numbers[:25]} for {len(images)} images")
+            return None
+        texts = [segment.text for segment in segments]
+        boxes = parse_boxes(row.get("chain_of_thought") or "")
+        entities = [boxes.get(t + 1, {}) for t in range(len(images))]
+    else:
+        texts = row[captions_column]
+        if not isinstance(texts, list) or len(texts) != len(images):
+            count = len(texts) if isinstance(texts, list) else type(texts).__name__
+            report.skip("caption_count_mismatch", story_id,
+                        f"{count} captions for {len(images)} images")
+            return None
+        if not all(isinstance(text, str) for text in texts):
+            report.skip("empty_caption", story_id, "a caption is not a string")
+            return None
+        texts = [_WS.sub(" ", text).strip() for text in texts]
+
+    captions = [apply_caption_policy(text, caption_policy, max_caption_tokens) for text in texts]
+    if any(not caption for caption in captions):
+        empty = [t + 1 for t, caption in enumerate(captions) if not caption]
+        report.skip("empty_caption", story_id, f"frames {empty}")
+        return None
+    if len(images) < min_frames:
+        report.skip("too_short", story_id, f"{len(images)} frames < {min_frames}")
+        return None
+    if markup:
+        mentions = [
+            tuple(m for m in segment.mentions if m.start < len(caption))
+            for segment, caption in zip(segments, captions, strict=True)
+        ]
+    return Story(story_id=story_id, images=images, captions=captions,
+                 entities=entities, mentions=mentions)

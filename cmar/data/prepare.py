@@ -1,0 +1,98 @@
+"""One call from a :class:`cmar.config.DataConfig` to loaders: the whole data flow.
+
+``prepare_data(cfg)`` loads every split with :func:`load_stories`, trains the tokenizer on the
+training captions only (or reuses the one given, e.g. a run's), builds the windows, decodes
+the frames once into an :class:`ImageStore` per split and wraps them as datasets.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmar.config import DataConfig
+from cmar.data.batches import WindowDataset, make_loader
+from cmar.data.images import ImageStore
+from cmar.data.loading import load_stories
+from cmar.data.story import StoryList
+from cmar.data.tokenizer import train_tokenizer
+from cmar.data.windows import MODES, make_windows
+
+SPLITS = ("train", "validation", "test")
+
+
+def load_split(cfg: DataConfig, split: str, progress: bool = True) -> StoryList:
+    """The stories of one split, as the config describes them."""
+    extra = {}
+    if cfg.source == "shapestories":
+        extra = dict(n_stories=cfg.n_stories, seed=cfg.shapestories_seed,
+                     difficulty=cfg.difficulty, image_size=cfg.image_size,
+                     **cfg.shapestories_knobs)
+    return load_stories(
+        cfg.source, split, images_column=cfg.images_column, captions_column=cfg.captions_column,
+        caption_policy=cfg.caption_policy, max_caption_tokens=cfg.max_caption_tokens,
+        min_frames=cfg.k + 1, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+        split_seed=cfg.split_seed, limit=cfg.limit, cache_dir=cfg.cache_dir, progress=progress,
+        **extra,
+    )
+
+
+@dataclass
+class StoryData:
+    """Stories, windows and datasets of every split, with the tokenizer they share."""
+
+    cfg: DataConfig
+    tokenizer: object
+    stories: dict[str, StoryList] = field(default_factory=dict)
+    datasets: dict[str, WindowDataset] = field(default_factory=dict)
+
+    def loader(self, split: str, shuffle: bool | None = None, seed: int = 0,
+               batch_size: int | None = None, num_workers: int | None = None):
+        """DataLoader over the windows of ``split`` (shuffled for train unless told)."""
+        return make_loader(
+            self.datasets[split], self.tokenizer,
+            batch_size=batch_size or self.cfg.batch_size,
+            shuffle=(split == "train") if shuffle is None else shuffle, seed=seed,
+            num_workers=self.cfg.num_workers if num_workers is None else num_workers,
+        )
+
+    def summary(self) -> dict:
+        """Counts a reader checks first: stories, frames, windows, vocabulary, skipped rows."""
+        out = {"source": self.cfg.source, "k": self.cfg.k, "mode": self.cfg.mode,
+               "vocabulary": len(self.tokenizer), "splits": {}}
+        for split, stories in self.stories.items():
+            lengths = [len(s) for s in stories] or [0]
+            words = [len(c.split()) for s in stories for c in s.captions] or [0]
+            out["splits"][split] = {
+                "stories": len(stories),
+                "frames": sum(lengths),
+                "windows": len(self.datasets[split]),
+                "frames_per_story": f"{min(lengths)}-{max(lengths)} "
+                                    f"(mean {statistics.mean(lengths):.1f})",
+                "caption_words_mean": round(statistics.mean(words), 1),
+                "skipped": dict(stories.report.skipped),
+                "rows_read": stories.report.rows,
+            }
+        return out
+
+
+def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLITS,
+                 progress: bool = True) -> StoryData:
+    """Load, tokenize, window and decode every split named in ``splits``."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"data.mode must be one of {MODES}, got {cfg.mode!r}")
+    stories = {split: load_split(cfg, split, progress) for split in splits}
+    if tokenizer is None:
+        if "train" not in stories:
+            raise ValueError("without a tokenizer, the train split is needed to train one")
+        captions = (c for story in stories["train"] for c in story.captions)
+        tokenizer = train_tokenizer(captions, cfg.min_word_freq, cfg.max_vocab)
+    data = StoryData(cfg=cfg, tokenizer=tokenizer, stories=stories)
+    frame_cache = Path(cfg.cache_dir) / "frames"
+    for split, split_stories in stories.items():
+        store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress)
+        windows = make_windows(split_stories, cfg.k)
+        data.datasets[split] = WindowDataset(split_stories, windows, store, tokenizer,
+                                             max_tokens=cfg.max_tokens)
+    return data
