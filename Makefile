@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= default
+# Tests never touch the network; the demo may (only if CONFIG points at the hub).
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: demo test lint clean-data help
+
+help:
+	@echo "make demo   set up .venv and run the main job on ShapeStories"
+	@echo "make test   set up .venv with the dev extra, lint and run the test suite"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/cmar data --config $(CONFIG)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check cmar tests
+
+test: $(VENV)/.installed-dev lint
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+clean-data:
+	rm -rf data/shapestories data/frames

@@ -1,0 +1,98 @@
+"""Command line: ``cmar data`` (dataset summary), ``cmar bench loader`` (DataLoader speed).
+
+Every command takes ``--config PRESET_OR_FILE`` and any number of ``--set key.sub=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from cmar.config import load_config
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="default",
+                        help="preset name (smoke, default, storyreasoning) or YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value, e.g. data.k=4")
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"source: {summary['source']}   k={summary['k']}   mode={summary['mode']}   "
+          f"vocabulary: {summary['vocabulary']} tokens")
+    header = f"{'split':<11}{'stories':>8}{'frames':>8}{'windows':>9}  {'frames/story':<18}"
+    print(header + f"{'words/caption':>14}  skipped")
+    for split, row in summary["splits"].items():
+        skipped = ", ".join(f"{k}={v}" for k, v in row["skipped"].items()) or "0"
+        print(f"{split:<11}{row['stories']:>8}{row['frames']:>8}{row['windows']:>9}  "
+              f"{row['frames_per_story']:<18}{row['caption_words_mean']:>14}  {skipped}")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cmar.data import prepare_data
+
+    cfg = load_config(args.config, args.overrides)
+    data = prepare_data(cfg.data)
+    summary = data.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+        example = data.datasets["train"][0]
+        story = data.stories["train"][0]
+        print(f"\nexample window {example['window_id']}:")
+        for t in range(cfg.data.k):
+            print(f"  context frame {t + 1}: {story.captions[t]}")
+        print(f"  target  frame {cfg.data.k + 1}: {story.captions[cfg.data.k]}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cmar.bench import bench_loader
+    from cmar.data import prepare_data
+
+    cfg = load_config(args.config, args.overrides)
+    data = prepare_data(cfg.data, splits=("train",), progress=False)
+    for workers in args.workers:
+        print(json.dumps(bench_loader(data, batches=args.batches, repeats=args.repeats,
+                                      num_workers=workers)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmar", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="load every split and print the dataset summary")
+    _add_config_args(data)
+    data.add_argument("--json", action="store_true", help="print the summary as JSON")
+    data.set_defaults(run=cmd_data)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench.add_argument("target", choices=["loader"], help="what to measure")
+    _add_config_args(bench)
+    bench.add_argument("--batches", type=int, default=50)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                       help="DataLoader worker counts to compare side by side")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"cmar: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

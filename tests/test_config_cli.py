@@ -1,0 +1,67 @@
+"""Presets, overrides, the `cmar data` summary and the data pipeline from a config."""
+
+import json
+import re
+
+import pytest
+
+from cmar.cli import main
+from cmar.config import Config, load_config, save_config
+from cmar.data import prepare_data
+
+
+def test_presets_load_and_overrides_apply():
+    for preset in ("smoke", "default", "storyreasoning"):
+        assert isinstance(load_config(preset), Config)
+    cfg = load_config("smoke", ["data.k=4", "seed=7", "data.limit=null", "data.mode=grounded"])
+    assert (cfg.data.k, cfg.seed, cfg.data.limit, cfg.data.mode) == (4, 7, None, "grounded")
+
+
+def test_unknown_keys_are_errors_not_silently_ignored():
+    with pytest.raises(KeyError, match="unknown config key.*'kk'"):
+        load_config("smoke", ["data.kk=4"])
+    with pytest.raises(FileNotFoundError, match="presets"):
+        load_config("no-such-preset")
+
+
+def test_saved_config_reads_back_identically(tmp_path):
+    cfg = load_config("smoke", ["data.k=2"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_cmar_data_prints_the_summary(shapes_cache, capsys):
+    code = main(["data", "--config", "smoke", "--set", f"data.cache_dir={shapes_cache}",
+                 "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    splits = summary["splits"]
+    assert sum(s["stories"] for s in splits.values()) == 60
+    for s in splits.values():
+        assert s["windows"] > 0 and s["skipped"] == {}
+    assert summary["vocabulary"] > 20
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys):
+    assert main(["data", "--config", "smoke", "--set", "data.mode=sideways"]) == 2
+    assert "data.mode must be one of" in capsys.readouterr().err
+
+
+def test_prepare_data_batches_have_the_documented_shapes(shapes_cache):
+    cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}"]).data
+    data = prepare_data(cfg, progress=False)
+    batch = next(iter(data.loader("train")))
+    b, k, s = cfg.batch_size, cfg.k, cfg.image_size
+    assert batch.context_images.shape == (b, k, 3, s, s)
+    assert batch.target_image.shape == (b, 3, s, s)
+    assert batch.context_tokens.shape[:2] == (b, k)
+    assert batch.target_in.shape == batch.target_out.shape == batch.target_mask.shape
+    # the tokenizer is trained on training captions only: a word seen only outside train
+    # is not in the vocabulary
+    def words(split):
+        return {w.lower() for st in data.stories[split] for c in st.captions
+                for w in re.findall(r"\w+", c)}
+
+    vocab = data.tokenizer.get_vocab()
+    assert words("train") <= set(vocab)
+    assert not (words("validation") | words("test")) - words("train") & set(vocab)
