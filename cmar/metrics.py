@@ -77,3 +77,12 @@ def caption_scores(
     scores["CIDEr"] = float(cider)
     scores["ROUGE-L"] = float(rouge)
     return scores
+
+
+def exact_match(predictions: dict[str, str], references: dict[str, list[str]]) -> float:
+    """Share of items whose prediction equals one of its references after tokenization."""
+    if not predictions:
+        raise ValueError("no predictions")
+    hits = sum(simple_tokenize(predictions[key]) in {simple_tokenize(r) for r in references[key]}
+               for key in predictions)
+    return hits / len(predictions)

@@ -32,3 +32,10 @@ def test_refuses_single_items_and_mismatched_ids():
 
 def test_python_tokenizer_drops_punctuation_and_case():
     assert simple_tokenize("Ann, the RED circle walks!") == "ann the red circle walks"
+
+
+def test_exact_match_counts_whole_captions():
+    from cmar.metrics import exact_match
+
+    preds = {"a": "ann the RED circle walks to the tree", "b": "Bob", "c": "nothing"}
+    assert exact_match(preds, REFS) == pytest.approx(1 / 3)
