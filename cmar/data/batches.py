@@ -58,7 +58,7 @@ class WindowDataset(Dataset):
 
     def __init__(self, stories: list[Story], windows: list[Window], store: ImageStore,
                  tokenizer, max_tokens: int = 40):
-        self.stories = stories
+        self.story_ids = [s.story_id for s in stories]  # not the stories: workers stay light
         self.windows = windows
         self.store = store
         self.ids = [[encode(tokenizer, c)[:max_tokens] for c in s.captions] for s in stories]
@@ -74,7 +74,7 @@ class WindowDataset(Dataset):
             "target_image": frames[-1],
             "context_ids": [self.ids[w.story][c] for c in w.context],
             "target_ids": self.ids[w.story][w.t],
-            "window_id": window_id(self.stories[w.story].story_id, w.t),
+            "window_id": window_id(self.story_ids[w.story], w.t),
         }
 
 

@@ -59,19 +59,23 @@ class ImageStore:
                 self.array = np.load(path, mmap_mode="r")
                 if self.array.shape == shape:
                     return
-        array = np.empty(shape, dtype=np.uint8)
-        frames = ((s, data) for s in stories for data in s.images)
-        for i, (_, data) in enumerate(tqdm(frames, total=total, desc="decoding frames",
-                                           disable=not progress)):
-            array[i] = self._resized(data)
-        if path is not None:
+        if path is None:
+            array = np.empty(shape, dtype=np.uint8)
+        else:  # written straight to disk: a large split never has to fit in memory
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial.npy")
-            np.save(partial, array)
+            array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        frames = (data for s in stories for data in s.images)
+        for i, data in enumerate(tqdm(frames, total=total, desc="decoding frames",
+                                      disable=not progress)):
+            array[i] = self._resized(data)
+        if path is None:
+            self.array = array
+        else:
+            array.flush()
+            del array
             os.replace(partial, path)  # atomic: readers never see half a file
             self.array = np.load(path, mmap_mode="r")
-        else:
-            self.array = array
 
     def _resized(self, data: bytes) -> np.ndarray:
         image = decode_image(data)
