@@ -44,10 +44,28 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    image_encoder: str = "small_cnn"  # "small_cnn" (CPU) | "resnet18" | "resnet34" | "resnet50"
+    pretrained: bool = False  # ResNet: ImageNet weights through torchvision's weights API
+    freeze_image_encoder: bool = False  # keep the CNN fixed (only its projection trains)
+    d_model: int = 128  # width of every representation the parts exchange
+    n_heads: int = 4  # attention heads in fusion, Transformer encoders and decoder
+    text_encoder: str = "gru"  # context captions: "gru" | "lstm" | "transformer"
+    fusion: str = "cmar"  # per frame: "cmar" | "cross" | "concat"
+    cmar_rounds: int = 2  # CMAR refinement rounds (text->image then image->text each)
+    story_encoder: str = "gru"  # over the k fused frames: "gru" | "lstm" | "transformer"
+    decoder: str = "lstm"  # "lstm" | "gru" | "transformer"
+    decoder_layers: int = 1  # layers of the decoder (and of Transformer encoders)
+    memory_tokens: bool = True  # decoder memory = story states + refined caption tokens
+    dropout: float = 0.1  # dropout inside every part
+
+
+@dataclass
 class Config:
     name: str = "run"  # run folder name under runs/
     seed: int = 0  # seeds python, numpy, torch and the data order
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 def _build(cls, values: dict[str, Any], where: str):

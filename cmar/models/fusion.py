@@ -1,0 +1,134 @@
+"""Per-frame fusion of image regions and caption words: ``concat``, ``cross`` and ``cmar``.
+
+Contract of every fusion (register yours in ``FUSIONS``; see CONTRIBUTING.md)::
+
+    fusion(regions, image, tokens, text, text_mask, return_attention=False) -> FusedFrame
+      regions   (N, R, d)  image regions of N frames        image (N, d)  their pooled vector
+      tokens    (N, L, d)  caption token states             text  (N, d)  their pooled vector
+      text_mask (N, L)     True on real tokens
+
+CMAR, with image regions V and word states W, repeats for r rounds::
+
+    W <- LayerNorm(W + g_w * Attn(W, V, V)),  g_w = sigmoid(G_w [W ; Attn(W, V, V)])
+    V <- LayerNorm(V + g_v * Attn(V, W, W)),  g_v = sigmoid(G_v [V ; Attn(V, W, W)])
+
+then pools both sides and projects ``[mean V ; mean W]`` to the frame vector. ``cross`` is one
+text-to-image pass; ``concat`` only concatenates the pooled vectors. Both ablations get a
+feed-forward block sized so their parameter count matches CMAR's (``budget``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cmar.models.registry import FUSIONS, count_parameters
+from cmar.models.sequence import masked_mean
+
+
+@dataclass
+class FusedFrame:
+    frame: torch.Tensor  # (N, d) the fused frame vector the story encoder reads
+    tokens: torch.Tensor  # (N, L, d) word states after fusion (decoder memory)
+    image: torch.Tensor  # (N, d) pooled image *before* fusion (alignment loss)
+    text: torch.Tensor  # (N, d) pooled text *before* fusion: fused vectors would see the
+    #                     other modality, making the alignment loss trivial
+    attention: torch.Tensor | None = None  # (N, rounds, L, R) word -> region weights
+
+
+class GatedAttention(nn.Module):
+    """x <- LayerNorm(x + sigmoid(G [x ; a]) * a) with a = MultiheadAttention(x, y, y)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.attend = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.gate = nn.Linear(2 * d_model, d_model)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x, y, y_mask=None):
+        """x (N, Lx, d) attends to y (N, Ly, d); returns new x and weights (N, Lx, Ly)."""
+        a, weights = self.attend(x, y, y, key_padding_mask=None if y_mask is None else ~y_mask,
+                                 need_weights=True, average_attn_weights=True)
+        g = torch.sigmoid(self.gate(torch.cat([x, a], dim=-1)))
+        return self.norm(x + g * a), weights
+
+
+class _Pool(nn.Module):
+    """[mean regions ; mean words] -> frame vector, through a feed-forward block of width
+    ``hidden`` (0 for a single projection)."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float):
+        super().__init__()
+        if hidden:
+            self.project = nn.Sequential(nn.Linear(2 * d_model, hidden), nn.GELU(),
+                                         nn.Dropout(dropout), nn.Linear(hidden, d_model))
+        else:
+            self.project = nn.Linear(2 * d_model, d_model)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, regions, tokens, text_mask):
+        pooled = torch.cat([regions.mean(1), masked_mean(tokens, text_mask)], dim=-1)
+        return self.norm(self.project(pooled))  # (N, d)
+
+
+def _hidden_for(budget: int | None, d_model: int, fixed: int) -> int:
+    """Width h of the pooling MLP that brings a fusion with ``fixed`` other parameters to
+    ``budget``: the MLP 2d -> h -> d holds h (3d + 1) + d parameters."""
+    if budget is None:
+        return 0
+    return max(1, round((budget - fixed - d_model) / (3 * d_model + 1)))
+
+
+@FUSIONS.register("cmar")
+class CMARFusion(nn.Module):
+    """Cross-Modal Attention Refinement: r rounds of text->image then image->text."""
+
+    def __init__(self, d_model: int, n_heads: int = 4, rounds: int = 2, dropout: float = 0.1,
+                 budget: int | None = None):
+        super().__init__()
+        self.text_to_image = nn.ModuleList(GatedAttention(d_model, n_heads, dropout)
+                                           for _ in range(rounds))
+        self.image_to_text = nn.ModuleList(GatedAttention(d_model, n_heads, dropout)
+                                           for _ in range(rounds))
+        self.pool = _Pool(d_model, 0, dropout)
+
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+        maps = []
+        for t2i, i2t in zip(self.text_to_image, self.image_to_text, strict=True):
+            tokens, weights = t2i(tokens, regions)  # words gather evidence from regions
+            regions, _ = i2t(regions, tokens, text_mask)  # regions re-read the refined words
+            maps.append(weights)  # (N, L, R)
+        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text,
+                          torch.stack(maps, 1) if return_attention else None)
+
+
+@FUSIONS.register("cross")
+class CrossFusion(nn.Module):
+    """Ablation: one text-to-image attention pass, no refinement of the regions."""
+
+    def __init__(self, d_model: int, n_heads: int = 4, rounds: int = 2, dropout: float = 0.1,
+                 budget: int | None = None):
+        super().__init__()
+        self.text_to_image = GatedAttention(d_model, n_heads, dropout)
+        fixed = count_parameters(self.text_to_image) + 2 * d_model  # + the pool's LayerNorm
+        self.pool = _Pool(d_model, _hidden_for(budget, d_model, fixed), dropout)
+
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+        tokens, weights = self.text_to_image(tokens, regions)
+        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text,
+                          weights.unsqueeze(1) if return_attention else None)
+
+
+@FUSIONS.register("concat")
+class ConcatFusion(nn.Module):
+    """Ablation: no attention; the pooled image and text vectors are concatenated."""
+
+    def __init__(self, d_model: int, n_heads: int = 4, rounds: int = 2, dropout: float = 0.1,
+                 budget: int | None = None):
+        super().__init__()
+        self.pool = _Pool(d_model, _hidden_for(budget, d_model, 2 * d_model), dropout)
+
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text, None)

@@ -1,0 +1,110 @@
+"""Image encoders: frames -> a grid of region vectors and one global vector.
+
+Contract of every image encoder (register yours in ``IMAGE_ENCODERS``)::
+
+    encoder(images)                 images  (N, 3, S, S), normalised
+      -> regions (N, R, d_model)    one vector per cell of the CNN's last feature map,
+                                    with a learned position embedding (where matters)
+      -> global  (N, d_model)       mean of the regions
+
+``R`` depends on the image size (``encoder.n_regions``): 16 for the small CNN at 64 px.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from cmar.models.registry import IMAGE_ENCODERS
+
+
+class _GridEncoder(nn.Module):
+    """Shared tail: feature map (N, C, h, w) -> regions (N, h*w, d) + positions, global (N, d)."""
+
+    def __init__(self, backbone: nn.Module, channels: int, d_model: int, image_size: int,
+                 freeze: bool):
+        super().__init__()
+        self.backbone = backbone
+        if freeze:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        self.freeze = freeze
+        self.project = nn.Linear(channels, d_model)
+        with torch.no_grad():
+            h, w = self.backbone(torch.zeros(1, 3, image_size, image_size)).shape[-2:]
+        self.n_regions = h * w
+        self.position = nn.Parameter(torch.randn(1, self.n_regions, d_model) * 0.02)
+        self.norm = nn.LayerNorm(d_model)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:  # a frozen backbone keeps its BatchNorm statistics too
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(images)  # (N, C, h, w)
+        regions = features.flatten(2).transpose(1, 2)  # (N, R, C)
+        regions = self.norm(self.project(regions) + self.position)  # (N, R, d)
+        return regions, regions.mean(dim=1)
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+@IMAGE_ENCODERS.register("small_cnn")
+class SmallCNN(_GridEncoder):
+    """Four stride-2 conv blocks (3 -> 32 -> 64 -> 96 -> 128 channels): S/16 x S/16 regions.
+
+    About 0.15 M parameters: trains on a CPU in minutes on 64 px ShapeStories.
+    """
+
+    def __init__(self, d_model: int = 128, image_size: int = 64, freeze: bool = False,
+                 pretrained: bool = False):
+        if pretrained:
+            raise ValueError("small_cnn has no pretrained weights; use a resnet or "
+                             "pretrained=false")
+        backbone = nn.Sequential(_conv_block(3, 32), _conv_block(32, 64), _conv_block(64, 96),
+                                 _conv_block(96, 128))
+        super().__init__(backbone, 128, d_model, image_size, freeze)
+
+
+RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # name -> last-layer channels
+
+
+def load_resnet(name: str, pretrained: bool) -> nn.Module:
+    """A torchvision ResNet without its pooling and classifier; ImageNet weights if asked.
+
+    Weights come through torchvision's weights API, which reads ``$TORCH_HOME/hub/checkpoints``
+    first and downloads only when the file is missing.
+    """
+    weights = None
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        model = torchvision.models.get_model(name, weights=weights)
+    except Exception as error:
+        raise RuntimeError(
+            f"could not load the pretrained weights of {name} ({type(error).__name__}: {error}). "
+            "They are downloaded once into $TORCH_HOME/hub/checkpoints (default "
+            "~/.cache/torch); without network, copy the file there or set "
+            "model.pretrained=false."
+        ) from error
+    return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+
+
+def _resnet_class(name: str) -> type:
+    def __init__(self, d_model: int = 128, image_size: int = 224, freeze: bool = False,
+                 pretrained: bool = False):
+        _GridEncoder.__init__(self, load_resnet(name, pretrained), RESNETS[name], d_model,
+                              image_size, freeze)
+
+    doc = f"torchvision {name} up to its last block: S/32 x S/32 regions."
+    return type(name.capitalize(), (_GridEncoder,), {"__init__": __init__, "__doc__": doc})
+
+
+for _name in RESNETS:
+    IMAGE_ENCODERS.register(_name)(_resnet_class(_name))

@@ -1,0 +1,162 @@
+"""StoryModel: k frames (image + caption) -> the caption of frame k+1, and its image embedding.
+
+Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_model::
+
+    context images (B, k, 3, S, S) --image_encoder--> regions (B*k, R, d), image (B*k, d)
+    context tokens (B, k, Lc)      --text_encoder---> tokens  (B*k, Lc, d), text (B*k, d)
+    fusion per frame (concat | cross | cmar)        -> frame (B*k, d), refined tokens
+    story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
+    memory = story states [+ refined tokens of every frame] [+ target regions if grounded]
+    decoder(target_in (B, L), memory)               -> logits (B, L, V)
+    next_frame(summary)                             -> predicted image embedding (B, d)
+
+``forward`` returns the logits and the three loss terms (caption cross-entropy, alignment
+InfoNCE, next-frame InfoNCE); the trainer weights them. ``components=`` replaces any part:
+``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmar.config import ModelConfig
+from cmar.models.fusion import FusedFrame
+from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
+from cmar.models.sequence import StoryEncoder, TextEncoder
+
+PARTS = ("image_encoder", "text_encoder", "fusion", "story_encoder", "decoder", "next_frame")
+MEMORY_KINDS = 3  # story state, caption token, target-frame region
+
+
+class NextFrameHead(nn.Module):
+    """Story summary (B, d) -> predicted embedding of frame k+1's image (B, d)."""
+
+    def __init__(self, d_model: int, dropout: float = 0.1):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(),
+                                 nn.Dropout(dropout), nn.Linear(2 * d_model, d_model))
+
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        return self.mlp(summary)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of a (N, d) must match row i of b (N, d) among all N rows."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature  # (N, N)
+    labels = torch.arange(len(a), device=a.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+@dataclass
+class Encoded:
+    memory: torch.Tensor  # (B, M, d)
+    memory_mask: torch.Tensor  # (B, M) True on real entries
+    summary: torch.Tensor  # (B, d)
+    fused: FusedFrame  # per context frame, N = B * k
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, L, V)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # caption, align, next
+    next_pred: torch.Tensor | None = None  # (B, d) predicted next-frame embedding
+    next_true: torch.Tensor | None = None  # (B, d) encoder embedding of the true next frame
+    attention: torch.Tensor | None = None  # (B, k, rounds, Lc, R) word -> region weights
+
+
+class StoryModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, image_size: int, mode: str = "next",
+                 max_len: int = 40, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
+                 max_frames: int = 32, components: dict | None = None):
+        super().__init__()
+        self.cfg, self.mode, self.max_len = cfg, mode, max_len
+        self.init_args = dict(vocab_size=vocab_size, image_size=image_size, mode=mode,
+                              max_len=max_len, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
+                              max_frames=max_frames)  # what save_model stores to rebuild it
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        d, drop = cfg.d_model, cfg.dropout
+        components = dict(components or {})
+        unknown = set(components) - set(PARTS)
+        if unknown:
+            raise KeyError(f"unknown components {sorted(unknown)}; parts are {PARTS}")
+        budget = count_parameters(FUSIONS.build("cmar", d_model=d, n_heads=cfg.n_heads,
+                                                rounds=cfg.cmar_rounds, dropout=drop))
+        builders = {
+            "image_encoder": lambda: IMAGE_ENCODERS.build(
+                cfg.image_encoder, d_model=d, image_size=image_size,
+                freeze=cfg.freeze_image_encoder, pretrained=cfg.pretrained),
+            "text_encoder": lambda: TextEncoder(vocab_size, d, cfg.text_encoder,
+                                                cfg.decoder_layers, drop, cfg.n_heads, pad_id),
+            "fusion": lambda: FUSIONS.build(cfg.fusion, d_model=d, n_heads=cfg.n_heads,
+                                            rounds=cfg.cmar_rounds, dropout=drop, budget=budget),
+            "story_encoder": lambda: StoryEncoder(d, cfg.story_encoder, cfg.decoder_layers, drop,
+                                                  cfg.n_heads),
+            "decoder": lambda: DECODERS.build(cfg.decoder, vocab_size=vocab_size, d_model=d,
+                                              n_heads=cfg.n_heads, n_layers=cfg.decoder_layers,
+                                              dropout=drop, pad_id=pad_id, bos_id=bos_id,
+                                              eos_id=eos_id),
+            "next_frame": lambda: NextFrameHead(d, drop),
+        }
+        for part in PARTS:
+            setattr(self, part, components.get(part) or builders[part]())
+        self.frame_position = nn.Embedding(max_frames, d)  # which context frame a token is from
+        self.memory_kind = nn.Embedding(MEMORY_KINDS, d)
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = {part: count_parameters(getattr(self, part)) for part in PARTS}
+        counts["total"] = count_parameters(self)
+        return counts
+
+    def encode(self, batch, return_attention: bool = False) -> Encoded:
+        b, k = batch.context_tokens.shape[:2]
+        regions, image = self.image_encoder(batch.context_images.flatten(0, 1))  # (B*k, R, d)
+        mask = batch.context_mask.flatten(0, 1)  # (B*k, Lc)
+        tokens, text = self.text_encoder(batch.context_tokens.flatten(0, 1), mask)
+        fused = self.fusion(regions, image, tokens, text, mask, return_attention)
+        story, summary = self.story_encoder(fused.frame.view(b, k, -1))  # (B, k, d), (B, d)
+        kinds = self.memory_kind.weight
+        parts = [story + kinds[0]]
+        masks = [torch.ones(b, k, dtype=torch.bool, device=story.device)]
+        if self.cfg.memory_tokens:
+            where = self.frame_position.weight[:k].repeat_interleave(mask.shape[1], 0)
+            parts.append(fused.tokens.reshape(b, -1, story.shape[-1]) + where + kinds[1])
+            masks.append(mask.reshape(b, -1))
+        if self.mode == "grounded":  # the target frame's image joins the memory
+            target_regions, _ = self.image_encoder(batch.target_image)  # (B, R, d)
+            parts.append(target_regions + kinds[2])
+            masks.append(torch.ones(target_regions.shape[:2], dtype=torch.bool,
+                                    device=story.device))
+        return Encoded(torch.cat(parts, 1), torch.cat(masks, 1), summary, fused)
+
+    def forward(self, batch, return_attention: bool = False) -> ModelOutput:
+        enc = self.encode(batch, return_attention)
+        logits = self.decoder(batch.target_in, enc.memory, enc.memory_mask)  # (B, L, V)
+        per_token = F.cross_entropy(logits.transpose(1, 2), batch.target_out, reduction="none")
+        caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
+        _, next_true = self.image_encoder(batch.target_image)  # the target of the next loss
+        next_pred = self.next_frame(enc.summary)
+        losses = {"caption": caption, "align": info_nce(enc.fused.image, enc.fused.text),
+                  "next": info_nce(next_pred, next_true)}
+        attention = enc.fused.attention
+        if attention is not None:
+            b, k = batch.context_tokens.shape[:2]
+            attention = attention.view(b, k, *attention.shape[1:])
+        return ModelOutput(logits, losses, next_pred, next_true, attention)
+
+    @torch.no_grad()
+    def generate(self, batch, strategy: str = "greedy", max_len: int | None = None,
+                 **options) -> torch.Tensor:
+        """Free-running captions as token ids (B, T), in eval mode (no dropout); options as in
+        :meth:`cmar.models.decoding.Decoding.generate`."""
+        was_training = self.training
+        self.eval()
+        try:
+            enc = self.encode(batch)
+            return self.decoder.generate(enc.memory, enc.memory_mask, strategy,
+                                         max_len or self.max_len, **options)
+        finally:
+            self.train(was_training)
