@@ -1,0 +1,37 @@
+"""Tiny configs and random batches for model tests (nothing downloaded, seconds on a CPU)."""
+
+import torch
+
+from cmar.config import ModelConfig
+from cmar.data import Batch
+from cmar.models import StoryModel
+
+VOCAB, PAD, BOS, EOS = 30, 0, 1, 2
+
+
+def random_batch(b: int = 4, k: int = 3, size: int = 32, seed: int = 0) -> Batch:
+    """Random images and tokens with real padding: captions and targets of varied lengths."""
+    g = torch.Generator().manual_seed(seed)
+    lc, lt = 6, 7
+    context = torch.randint(4, VOCAB, (b, k, lc), generator=g)
+    lengths = torch.randint(2, lc + 1, (b, k), generator=g)
+    context[torch.arange(lc) >= lengths[..., None]] = PAD
+    words = torch.randint(4, VOCAB, (b, lt), generator=g)
+    n = torch.randint(1, lt, (b,), generator=g)  # target words; then EOS, then padding
+    target_out = torch.where(torch.arange(lt) < n[:, None], words, PAD)
+    target_out[torch.arange(b), n] = EOS
+    target_in = torch.cat([torch.full((b, 1), BOS), target_out[:, :-1]], 1)
+    target_in[target_in == EOS] = PAD
+    return Batch(
+        context_images=torch.randn(b, k, 3, size, size, generator=g),
+        target_image=torch.randn(b, 3, size, size, generator=g),
+        context_tokens=context, context_mask=context != PAD,
+        target_in=target_in, target_out=target_out, target_mask=target_out != PAD,
+        window_ids=[f"w{i}" for i in range(b)],
+    )
+
+
+def tiny_model(mode: str = "next", size: int = 32, components=None, **overrides) -> StoryModel:
+    cfg = ModelConfig(d_model=32, n_heads=2, dropout=0.0, **overrides)
+    return StoryModel(cfg, VOCAB, size, mode=mode, max_len=12, pad_id=PAD, bos_id=BOS,
+                      eos_id=EOS, components=components)
