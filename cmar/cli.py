@@ -1,4 +1,4 @@
-"""Command line: ``cmar data`` (dataset summary), ``cmar bench loader`` (DataLoader speed).
+"""Command line: ``cmar data`` (dataset summary), ``cmar bench loader|decode`` (speed).
 
 Every command takes ``--config PRESET_OR_FILE`` and any number of ``--set key.sub=value``.
 """
@@ -51,14 +51,30 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cmar.bench import bench_loader
+    import torch
+
+    from cmar.bench import bench_decode, bench_loader
     from cmar.data import prepare_data
 
     cfg = load_config(args.config, args.overrides)
+    torch.manual_seed(cfg.seed)
     data = prepare_data(cfg.data, splits=("train",), progress=False)
-    for workers in args.workers:
-        print(json.dumps(bench_loader(data, batches=args.batches, repeats=args.repeats,
-                                      num_workers=workers)))
+    if args.target == "loader":
+        for workers in args.workers:
+            print(json.dumps(bench_loader(data, batches=args.batches, repeats=args.repeats,
+                                          num_workers=workers)))
+        return 0
+    from cmar.models import build_model, load_model
+
+    if args.checkpoint:
+        model, _ = load_model(args.checkpoint)
+    else:
+        model = build_model(cfg.model, data.tokenizer, cfg.data)
+    batch = next(iter(data.loader("train", shuffle=False, batch_size=args.batch_size,
+                                  num_workers=0)))
+    result = bench_decode(model, batch, beam_size=args.beam, repeats=args.repeats)
+    result["model"] = args.checkpoint or "untrained (random weights)"
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -73,12 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(run=cmd_data)
 
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["loader"], help="what to measure")
+    bench.add_argument("target", choices=["loader", "decode"], help="what to measure")
     _add_config_args(bench)
     bench.add_argument("--batches", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--workers", type=int, nargs="+", default=[0, 2],
-                       help="DataLoader worker counts to compare side by side")
+                       help="loader: DataLoader worker counts to compare side by side")
+    bench.add_argument("--beam", type=int, default=5, help="decode: beam size")
+    bench.add_argument("--batch-size", type=int, default=64, help="decode: windows per batch")
+    bench.add_argument("--checkpoint", help="decode: a saved model (default: untrained)")
     bench.set_defaults(run=cmd_bench)
     return parser
 

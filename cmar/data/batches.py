@@ -2,7 +2,8 @@
 
 A :class:`Batch` of B windows with k context frames, image side S:
 
-- ``context_images``  float (B, k, 3, S, S): frames t-k .. t-1, normalised
+- ``context_images``  float (B, k, 3, S, S): frames t-k .. t-1, normalised (or, with a frozen
+  image encoder's feature cache, its backbone features (B, k, C, h, w))
 - ``target_image``    float (B, 3, S, S): frame t. In ``next`` mode a model may use it only as
   the target of the next-frame loss; in ``grounded`` mode it is also an input.
 - ``context_tokens``  long (B, k, Lc) and ``context_mask`` bool (B, k, Lc): captions t-k .. t-1
@@ -94,6 +95,10 @@ class Collate:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.transform = image_transform()
 
+    def _frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 images are normalised; cached CNN features (float) pass through as float32."""
+        return self.transform(frames) if frames.dtype == torch.uint8 else frames.float()
+
     def __call__(self, items: list[dict]) -> Batch:
         b, k = len(items), len(items[0]["context_ids"])
         context = [ids for item in items for ids in item["context_ids"]]  # B * k captions
@@ -103,8 +108,8 @@ class Collate:
         target_out, target_mask = _pad([it["target_ids"] + [self.eos_id] for it in items],
                                        self.pad_id)
         return Batch(
-            context_images=self.transform(torch.stack([it["context_images"] for it in items])),
-            target_image=self.transform(torch.stack([it["target_image"] for it in items])),
+            context_images=self._frames(torch.stack([it["context_images"] for it in items])),
+            target_image=self._frames(torch.stack([it["target_image"] for it in items])),
             context_tokens=context_tokens,
             context_mask=context_tokens != self.pad_id,
             target_in=target_in,

@@ -8,6 +8,8 @@ Contract of every image encoder (register yours in ``IMAGE_ENCODERS``)::
       -> global  (N, d_model)       mean of the regions
 
 ``R`` depends on the image size (``encoder.n_regions``): 16 for the small CNN at 64 px.
+An encoder also accepts its backbone's features (N, C, h, w) in place of images: with a frozen
+backbone they are computed once and read from disk (:mod:`cmar.models.feature_cache`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class _GridEncoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(images)  # (N, C, h, w)
+        """``images`` (N, 3, S, S), or backbone features (N, C, h, w) from a feature cache."""
+        features = images if images.shape[1] != 3 else self.backbone(images)  # (N, C, h, w)
         regions = features.flatten(2).transpose(1, 2)  # (N, R, C)
         regions = self.norm(self.project(regions) + self.position)  # (N, R, d)
         return regions, regions.mean(dim=1)

@@ -1,0 +1,96 @@
+"""Frozen CNN features computed once and memory-mapped, so epochs never re-run the CNN.
+
+With ``model.freeze_image_encoder`` the backbone's output for a frame never changes, so
+``attach_feature_cache`` runs it once over every frame of each split and swaps the split's
+image store for a :class:`FeatureStore` over a float16 ``.npy`` file. The file name is a hash
+of the encoder config, the image transform and the frames' bytes, so any change recomputes.
+Only the trainable projection and position embedding of the encoder run per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cmar.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageStore, image_transform
+
+
+class FeatureStore:
+    """Same ``frames(story, ts)`` interface as ImageStore, returning float16 features
+    (len(ts), C, h, w)."""
+
+    def __init__(self, array: np.ndarray, offsets: np.ndarray):
+        self.array, self.offsets = array, offsets
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def frames(self, story: int, ts) -> torch.Tensor:
+        index = [int(self.offsets[story]) + t for t in ts]
+        return torch.from_numpy(np.ascontiguousarray(self.array[index]))
+
+
+def cache_key(encoder_name: str, pretrained: bool, store: ImageStore, weights_digest: str) -> str:
+    spec = {"encoder": encoder_name, "pretrained": pretrained, "size": store.image_size,
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "frames": len(store),
+            "weights": weights_digest}
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(store.array[:: max(1, len(store) // 64)]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _weights_digest(backbone: torch.nn.Module) -> str:
+    digest = hashlib.sha1()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def compute_features(backbone: torch.nn.Module, store: ImageStore, path: Path,
+                     batch_size: int = 256, device: str | torch.device = "cpu",
+                     progress: bool = True) -> FeatureStore:
+    """Run ``backbone`` (in eval mode) over every frame of ``store`` into ``path``, unless
+    ``path`` exists already; return a FeatureStore over it."""
+    if not path.exists():
+        backbone = backbone.eval().to(device)
+        transform = image_transform()
+        shape = backbone(transform(store.frames(0, [0])).to(device)).shape[1:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.stem + ".partial.npy")
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
+                                        shape=(len(store), *shape))
+        for start in tqdm(range(0, len(store), batch_size), desc="caching CNN features",
+                          disable=not progress):
+            frames = torch.from_numpy(np.array(store.array[start:start + batch_size]))
+            out[start:start + len(frames)] = backbone(transform(frames).to(device)).cpu().numpy()
+        out.flush()
+        del out
+        os.replace(partial, path)  # atomic: a crash never leaves a half-written cache
+    return FeatureStore(np.load(path, mmap_mode="r"), store.offsets)
+
+
+def attach_feature_cache(data, model, cache_dir: str | Path, device="cpu",
+                         progress: bool = True) -> None:
+    """Swap every split's image store in ``data`` (a StoryData) for cached backbone features.
+
+    Requires ``model.cfg.freeze_image_encoder``: a trainable backbone cannot be cached.
+    """
+    if not model.cfg.freeze_image_encoder:
+        raise ValueError("the feature cache needs model.freeze_image_encoder=true")
+    backbone = model.image_encoder.backbone
+    weights = _weights_digest(backbone)
+    for dataset in data.datasets.values():
+        store = dataset.store
+        if isinstance(store, FeatureStore):
+            continue
+        key = cache_key(model.cfg.image_encoder, model.cfg.pretrained, store, weights)
+        dataset.store = compute_features(backbone, store, Path(cache_dir) / f"features-{key}.npy",
+                                         device=device, progress=progress)
