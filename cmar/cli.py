@@ -1,4 +1,5 @@
-"""Command line: ``cmar data`` (dataset summary), ``cmar bench loader|decode`` (speed).
+"""Command line: ``cmar data`` (dataset summary), ``cmar model`` (parameter counts),
+``cmar bench loader|decode`` (speed).
 
 Every command takes ``--config PRESET_OR_FILE`` and any number of ``--set key.sub=value``.
 """
@@ -50,6 +51,27 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cmar.data import prepare_data
+    from cmar.models import FUSIONS, build_model
+
+    cfg = load_config(args.config, args.overrides)
+    data = prepare_data(cfg.data, splits=("train",), progress=False)
+    model = build_model(cfg.model, data.tokenizer, cfg.data)
+    print(f"model: {cfg.model.image_encoder} + {cfg.model.text_encoder} text + "
+          f"{cfg.model.fusion} fusion + {cfg.model.story_encoder} story + "
+          f"{cfg.model.decoder} decoder, d_model={cfg.model.d_model}, mode={cfg.data.mode}")
+    for part, count in model.parameter_counts().items():
+        print(f"  {part:<15}{count:>12,}")
+    print("fusion parameter budgets (matched to cmar):")
+    for name in sorted(FUSIONS):
+        other = build_model(dataclasses.replace(cfg.model, fusion=name), data.tokenizer, cfg.data)
+        print(f"  {name:<15}{other.parameter_counts()['fusion']:>12,}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -87,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(data)
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(run=cmd_data)
+
+    model = commands.add_parser("model", help="build the configured model, print parameters")
+    _add_config_args(model)
+    model.set_defaults(run=cmd_model)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=["loader", "decode"], help="what to measure")

@@ -65,3 +65,12 @@ def test_prepare_data_batches_have_the_documented_shapes(shapes_cache):
     vocab = data.tokenizer.get_vocab()
     assert words("train") <= set(vocab)
     assert not (words("validation") | words("test")) - words("train") & set(vocab)
+
+
+def test_cmar_model_prints_matched_fusion_budgets(shapes_cache, capsys):
+    assert main(["model", "--config", "smoke", "--set", f"data.cache_dir={shapes_cache}"]) == 0
+    out = capsys.readouterr().out
+    counts = {line.split()[0]: int(line.split()[1].replace(",", ""))
+              for line in out.splitlines()[-3:]}
+    assert set(counts) == {"cmar", "concat", "cross"}
+    assert max(counts.values()) / min(counts.values()) < 1.01
