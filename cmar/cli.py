@@ -51,6 +51,53 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from cmar.train import train
+
+    if args.resume:
+        run_dir = train(None, resume_dir=args.resume)
+    else:
+        run_dir = train(load_config(args.config, args.overrides))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cmar.evaluate import evaluate_run
+    from cmar.report import alignment_table, caption_table
+
+    metrics = evaluate_run(args.run_dir, split=args.split, strategy=args.strategy,
+                           beam_size=args.beam)
+    print(caption_table(metrics))
+    print()
+    print(alignment_table(metrics))
+    print(f"\nwritten: {args.run_dir}/metrics.json, predictions.jsonl, report.md")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from cmar.data import decode, prepare_data
+    from cmar.evaluate import load_run
+
+    cfg, tokenizer, model = load_run(args.run_dir)
+    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(args.split,), progress=False)
+    dataset = data.datasets[args.split]
+    stories = data.stories[args.split]
+    index = args.window % len(dataset)
+    window = dataset.windows[index]
+    batch = data.loader(args.split, shuffle=False, batch_size=1, num_workers=0)
+    batch = batch.collate_fn([dataset[index]])
+    ids = model.generate(batch, args.strategy, beam_size=args.beam)[0]
+    story = stories[window.story]
+    print(f"story {story.story_id}, predicting frame {window.t + 1} from frames "
+          f"{window.t - window.k + 1}..{window.t}:")
+    for t in window.context:
+        print(f"  frame {t + 1}: {story.captions[t]}")
+    print(f"  predicted: {decode(tokenizer, ids)}")
+    print(f"  reference: {story.captions[window.t]}")
+    return 0
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -110,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(run=cmd_data)
 
+    train = commands.add_parser("train", help="train a model into runs/<name>/")
+    _add_config_args(train)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a run: captions, floors, alignment")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--split", help="default: the run's eval.split (test)")
+    evaluate.add_argument("--strategy", choices=["greedy", "beam", "sample"])
+    evaluate.add_argument("--beam", type=int, help="beam size for --strategy beam")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    generate = commands.add_parser("generate", help="print one window's context and prediction")
+    generate.add_argument("run_dir")
+    generate.add_argument("--split", default="test")
+    generate.add_argument("--window", type=int, default=0, help="window number in the split")
+    generate.add_argument("--strategy", default="beam", choices=["greedy", "beam", "sample"])
+    generate.add_argument("--beam", type=int, default=5)
+    generate.set_defaults(run=cmd_generate)
+
     model = commands.add_parser("model", help="build the configured model, print parameters")
     _add_config_args(model)
     model.set_defaults(run=cmd_model)
@@ -134,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, RuntimeError,
+            FloatingPointError) as error:
         print(f"cmar: error: {error}", file=sys.stderr)
         return 2
 

@@ -58,14 +58,43 @@ class ModelConfig:
     decoder_layers: int = 1  # layers of the decoder (and of Transformer encoders)
     memory_tokens: bool = True  # decoder memory = story states + refined caption tokens
     dropout: float = 0.1  # dropout inside every part
+    temperature: float = 0.1  # InfoNCE temperature of the alignment and next-frame losses
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training windows
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup: float = 0.05  # share of all steps spent warming the learning rate up
+    grad_clip: float = 1.0  # max gradient norm (0 turns clipping off)
+    w_align: float = 0.1  # weight of the image-text alignment InfoNCE (0 turns it off)
+    w_next: float = 0.1  # weight of the next-frame InfoNCE (0 turns it off)
+    amp: bool = True  # mixed precision (bf16 where supported, else fp16) on CUDA only
+    select: str = "val_caption"  # history key that picks the best checkpoint (lower is better)
+    patience: int = 0  # stop after this many epochs without improvement (0: never)
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"  # split scored by `cmar evaluate`
+    strategy: str = "greedy"  # "greedy" | "beam" | "sample"
+    beam_size: int = 5  # beam width for strategy=beam
+    batch_size: int = 64  # windows per generation batch
+    candidates: int = 100  # retrieval candidates per window (the true one + others)
+    retrieval_windows: int = 500  # windows scored for retrieval (a seeded sample)
+    examples: int = 5  # example windows shown in report.md
 
 
 @dataclass
 class Config:
-    name: str = "run"  # run folder name under runs/
+    name: str = "run"  # run folder name under runs_dir
+    runs_dir: str = "runs"  # where run folders are written
     seed: int = 0  # seeds python, numpy, torch and the data order
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _build(cls, values: dict[str, Any], where: str):

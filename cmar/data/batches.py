@@ -88,6 +88,14 @@ def _pad(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, ids != pad
 
 
+def pad_targets(targets: list[list[int]], pad_id: int, bos_id: int, eos_id: int):
+    """Caption ids -> (target_in, target_out, target_mask), each (N, L): ``[BOS] w..`` and
+    ``w.. [EOS]``, padded."""
+    target_in, _ = _pad([[bos_id] + ids for ids in targets], pad_id)
+    target_out, target_mask = _pad([ids + [eos_id] for ids in targets], pad_id)
+    return target_in, target_out, target_mask
+
+
 class Collate:
     """Stacks items into a :class:`Batch`; a class (not a closure) so workers can pickle it."""
 
@@ -104,9 +112,8 @@ class Collate:
         context = [ids for item in items for ids in item["context_ids"]]  # B * k captions
         context_tokens, _ = _pad(context, self.pad_id)
         context_tokens = context_tokens.view(b, k, -1)  # (B, k, Lc)
-        target_in, _ = _pad([[self.bos_id] + it["target_ids"] for it in items], self.pad_id)
-        target_out, target_mask = _pad([it["target_ids"] + [self.eos_id] for it in items],
-                                       self.pad_id)
+        target_in, target_out, target_mask = pad_targets(
+            [it["target_ids"] for it in items], self.pad_id, self.bos_id, self.eos_id)
         return Batch(
             context_images=self._frames(torch.stack([it["context_images"] for it in items])),
             target_image=self._frames(torch.stack([it["target_image"] for it in items])),

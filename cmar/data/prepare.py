@@ -22,13 +22,17 @@ from cmar.data.windows import MODES, make_windows
 SPLITS = ("train", "validation", "test")
 
 
+def shapestories_options(cfg: DataConfig) -> dict:
+    """The generator settings a config implies (empty for other sources)."""
+    if cfg.source != "shapestories":
+        return {}
+    return dict(n_stories=cfg.n_stories, seed=cfg.shapestories_seed, difficulty=cfg.difficulty,
+                image_size=cfg.image_size, **cfg.shapestories_knobs)
+
+
 def load_split(cfg: DataConfig, split: str, progress: bool = True) -> StoryList:
     """The stories of one split, as the config describes them."""
-    extra = {}
-    if cfg.source == "shapestories":
-        extra = dict(n_stories=cfg.n_stories, seed=cfg.shapestories_seed,
-                     difficulty=cfg.difficulty, image_size=cfg.image_size,
-                     **cfg.shapestories_knobs)
+    extra = shapestories_options(cfg)
     return load_stories(
         cfg.source, split, images_column=cfg.images_column, captions_column=cfg.captions_column,
         caption_policy=cfg.caption_policy, max_caption_tokens=cfg.max_caption_tokens,

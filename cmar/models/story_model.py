@@ -139,8 +139,9 @@ class StoryModel(nn.Module):
         caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
         _, next_true = self.image_encoder(batch.target_image)  # the target of the next loss
         next_pred = self.next_frame(enc.summary)
-        losses = {"caption": caption, "align": info_nce(enc.fused.image, enc.fused.text),
-                  "next": info_nce(next_pred, next_true)}
+        tau = self.cfg.temperature
+        losses = {"caption": caption, "align": info_nce(enc.fused.image, enc.fused.text, tau),
+                  "next": info_nce(next_pred, next_true, tau)}
         attention = enc.fused.attention
         if attention is not None:
             b, k = batch.context_tokens.shape[:2]

@@ -1,0 +1,151 @@
+"""Sequence-level alignment scores, each with its chance level or its control beside it.
+
+- ``next_frame_retrieval``: rank the true next image among ``candidates`` (it and images of
+  other stories' windows) by cosine to the predicted next-frame embedding: R@1, R@5, MRR.
+- ``next_caption_retrieval``: rank the true next caption among ``candidates`` (it and targets
+  of other stories) by the model's length-normalised log-likelihood given the context.
+- ``image_text_alignment``: cosine of each context frame's matched image/text vectors vs
+  shuffled pairs, and the gap.
+- ``context_sensitivity``: caption loss with the true context vs another story's context
+  (near-zero gap: the decoder ignores its input).
+- ``grounding_accuracy`` (ShapeStories, attention fusions): how often a character name's
+  strongest word-to-region attention lands on a region overlapping that character's box.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cmar.data.batches import Batch
+
+
+def ranking_scores(scores: torch.Tensor) -> dict[str, float]:
+    """scores (N, C) with the true candidate in column 0 -> R@1, R@5, MRR (ties count
+    against the true candidate)."""
+    rank = (scores[:, 1:] >= scores[:, :1]).sum(1) + 1  # 1 = best
+    return {"R@1": (rank <= 1).float().mean().item(), "R@5": (rank <= 5).float().mean().item(),
+            "MRR": (1.0 / rank.float()).mean().item(),
+            "chance R@1": 1.0 / scores.shape[1]}
+
+
+def candidate_index(story_ids: list[str], candidates: int, seed: int = 0) -> torch.Tensor:
+    """(N, C) indices: column 0 is the row itself, the others rows of *other* stories."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(story_ids)
+    codes = {s: i for i, s in enumerate(dict.fromkeys(story_ids))}
+    story = torch.tensor([codes[s] for s in story_ids])
+    out = torch.empty(n, candidates, dtype=torch.long)
+    for i in range(n):
+        pool = torch.nonzero(story != story[i]).squeeze(1)
+        pick = pool[torch.randperm(len(pool), generator=g)[: candidates - 1]]
+        out[i, 0], out[i, 1:len(pick) + 1] = i, pick
+        if len(pick) < candidates - 1:
+            raise ValueError(f"need {candidates - 1} windows of other stories, have {len(pick)}")
+    return out
+
+
+def usable_candidates(story_ids: list[str], wanted: int) -> int:
+    """``wanted``, or fewer when a small split has fewer windows of other stories."""
+    from collections import Counter
+
+    return min(wanted, len(story_ids) - max(Counter(story_ids).values()) + 1)
+
+
+def next_frame_retrieval(pred: torch.Tensor, true: torch.Tensor, story_ids: list[str],
+                         candidates: int = 100) -> dict[str, float]:
+    index = candidate_index(story_ids, usable_candidates(story_ids, candidates))
+    pred, true = F.normalize(pred, dim=-1), F.normalize(true, dim=-1)
+    scores = torch.einsum("nd,ncd->nc", pred, true[index])
+    return ranking_scores(scores)
+
+
+def image_text_alignment(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
+    """image, text (N, d) of the same N frames."""
+    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    matched = (image * text).sum(-1).mean().item()
+    shuffled = (image * text.roll(1, 0)).sum(-1).mean().item()
+    return {"matched cosine": matched, "shuffled cosine": shuffled, "gap": matched - shuffled}
+
+
+def other_story(story_ids: list[str]) -> torch.Tensor:
+    """For each row, the nearest following row (cyclically) from a different story."""
+    n = len(story_ids)
+    out = []
+    for i in range(n):
+        j = next(((i + r) % n for r in range(1, n) if story_ids[(i + r) % n] != story_ids[i]),
+                 None)
+        if j is None:
+            raise ValueError("context sensitivity needs windows of at least two stories")
+        out.append(j)
+    return torch.tensor(out)
+
+
+def with_context_of(batch: Batch, index: torch.Tensor) -> Batch:
+    """The batch with every window's context replaced by the context of window ``index[i]``."""
+    moved = {name: getattr(batch, name)[index]
+             for name in ("context_images", "context_tokens", "context_mask")}
+    return Batch(**{**batch.__dict__, **moved})
+
+
+def per_window_caption_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """(B,) mean token cross-entropy of each window's target."""
+    per_token = F.cross_entropy(logits.transpose(1, 2), batch.target_out, reduction="none")
+    return (per_token * batch.target_mask).sum(1) / batch.target_mask.sum(1)
+
+
+@torch.no_grad()
+def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
+                           candidates_in: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Length-normalised log-likelihood (B, C) of candidate targets ``index`` (B, C) (rows of
+    candidates_in/out, (N, L)) given each window's context."""
+    enc = model.encode(batch)
+    b, c = index.shape
+    memory = enc.memory.repeat_interleave(c, 0)  # (B*C, M, d)
+    mask = enc.memory_mask.repeat_interleave(c, 0)
+    target_in, target_out = candidates_in[index.flatten()], candidates_out[index.flatten()]
+    logits = model.decoder(target_in, memory, mask)  # (B*C, L, V)
+    logp = -F.cross_entropy(logits.transpose(1, 2), target_out, reduction="none")
+    real = target_out != model.pad_id
+    return ((logp * real).sum(1) / real.sum(1)).view(b, c)
+
+
+def grounding_hits(attention: torch.Tensor, batch: Batch, stories: dict, tokenizer,
+                   image_size: int) -> tuple[int, int, float]:
+    """(hits, mentions, chance) over the character-name mentions of a batch's context.
+
+    ``attention`` (B, k, rounds, Lc, R), averaged over rounds; regions form a square grid.
+    """
+    from cmar.data.tokenizer import encode
+
+    b, k, _, length, regions = attention.shape
+    side = int(round(regions ** 0.5))
+    cell = image_size / side
+    maps = attention.mean(2)  # (B, k, Lc, R)
+    hits = mentions = 0
+    chance = 0.0
+    for row, wid in enumerate(batch.window_ids):
+        story_id, t = wid.rsplit(":", 1)
+        story = stories[story_id]
+        for j, frame in enumerate(range(int(t) - k, int(t))):
+            caption = story.captions[frame]
+            for mention in story.mentions[frame]:
+                if mention.kind != "gdo" or len(mention.ids) != 1 \
+                        or not mention.ids[0].startswith("char"):
+                    continue
+                box = story.entities[frame].get(mention.ids[0])
+                position = len(encode(tokenizer, caption[:mention.start]))
+                if box is None or position >= length:
+                    continue
+                overlaps = torch.tensor([_overlaps(r, side, cell, box) for r in range(regions)])
+                best = int(maps[row, j, position].argmax())
+                hits += bool(overlaps[best])
+                chance += overlaps.float().mean().item()
+                mentions += 1
+    return hits, mentions, chance
+
+
+def _overlaps(region: int, side: int, cell: float, box) -> bool:
+    y, x = divmod(region, side)
+    x1, y1, x2, y2 = box
+    return x * cell <= x2 and (x + 1) * cell >= x1 and y * cell <= y2 and (y + 1) * cell >= y1

@@ -1,0 +1,152 @@
+"""Evaluate a run folder: free-running generation over a whole split, scored at corpus level
+beside the floors, plus the alignment scores. Writes metrics.json, predictions.jsonl and
+report.md into the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from cmar import alignment
+from cmar.config import load_config
+from cmar.data import Collate, decode, load_tokenizer, prepare_data
+from cmar.data.batches import pad_targets
+from cmar.floors import all_floors, windows_text
+from cmar.metrics import caption_scores, exact_match
+from cmar.models import load_model
+from cmar.report import write_report
+from cmar.slots import slot_accuracy
+
+
+def device_for() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt"):
+    """(config, tokenizer, model in eval mode) of a run folder."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    model, _ = load_model(run_dir / checkpoint)
+    return cfg, load_tokenizer(run_dir / "tokenizer"), model.eval()
+
+
+@torch.no_grad()
+def generate_captions(model, data, split: str, strategy: str = "greedy", beam_size: int = 5,
+                      batch_size: int = 64, progress: bool = True, **options) -> dict[str, str]:
+    """{window id: generated caption} for every window of ``split`` (free-running)."""
+    device = next(model.parameters()).device
+    loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
+    out = {}
+    for batch in tqdm(loader, desc=f"generating ({strategy})", disable=not progress):
+        ids = model.generate(batch.to(device), strategy, beam_size=beam_size, **options)
+        out.update({wid: decode(data.tokenizer, row) for wid, row in zip(batch.window_ids,
+                                                                          ids.cpu(), strict=True)})
+    return out
+
+
+@torch.no_grad()
+def alignment_scores(model, data, split: str, candidates: int = 100,
+                     retrieval_windows: int = 500, batch_size: int = 64,
+                     progress: bool = True) -> dict:
+    """Every score of :mod:`cmar.alignment` over ``split``."""
+    device = next(model.parameters()).device
+    dataset = data.datasets[split]
+    stories = {s.story_id: s for s in data.stories[split]}
+    preds, trues, images, texts, loss_true, loss_other, ids = [], [], [], [], [], [], []
+    hits = mentions = 0
+    chance = 0.0
+    attention_fusion = data.cfg.source == "shapestories"
+    loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
+    for batch in tqdm(loader, desc="alignment scores", disable=not progress):
+        batch = batch.to(device)
+        out = model(batch, return_attention=attention_fusion)
+        story_ids = [w.rsplit(":", 1)[0] for w in batch.window_ids]
+        other = alignment.with_context_of(batch, alignment.other_story(story_ids).to(device))
+        loss_true.append(alignment.per_window_caption_loss(out.logits, batch))
+        loss_other.append(alignment.per_window_caption_loss(model(other).logits, batch))
+        enc = model.encode(batch)
+        preds.append(out.next_pred)
+        trues.append(out.next_true)
+        images.append(enc.fused.image)
+        texts.append(enc.fused.text)
+        ids += story_ids
+        if out.attention is not None:
+            h, m, c = alignment.grounding_hits(out.attention.cpu(), batch, stories,
+                                               data.tokenizer, data.cfg.image_size)
+            hits, mentions, chance = hits + h, mentions + m, chance + c
+    true_loss, other_loss = torch.cat(loss_true).mean().item(), torch.cat(loss_other).mean().item()
+    scores = {
+        "next-frame retrieval": alignment.next_frame_retrieval(
+            torch.cat(preds).cpu(), torch.cat(trues).cpu(), ids, candidates),
+        "image-text alignment": alignment.image_text_alignment(torch.cat(images).cpu(),
+                                                               torch.cat(texts).cpu()),
+        "context sensitivity": {"caption loss, true context": true_loss,
+                                "caption loss, other story's context": other_loss,
+                                "gap": other_loss - true_loss},
+        "next-caption retrieval": _caption_retrieval(model, dataset, ids, candidates,
+                                                     retrieval_windows, device),
+    }
+    if mentions:
+        scores["grounding"] = {"accuracy": hits / mentions, "chance": chance / mentions,
+                               "mentions": mentions}
+    return scores
+
+
+def _caption_retrieval(model, dataset, story_ids, candidates, n_windows, device) -> dict:
+    collate = Collate(model.pad_id, model.bos_id, model.eos_id)
+    target_in, target_out, _ = pad_targets(
+        [dataset.ids[w.story][w.t] for w in dataset.windows], model.pad_id, model.bos_id,
+        model.eos_id)  # (N, L): every window's target, the candidate pool
+    index = alignment.candidate_index(story_ids,
+                                      alignment.usable_candidates(story_ids, candidates))
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n_windows]
+    scores = []
+    for start in range(0, len(chosen), 8):
+        rows = chosen[start:start + 8]
+        batch = collate([dataset[i] for i in rows.tolist()]).to(device)
+        scores.append(alignment.next_caption_retrieval(
+            model, batch, target_out.to(device), target_in.to(device),
+            index[rows].to(device)).cpu())
+    return {**alignment.ranking_scores(torch.cat(scores)), "windows": len(chosen)}
+
+
+def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | None = None,
+                 beam_size: int | None = None, progress: bool = True) -> dict:
+    """Score a run on ``split`` (default: the config's eval.split) and write its reports."""
+    run_dir = Path(run_dir)
+    cfg, tokenizer, model = load_run(run_dir)
+    ev = cfg.eval
+    split, strategy = split or ev.split, strategy or ev.strategy
+    beam_size = beam_size or ev.beam_size
+    model.to(device_for())
+    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=tuple(dict.fromkeys(("train",
+                        split))), progress=progress)
+    texts = windows_text(data, split)
+    references = {wid: [target] for wid, _, target in texts}
+    predictions = generate_captions(model, data, split, strategy, beam_size, ev.batch_size,
+                                    progress)
+    systems = {"model": predictions, **all_floors(data, split)}
+    captions = {name: {**caption_scores(p, references), "exact": exact_match(p, references)}
+                for name, p in systems.items()}
+    metrics = {"run": str(run_dir), "split": split, "strategy": strategy,
+               "beam_size": beam_size if strategy == "beam" else None,
+               "windows": len(references), "captions": captions,
+               "alignment": alignment_scores(model, data, split, ev.candidates,
+                                             ev.retrieval_windows, ev.batch_size, progress)}
+    if cfg.data.source == "shapestories":
+        metrics["slots"] = {name: slot_accuracy(p, references) for name, p in systems.items()}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(run_dir / "predictions.jsonl", "w") as f:
+        for wid, context, target in texts:
+            f.write(json.dumps({"window_id": wid, "context": context, "reference": target,
+                                "prediction": predictions[wid]}) + "\n")
+    write_report(run_dir / "report.md", metrics, texts, predictions, ev.examples)
+    return metrics

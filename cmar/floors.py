@@ -1,0 +1,101 @@
+"""Floors every score is printed beside: what a model must beat for its number to mean much.
+
+- ``copy_last``: the last context caption, unchanged;
+- ``most_frequent``: the most frequent training target caption, for every window;
+- ``nearest_neighbour``: the target of the training window whose context captions are most
+  similar (TF-IDF cosine) to this window's;
+- on ShapeStories, the oracle (the ceiling) and its one-modality versions (text only, images
+  only), from :mod:`cmar.data.shapes_oracle`.
+
+Each returns ``{window_id: caption}`` over every window of the split.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import torch
+
+from cmar.data.prepare import StoryData, shapestories_options
+from cmar.data.windows import window_id
+
+_WORD = re.compile(r"\w+")
+
+
+def windows_text(data: StoryData, split: str) -> list[tuple[str, list[str], str]]:
+    """(window id, context captions, target caption) for every window of ``split``."""
+    stories = data.stories[split]
+    return [(window_id(stories[w.story].story_id, w.t),
+             [stories[w.story].captions[t] for t in w.context], stories[w.story].captions[w.t])
+            for w in data.datasets[split].windows]
+
+
+def copy_last(data: StoryData, split: str) -> dict[str, str]:
+    return {wid: context[-1] for wid, context, _ in windows_text(data, split)}
+
+
+def most_frequent(data: StoryData, split: str) -> dict[str, str]:
+    caption = Counter(target for _, _, target in windows_text(data, "train")).most_common(1)[0][0]
+    return {wid: caption for wid, _, _ in windows_text(data, split)}
+
+
+def _tfidf(texts: list[str], vocab: dict[str, int], idf: torch.Tensor) -> torch.Tensor:
+    """Sparse (len(texts), V) L2-normalised TF-IDF rows."""
+    rows, cols, vals = [], [], []
+    for i, text in enumerate(texts):
+        counts = Counter(w for w in _WORD.findall(text.lower()) if w in vocab)
+        weights = {vocab[w]: c * idf[vocab[w]].item() for w, c in counts.items()}
+        norm = math.sqrt(sum(v * v for v in weights.values())) or 1.0
+        for j, v in weights.items():
+            rows.append(i)
+            cols.append(j)
+            vals.append(v / norm)
+    return torch.sparse_coo_tensor([rows, cols], vals, (len(texts), len(vocab)),
+                                   check_invariants=True).coalesce()
+
+
+def nearest_neighbour(data: StoryData, split: str, chunk: int = 512) -> dict[str, str]:
+    """Target of the most similar training context (TF-IDF over the k context captions)."""
+    train = windows_text(data, "train")
+    train_texts = [" ".join(context) for _, context, _ in train]
+    documents = Counter(w for text in train_texts for w in set(_WORD.findall(text.lower())))
+    vocab = {w: i for i, w in enumerate(sorted(documents))}
+    idf = torch.tensor([math.log((1 + len(train_texts)) / (1 + documents[w])) + 1 for w in vocab])
+    train_matrix = _tfidf(train_texts, vocab, idf)  # (N_train, V)
+    queries = windows_text(data, split)
+    out = {}
+    for start in range(0, len(queries), chunk):
+        part = queries[start:start + chunk]
+        query = _tfidf([" ".join(c) for _, c, _ in part], vocab, idf).to_dense()  # (c, V)
+        best = torch.sparse.mm(train_matrix, query.T).argmax(0)  # (c,)
+        for (wid, _, _), j in zip(part, best.tolist(), strict=True):
+            out[wid] = train[j][2]
+    return out
+
+
+def shapestories_floors(data: StoryData, split: str) -> dict[str, dict[str, str]]:
+    """The oracle and its one-modality versions on the windows of ``split``."""
+    from cmar.data.loading import open_source
+    from cmar.data.shapes_oracle import oracle_predictions
+
+    cfg = data.cfg
+    rows = open_source("shapestories", cache_dir=cfg.cache_dir, **shapestories_options(cfg))
+    rows = rows["train"]
+    wanted = {s.story_id for s in data.stories[split]}
+    rows = rows.select([i for i, sid in enumerate(rows["story_id"]) if sid in wanted])
+    return {
+        f"oracle ({name})": oracle_predictions(rows, cfg.k, cfg.mode, modalities)[0]
+        for name, modalities in (("text only", ("text",)), ("images only", ("image",)),
+                                 ("both: ceiling", ("text", "image")))
+    }
+
+
+def all_floors(data: StoryData, split: str) -> dict[str, dict[str, str]]:
+    floors = {"copy last caption": copy_last(data, split),
+              "most frequent caption": most_frequent(data, split),
+              "nearest neighbour (TF-IDF)": nearest_neighbour(data, split)}
+    if data.cfg.source == "shapestories":
+        floors.update(shapestories_floors(data, split))
+    return floors

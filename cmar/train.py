@@ -1,0 +1,238 @@
+"""Training: epochs over the training windows, validation loss per epoch, checkpoints, resume.
+
+loss = caption cross-entropy + w_align * InfoNCE(image, text of each context frame)
+                             + w_next  * InfoNCE(predicted next frame, true next frame)
+
+Runs unchanged on one CPU, one GPU, or many processes through Hugging Face Accelerate
+(``accelerate launch`` or ``torchrun``: Accelerate reads the process group from the
+environment). Only the main process writes the run folder. Each epoch's data order comes from
+(seed, epoch) alone, and ``last.pt`` holds the optimiser, scheduler and random states, so a
+resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from cmar.config import Config, load_config, save_config
+from cmar.data import load_tokenizer, prepare_data, save_tokenizer
+from cmar.models import build_model, load_model, save_model
+from cmar.plots import plot_loss_curves
+
+TERMS = ("caption", "align", "next")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+def warmup_cosine(total_steps: int, warmup: float):
+    """LR multiplier: linear warm-up over ``warmup`` of the steps, then cosine to zero."""
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    """Trains ``cfg`` into ``runs_dir/name`` (or continues it with ``resume=True``)."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: bool = False,
+                 progress: bool = True):
+        self.run_dir = Path(run_dir or Path(cfg.runs_dir) / cfg.name)
+        if resume:
+            cfg = load_config(self.run_dir / "config.yaml")
+        self.cfg, self.progress = cfg, progress
+        amp = cfg.train.amp and torch.cuda.is_available()
+        bf16 = amp and torch.cuda.is_bf16_supported()
+        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "fp16" if amp else "no")
+        self.main = self.accelerator.is_main_process
+        if self.main and not resume and (self.run_dir / "history.json").exists():
+            raise FileExistsError(f"{self.run_dir} holds a run already: continue it with "
+                                  "--resume, or pick another name with --set name=...")
+        seed_everything(cfg.seed)
+        tokenizer = load_tokenizer(self.run_dir / "tokenizer") if resume else None
+        self.data = prepare_data(cfg.data, tokenizer=tokenizer, splits=("train", "validation"),
+                                 progress=progress and self.main)
+        self.tokenizer = self.data.tokenizer
+        self.model = build_model(cfg.model, self.tokenizer, cfg.data)
+        if cfg.model.freeze_image_encoder:
+            from cmar.models.feature_cache import attach_feature_cache
+
+            attach_feature_cache(self.data, self.model, Path(cfg.data.cache_dir) / "features",
+                                 device=self.accelerator.device, progress=progress and self.main)
+        self.steps_per_epoch = math.ceil(len(self.data.datasets["train"]) / cfg.data.batch_size
+                                         / self.accelerator.num_processes)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                      weight_decay=cfg.train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.steps_per_epoch * cfg.train.epochs, cfg.train.warmup))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            self.model, optimizer, scheduler)
+        self.history: list[dict] = []
+        self.best = float("inf")
+        self.start_epoch = 1
+        if resume:
+            self._restore()
+        elif self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
+
+    # -- one epoch --------------------------------------------------------------------------
+    def _loader(self, split: str, epoch: int = 0):
+        seed = self.cfg.seed * 10_000 + epoch  # the order depends on (seed, epoch) only
+        loader = self.data.loader(split, shuffle=split == "train", seed=seed)
+        return self.accelerator.prepare_data_loader(loader)
+
+    def _losses(self, batch) -> dict[str, torch.Tensor]:
+        out = self.model(batch)
+        t = self.cfg.train
+        losses = dict(out.losses)
+        losses["total"] = (losses["caption"] + t.w_align * losses["align"]
+                           + t.w_next * losses["next"])
+        return losses
+
+    def _train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        sums = {term: 0.0 for term in (*TERMS, "total")}
+        seen, steps, start = 0, 0, time.perf_counter()
+        bar = tqdm(self._loader("train", epoch), desc=f"epoch {epoch}/{self.cfg.train.epochs}",
+                   disable=not (self.progress and self.main), leave=False)
+        for step, batch in enumerate(bar, start=1):
+            losses = self._losses(batch)
+            total = losses["total"]
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"loss is {total.item()} at epoch {epoch}, step {step} (global step "
+                    f"{(epoch - 1) * self.steps_per_epoch + step}); terms: "
+                    + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                    + ". Lower train.lr or check the input data.")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(total)
+            if self.cfg.train.grad_clip > 0:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            for term, value in losses.items():
+                sums[term] += value.item()
+            steps += 1
+            seen += int(self.accelerator.gather_for_metrics(torch.ones(len(batch),
+                        device=self.accelerator.device)).sum().item())
+            bar.set_postfix(loss=f"{total.item():.3f}")
+        seconds = time.perf_counter() - start
+        means = self._mean_over_processes(sums, steps)
+        return {**{f"train_{k}": v for k, v in means.items()}, "windows_seen": seen,
+                "train_seconds": round(seconds, 2), "windows_per_s": round(seen / seconds, 1),
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    def _mean_over_processes(self, sums: dict, steps: int) -> dict:
+        values = torch.tensor([*sums.values(), steps], dtype=torch.float64,
+                              device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="sum")
+        return {k: float(v / values[-1]) for k, v in zip(sums, values[:-1], strict=False)}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Every loss term over the whole validation split: the mean of the per-batch values,
+        as in training."""
+        self.model.eval()
+        sums = {term: 0.0 for term in (*TERMS, "total")}
+        steps = 0
+        for batch in self._loader("validation"):
+            for term, value in self._losses(batch).items():
+                sums[term] += value.item()
+            steps += 1
+        return {f"val_{k}": v for k, v in self._mean_over_processes(sums, steps).items()}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> list[dict]:
+        """Train to ``train.epochs`` (or only ``stop_after`` more epochs, for tests of resume).
+
+        Returns the history: one dict per epoch.
+        """
+        patience, waited = self.cfg.train.patience, 0
+        end = self.cfg.train.epochs
+        if stop_after is not None:
+            end = min(end, self.start_epoch + stop_after - 1)
+        for epoch in range(self.start_epoch, end + 1):
+            row = {"epoch": epoch, **self._train_epoch(epoch), **self.validate()}
+            self.history.append(row)
+            improved = row[self.cfg.train.select] < self.best
+            if improved:
+                self.best, waited = row[self.cfg.train.select], 0
+            else:
+                waited += 1
+            self._save(epoch, improved)
+            if self.main:
+                shown = (k for k in row if k.startswith(("epoch", "train_", "val_")))
+                print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float)
+                               else f"{k}={row[k]}" for k in shown), flush=True)
+            if patience and waited >= patience:
+                if self.main:
+                    print(f"early stop: {self.cfg.train.select} did not improve for {patience} "
+                          "epochs")
+                break
+        self.accelerator.wait_for_everyone()
+        return self.history
+
+    def _save(self, epoch: int, improved: bool) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        state = {"epoch": epoch, "best": self.best, "history": self.history,
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}
+        save_model(model, self.run_dir / "last.pt", extra=state)
+        if improved:
+            save_model(model, self.run_dir / "best.pt",
+                       extra={"epoch": epoch, self.cfg.train.select: self.best})
+        (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        plot_loss_curves(self.history, self.run_dir / "loss_curves.png")
+
+    def _restore(self) -> None:
+        model, state = load_model(self.run_dir / "last.pt")
+        self.accelerator.unwrap_model(self.model).load_state_dict(model.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history, self.best = state["history"], state["best"]
+        self.start_epoch = state["epoch"] + 1
+        _set_rng_state(state["rng"])
+
+
+def train(cfg: Config, resume_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Train (or resume) a run; returns its folder."""
+    trainer = Trainer(cfg, run_dir=resume_dir, resume=resume_dir is not None, progress=progress)
+    trainer.fit()
+    return trainer.run_dir
