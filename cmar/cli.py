@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from cmar.config import load_config
@@ -58,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = train(None, resume_dir=args.resume)
     else:
         run_dir = train(load_config(args.config, args.overrides))
-    print(f"run folder: {run_dir}")
+    if int(os.environ.get("RANK", 0)) == 0:  # one line, not one per process
+        print(f"run folder: {run_dir}")
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -73,9 +74,16 @@ class Trainer:
         if resume:
             cfg = load_config(self.run_dir / "config.yaml")
         self.cfg, self.progress = cfg, progress
+        selectable = [f"{split}_{term}" for split in ("val", "train") for term in (*TERMS, "total")]
+        if cfg.train.select not in selectable:
+            raise ValueError(f"train.select must be one of {selectable}, got {cfg.train.select!r}")
         amp = cfg.train.amp and torch.cuda.is_available()
         bf16 = amp and torch.cuda.is_bf16_supported()
-        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "fp16" if amp else "no")
+        # Several processes without CUDA (torchrun on CPUs): Accelerate needs cpu=True to join
+        # the process group over gloo; otherwise every process would think it is alone.
+        cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1
+        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "fp16" if amp else "no",
+                                       cpu=cpu_group)
         self.main = self.accelerator.is_main_process
         if self.main and not resume and (self.run_dir / "history.json").exists():
             raise FileExistsError(f"{self.run_dir} holds a run already: continue it with "
@@ -91,12 +99,14 @@ class Trainer:
 
             attach_feature_cache(self.data, self.model, Path(cfg.data.cache_dir) / "features",
                                  device=self.accelerator.device, progress=progress and self.main)
-        self.steps_per_epoch = math.ceil(len(self.data.datasets["train"]) / cfg.data.batch_size
-                                         / self.accelerator.num_processes)
+        # Batches per epoch over all processes: Accelerate steps a prepared scheduler once per
+        # process at every optimiser step, so the schedule is written for one process.
+        batches = math.ceil(len(self.data.datasets["train"]) / cfg.data.batch_size)
+        self.steps_per_epoch = math.ceil(batches / self.accelerator.num_processes)
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                       weight_decay=cfg.train.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(self.steps_per_epoch * cfg.train.epochs, cfg.train.warmup))
+            optimizer, warmup_cosine(batches * cfg.train.epochs, cfg.train.warmup))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             self.model, optimizer, scheduler)
         self.history: list[dict] = []

@@ -1,5 +1,7 @@
 """caption_scores: corpus level, refuses what would be meaningless."""
 
+import math
+
 import pytest
 
 from cmar.metrics import caption_scores, simple_tokenize
@@ -39,3 +41,66 @@ def test_exact_match_counts_whole_captions():
 
     preds = {"a": "ann the RED circle walks to the tree", "b": "Bob", "c": "nothing"}
     assert exact_match(preds, REFS) == pytest.approx(1 / 3)
+
+
+def test_bleu_brevity_penalty_by_hand():
+    # every n-gram of the hypothesis is in the reference, but it is 4 words for 5: BP = e^(1-5/4)
+    refs = {"a": ["w x y z v"], "b": ["p q r s t"]}
+    preds = {"a": "w x y z", "b": "p q r s"}
+    scores = caption_scores(preds, refs)
+    assert scores["BLEU-1"] == pytest.approx(math.exp(1 - 10 / 8), rel=1e-6)
+    assert scores["BLEU-4"] == pytest.approx(math.exp(1 - 10 / 8), rel=1e-6)
+
+
+def test_bleu_clipped_precision_by_hand():
+    # "the the the" against "the cat": clipped unigram precision 1/3, length 3 >= 2 so BP = 1
+    scores = caption_scores({"a": "the the the", "b": "a dog"}, {"a": ["the cat"],
+                                                                  "b": ["a dog"]})
+    assert scores["BLEU-1"] == pytest.approx((1 + 2) / (3 + 2), rel=1e-6)
+
+
+def test_cider_matches_the_scorer_called_directly_on_tokenized_text():
+    from pycocoevalcap.cider.cider import Cider
+
+    preds = {"a": "Ann walks to the Tree.", "b": "Bob runs to the pond!", "c": "Cid waits."}
+    refs = {"a": ["ann walks to the tree"], "b": ["bob walks to the pond"],
+            "c": ["cid runs to the house"]}
+    direct, _ = Cider().compute_score(refs, {k: [simple_tokenize(v)] for k, v in preds.items()})
+    assert caption_scores(preds, refs)["CIDEr"] == pytest.approx(direct)
+    assert 0 < direct < 10
+
+
+def test_ranking_scores_on_a_constructed_ranking():
+    import torch
+
+    from cmar.alignment import ranking_scores
+
+    scores = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.0, 0.0],   # true first: rank 1
+                           [0.5, 0.6, 0.1, 0.2, 0.0, 0.0],   # rank 2
+                           [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])  # rank 6
+    out = ranking_scores(scores)
+    assert out["R@1"] == pytest.approx(1 / 3) and out["R@5"] == pytest.approx(2 / 3)
+    assert out["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 6) / 3)
+    assert out["chance R@1"] == pytest.approx(1 / 6)
+
+
+def test_candidates_come_from_other_stories():
+    from cmar.alignment import candidate_index, other_story
+
+    stories = ["a", "a", "b", "b", "c", "c", "d"]
+    index = candidate_index(stories, 5)
+    for i, row in enumerate(index.tolist()):
+        assert row[0] == i and all(stories[j] != stories[i] for j in row[1:])
+        assert len(set(row)) == 5
+    assert [stories[j] != stories[i] for i, j in enumerate(other_story(stories).tolist())] \
+        == [True] * 7
+
+
+def test_slot_accuracy_names_the_wrong_part():
+    from cmar.slots import slot_accuracy
+
+    refs = {"a": ["Ann the red circle walks to the tree and meets Bob."],
+            "b": ["Bob the blue square runs to the pond."]}
+    preds = {"a": "ann the red circle walks to the pond and meets bob.", "b": "nonsense"}
+    out = slot_accuracy(preds, refs)
+    assert out == {"parsed": 0.5, "who": 0.5, "look": 0.5, "verb": 0.5, "place": 0.0, "met": 0.5}

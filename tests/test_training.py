@@ -1,0 +1,127 @@
+"""Training writes a complete run folder, resumes exactly, and stops loudly on NaN."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cmar.cli import main
+from cmar.config import load_config
+from cmar.evaluate import evaluate_run
+from cmar.models import StoryModel, load_model
+from cmar.train import Trainer
+
+
+def smoke(shapes_cache, tmp_path, *extra):
+    return load_config("smoke", [f"data.cache_dir={shapes_cache}", f"runs_dir={tmp_path}",
+                                 *extra])
+
+
+@pytest.fixture(scope="module")
+def trained_run(shapes_cache, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    trainer = Trainer(smoke(shapes_cache, runs), progress=False)
+    trainer.fit()
+    return trainer
+
+
+def test_smoke_run_writes_every_file(trained_run):
+    run = trained_run.run_dir
+    for name in ("config.yaml", "tokenizer/tokenizer.json", "best.pt", "last.pt",
+                 "history.json", "loss_curves.png"):
+        assert (run / name).exists(), name
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    for key in ("train_caption", "train_align", "train_next", "val_caption", "val_total"):
+        assert all(isinstance(row[key], float) for row in history)
+    assert history[0]["windows_seen"] == len(trained_run.data.datasets["train"])
+    with Image.open(run / "loss_curves.png") as png:
+        assert png.format == "PNG" and png.size[0] > 400
+    assert history[-1]["train_caption"] < history[0]["train_caption"]
+
+
+def test_evaluation_scores_the_whole_split_beside_the_floors(trained_run):
+    metrics = evaluate_run(trained_run.run_dir, progress=False)
+    run = trained_run.run_dir
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == metrics["windows"] > 0
+    assert set(json.loads(lines[0])) == {"window_id", "context", "reference", "prediction"}
+    systems = set(metrics["captions"])
+    assert {"model", "copy last caption", "most frequent caption", "nearest neighbour (TF-IDF)",
+            "oracle (both: ceiling)"} <= systems
+    assert metrics["captions"]["oracle (both: ceiling)"]["BLEU-4"] == pytest.approx(1.0)
+    for group in ("next-frame retrieval", "next-caption retrieval", "image-text alignment",
+                  "context sensitivity", "grounding"):
+        assert group in metrics["alignment"]
+    report = (run / "report.md").read_text()
+    assert "| copy last caption |" in report and "prediction:" in report
+    assert json.loads((run / "metrics.json").read_text())["split"] == "test"
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(shapes_cache, tmp_path):
+    whole = Trainer(smoke(shapes_cache, tmp_path / "a"), progress=False)
+    whole.fit()
+    interrupted = Trainer(smoke(shapes_cache, tmp_path / "b"), progress=False)
+    interrupted.fit(stop_after=1)
+    del interrupted
+    resumed = Trainer(None, run_dir=tmp_path / "b" / "smoke", resume=True, progress=False)
+    assert resumed.start_epoch == 2
+    resumed.fit()
+    a, _ = load_model(tmp_path / "a" / "smoke" / "last.pt")
+    b, _ = load_model(tmp_path / "b" / "smoke" / "last.pt")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    history = json.loads((tmp_path / "b" / "smoke" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_nan_loss_stops_with_the_step(shapes_cache, tmp_path, monkeypatch):
+    real = StoryModel.forward
+    calls = []
+
+    def poisoned(self, batch, return_attention=False):
+        out = real(self, batch, return_attention)
+        calls.append(1)
+        if len(calls) == 3:
+            out.losses["caption"] = out.losses["caption"] * float("nan")
+        return out
+
+    monkeypatch.setattr(StoryModel, "forward", poisoned)
+    trainer = Trainer(smoke(shapes_cache, tmp_path), progress=False)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, step 3"):
+        trainer.fit()
+
+
+def test_an_existing_run_is_not_overwritten_and_bad_values_are_named(shapes_cache, tmp_path,
+                                                                     capsys):
+    args = ["train", "--config", "smoke", "--set", f"data.cache_dir={shapes_cache}",
+            "--set", f"runs_dir={tmp_path}", "--set", "train.epochs=1"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--set", "train.select=val_bleu"]) == 2
+    assert "train.select must be one of" in capsys.readouterr().err
+
+
+def test_two_cpu_processes_under_torchrun_write_one_run_and_see_every_window(shapes_cache,
+                                                                            tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "-m", "cmar", "train", "--config", "smoke", "--set", f"runs_dir={tmp_path}",
+               "--set", f"data.cache_dir={shapes_cache}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder:") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["smoke"]
+    history = json.loads((tmp_path / "smoke" / "history.json").read_text())
+    single = load_config("smoke", [f"data.cache_dir={shapes_cache}"])
+    from cmar.data import prepare_data
+
+    windows = len(prepare_data(single.data, splits=("train",), progress=False).datasets["train"])
+    assert [row["windows_seen"] for row in history] == [windows, windows]
+    assert history[1]["train_caption"] < history[0]["train_caption"]  # it learned, lr > 0
