@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .PHONY: demo test lint clean-data help
 
 help:
-	@echo "make demo   set up .venv and run the main job on ShapeStories"
+	@echo "make demo   set up .venv, train and evaluate the default model on ShapeStories"
 	@echo "make test   set up .venv with the dev extra, lint and run the test suite"
 
 $(BIN)/python:
@@ -24,8 +24,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# Generate ShapeStories, train the preset, evaluate on the test split, print the table.
 demo: $(VENV)/.installed
 	$(BIN)/cmar data --config $(CONFIG)
+	$(BIN)/cmar train --config $(CONFIG) --set name=demo --overwrite
+	$(BIN)/cmar evaluate runs/demo
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check cmar tests
@@ -34,4 +37,4 @@ test: $(VENV)/.installed-dev lint
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 clean-data:
-	rm -rf data/shapestories data/frames
+	rm -rf data/shapestories data/frames data/features

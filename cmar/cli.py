@@ -1,5 +1,5 @@
-"""Command line: ``cmar data`` (dataset summary), ``cmar model`` (parameter counts),
-``cmar bench loader|decode`` (speed).
+"""Command line: ``cmar train``, ``cmar evaluate``, ``cmar generate``, ``cmar data`` (dataset
+summary), ``cmar model`` (parameter counts), ``cmar bench loader|decode`` (speed).
 
 Every command takes ``--config PRESET_OR_FILE`` and any number of ``--set key.sub=value``.
 """
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from cmar.config import load_config
 
@@ -58,7 +59,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = train(None, resume_dir=args.resume)
     else:
-        run_dir = train(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)
+        if args.overwrite:
+            import shutil
+
+            shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)
+        run_dir = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:  # one line, not one per process
         print(f"run folder: {run_dir}")
     return 0
@@ -162,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model into runs/<name>/")
     _add_config_args(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete an existing run folder of the same name first")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="score a run: captions, floors, alignment")

@@ -56,7 +56,8 @@ class ModelConfig:
     story_encoder: str = "gru"  # over the k fused frames: "gru" | "lstm" | "transformer"
     decoder: str = "lstm"  # "lstm" | "gru" | "transformer"
     decoder_layers: int = 1  # layers of the decoder (and of Transformer encoders)
-    memory_tokens: bool = True  # decoder memory = story states + refined caption tokens
+    memory_tokens: bool = True  # decoder memory also holds every context frame's fused words
+    memory_regions: bool = True  # ... and every context frame's fused image regions
     dropout: float = 0.1  # dropout inside every part
     temperature: float = 0.1  # InfoNCE temperature of the alignment and next-frame losses
 

@@ -100,6 +100,7 @@ def test_an_existing_run_is_not_overwritten_and_bad_values_are_named(shapes_cach
     assert main(args) == 0
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
     assert main([*args, "--set", "train.select=val_bleu"]) == 2
     assert "train.select must be one of" in capsys.readouterr().err
 

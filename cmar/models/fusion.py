@@ -36,6 +36,7 @@ class FusedFrame:
     text: torch.Tensor  # (N, d) pooled text *before* fusion: fused vectors would see the
     #                     other modality, making the alignment loss trivial
     attention: torch.Tensor | None = None  # (N, rounds, L, R) word -> region weights
+    regions: torch.Tensor | None = None  # (N, R, d) regions after fusion (decoder memory)
 
 
 class GatedAttention(nn.Module):
@@ -101,7 +102,7 @@ class CMARFusion(nn.Module):
             regions, _ = i2t(regions, tokens, text_mask)  # regions re-read the refined words
             maps.append(weights)  # (N, L, R)
         return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text,
-                          torch.stack(maps, 1) if return_attention else None)
+                          torch.stack(maps, 1) if return_attention else None, regions)
 
 
 @FUSIONS.register("cross")
@@ -118,7 +119,7 @@ class CrossFusion(nn.Module):
     def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
         tokens, weights = self.text_to_image(tokens, regions)
         return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text,
-                          weights.unsqueeze(1) if return_attention else None)
+                          weights.unsqueeze(1) if return_attention else None, regions)
 
 
 @FUSIONS.register("concat")
@@ -131,4 +132,5 @@ class ConcatFusion(nn.Module):
         self.pool = _Pool(d_model, _hidden_for(budget, d_model, 2 * d_model), dropout)
 
     def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
-        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text, None)
+        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text, None,
+                          regions)

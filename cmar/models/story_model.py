@@ -6,7 +6,8 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
     context tokens (B, k, Lc)      --text_encoder---> tokens  (B*k, Lc, d), text (B*k, d)
     fusion per frame (concat | cross | cmar)        -> frame (B*k, d), refined tokens
     story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
-    memory = story states [+ refined tokens of every frame] [+ target regions if grounded]
+    memory = story states [+ fused words and regions of every context frame]
+             [+ target-frame regions if grounded]
     decoder(target_in (B, L), memory)               -> logits (B, L, V)
     next_frame(summary)                             -> predicted image embedding (B, d)
 
@@ -29,7 +30,7 @@ from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parame
 from cmar.models.sequence import StoryEncoder, TextEncoder
 
 PARTS = ("image_encoder", "text_encoder", "fusion", "story_encoder", "decoder", "next_frame")
-MEMORY_KINDS = 3  # story state, caption token, target-frame region
+MEMORY_KINDS = 4  # story state, caption token, context-frame region, target-frame region
 
 
 class NextFrameHead(nn.Module):
@@ -125,9 +126,14 @@ class StoryModel(nn.Module):
             where = self.frame_position.weight[:k].repeat_interleave(mask.shape[1], 0)
             parts.append(fused.tokens.reshape(b, -1, story.shape[-1]) + where + kinds[1])
             masks.append(mask.reshape(b, -1))
+        if self.cfg.memory_regions and fused.regions is not None:
+            r = fused.regions.shape[1]
+            where = self.frame_position.weight[:k].repeat_interleave(r, 0)
+            parts.append(fused.regions.reshape(b, k * r, -1) + where + kinds[2])
+            masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device))
         if self.mode == "grounded":  # the target frame's image joins the memory
             target_regions, _ = self.image_encoder(batch.target_image)  # (B, R, d)
-            parts.append(target_regions + kinds[2])
+            parts.append(target_regions + kinds[3])
             masks.append(torch.ones(target_regions.shape[:2], dtype=torch.bool,
                                     device=story.device))
         return Encoded(torch.cat(parts, 1), torch.cat(masks, 1), summary, fused)
