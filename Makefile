@@ -6,7 +6,7 @@ CONFIG ?= default
 # Tests never touch the network; the demo may (only if CONFIG points at the hub).
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: demo test lint clean-data help
+.PHONY: demo test lint notebooks clean-data help
 
 help:
 	@echo "make demo   set up .venv, train and evaluate the default model on ShapeStories"
@@ -31,10 +31,16 @@ demo: $(VENV)/.installed
 	$(BIN)/cmar evaluate runs/demo
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check cmar tests
+	$(BIN)/ruff check cmar tests tools
 
 test: $(VENV)/.installed-dev lint
 	$(OFFLINE) $(BIN)/python -m pytest -q
+	$(OFFLINE) CMAR_SMOKE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax \
+		--nbval-current-env --nbval-cell-timeout=600 notebooks/
+
+# Re-execute every notebook in full mode, outputs kept (a few tens of minutes on a CPU).
+notebooks: $(VENV)/.installed-dev
+	$(BIN)/python tools/run_notebooks.py
 
 clean-data:
 	rm -rf data/shapestories data/frames data/features

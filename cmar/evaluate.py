@@ -15,6 +15,7 @@ from cmar import alignment
 from cmar.config import load_config
 from cmar.data import Collate, decode, load_tokenizer, prepare_data
 from cmar.data.batches import pad_targets
+from cmar.data.tokenizer import UNK_ID
 from cmar.floors import all_floors, windows_text
 from cmar.metrics import caption_scores, exact_match
 from cmar.models import load_model
@@ -38,14 +39,33 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt"):
     return cfg, load_tokenizer(run_dir / "tokenizer"), model.eval()
 
 
+def blank(batch, what: str | None):
+    """Modality ablation: the batch with its context ``images`` (and, in grounded mode, the
+    target image) replaced by zeros, or its context ``captions`` reduced to one [UNK]."""
+    if what is None:
+        return batch
+    if what == "images":
+        return type(batch)(**{**batch.__dict__,
+                              "context_images": torch.zeros_like(batch.context_images),
+                              "target_image": torch.zeros_like(batch.target_image)})
+    if what == "captions":
+        tokens = torch.full_like(batch.context_tokens[..., :1], UNK_ID)
+        return type(batch)(**{**batch.__dict__, "context_tokens": tokens,
+                              "context_mask": torch.ones_like(tokens, dtype=torch.bool)})
+    raise ValueError(f"blank must be None, 'images' or 'captions', got {what!r}")
+
+
 @torch.no_grad()
 def generate_captions(model, data, split: str, strategy: str = "greedy", beam_size: int = 5,
-                      batch_size: int = 64, progress: bool = True, **options) -> dict[str, str]:
-    """{window id: generated caption} for every window of ``split`` (free-running)."""
+                      batch_size: int = 64, progress: bool = True, blank_input: str | None = None,
+                      **options) -> dict[str, str]:
+    """{window id: generated caption} for every window of ``split`` (free-running);
+    ``blank_input`` ("images" / "captions") runs a modality ablation."""
     device = next(model.parameters()).device
     loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
     out = {}
     for batch in tqdm(loader, desc=f"generating ({strategy})", disable=not progress):
+        batch = blank(batch, blank_input)
         ids = model.generate(batch.to(device), strategy, beam_size=beam_size, **options)
         out.update({wid: decode(data.tokenizer, row) for wid, row in zip(batch.window_ids,
                                                                           ids.cpu(), strict=True)})

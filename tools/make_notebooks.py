@@ -1,0 +1,336 @@
+"""Writes notebooks/01..05 from the cell sources below (outputs are added by executing them:
+``make notebooks``). Edit here, run ``python tools/make_notebooks.py``, then re-execute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+REPO = "cmar-project/cmar"  # where the badge and the Colab install cell point
+FOLDER = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def header(number: str, title: str, teaches: str) -> list:
+    badge = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+             f"(https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{number}.ipynb)")
+    install = (
+        "# On Colab only: install cmar (elsewhere `make demo` or `pip install -e .` did it).\n"
+        "import importlib.util\nimport subprocess\nimport sys\n\n"
+        "on_colab = importlib.util.find_spec(\"google\") is not None and \\\n"
+        "    importlib.util.find_spec(\"google.colab\") is not None\n"
+        "if on_colab and importlib.util.find_spec(\"cmar\") is None:\n"
+        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",\n"
+        f"                    \"git+https://github.com/{REPO}\"], check=True)"
+    )
+    return [new_markdown_cell(f"# {title}\n\n{teaches}\n\n{badge}\n\n"
+                              "Outputs committed here come from a full run on ShapeStories on a "
+                              "2-core CPU (`make notebooks`). CI runs every notebook in smoke "
+                              "mode (`CMAR_SMOKE=1`: tiny data, seconds)."),
+            new_code_cell(install)]
+
+
+def parameters(source: str):
+    cell = new_code_cell("import os\n\nSMOKE = os.environ.get(\"CMAR_SMOKE\") == \"1\"  "
+                         "# CI sets it: tiny data and model, seconds\n" + source)
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+def varying(source: str):
+    """A cell whose output changes between runs (timings, progress): nbval skips comparing."""
+    cell = new_code_cell(source)
+    cell.metadata["tags"] = ["nbval-ignore-output"]
+    return cell
+
+
+md, code = new_markdown_cell, new_code_cell
+
+NOTEBOOKS = {
+    "01_data": header("01_data", "01 · Data: stories, frames, windows, batches",
+                      "What a story is, how the markup becomes captions, what ShapeStories "
+                      "asks of a model, and the exact tensors a batch holds.") + [
+        parameters('SOURCE = "shapestories"  # or "storyreasoning", or a local copy\n'
+                   'CONFIG = "smoke" if SMOKE else "default"\n'
+                   'OVERRIDES = [f"data.source={SOURCE}"]'),
+        code("from cmar.config import load_config\nfrom cmar.data import prepare_data\n\n"
+             "cfg = load_config(CONFIG, OVERRIDES)\n"
+             "data = prepare_data(cfg.data, progress=False)\nsummary = data.summary()\n"
+             "for split, row in summary[\"splits\"].items():\n"
+             "    print(f\"{split:<11} {row['stories']:>5} stories {row['frames']:>6} frames "
+             "{row['windows']:>6} windows  skipped: {row['skipped'] or 0}\")\n"
+             "print(\"vocabulary:\", summary[\"vocabulary\"], \"tokens\")"),
+        md("## The markup\n\nEach story's text holds one `<gdi imageN>` segment per image. "
+           "`split_frames` returns their plain text in order of N; `frame_entities` keeps the "
+           "entity ids; `parse_boxes` reads the boxes of the `chain_of_thought` tables."),
+        code("from cmar.data import frame_entities, open_source, parse_boxes, split_frames\n"
+             "from cmar.data.prepare import shapestories_options\n\n"
+             "raw = open_source(cfg.data.source, cache_dir=cfg.data.cache_dir,\n"
+             "                  **shapestories_options(cfg.data))[\"train\"][0]\n"
+             "print(raw[\"story\"][:600])\nprint()\n"
+             "for n, (text, ids) in enumerate(zip(split_frames(raw[\"story\"]), "
+             "frame_entities(raw[\"story\"])), 1):\n"
+             "    print(n, text, ids)\nprint()\nprint(\"boxes of image 1:\", "
+             "parse_boxes(raw[\"chain_of_thought\"])[1])"),
+        md("## A story strip\n\nShapeStories: names are only in the text, where each character "
+           "faces (the black dot) and who stands where are only in the images. The next caption "
+           "needs both."),
+        code("import matplotlib.pyplot as plt\nfrom cmar.plots import story_strip\n\n"
+             "story = data.stories[\"train\"][0]\n"
+             "story_strip([story.image(t) for t in range(len(story))], story.captions,\n"
+             "            [f\"frame {t + 1}\" for t in range(len(story))])\nplt.show()"),
+        md("## Statistics"),
+        code("from collections import Counter\n\n"
+             "train = data.stories[\"train\"]\n"
+             "fig, axes = plt.subplots(1, 2, figsize=(9, 3))\n"
+             "axes[0].hist([len(s) for s in train], bins=range(2, 25))\n"
+             "axes[0].set_title(\"frames per story\")\n"
+             "axes[1].hist([len(c.split()) for s in train for c in s.captions], bins=20)\n"
+             "axes[1].set_title(\"words per caption\")\nplt.tight_layout()\nplt.show()\n"
+             "words = Counter(w.strip('.,').lower() for s in train for c in s.captions "
+             "for w in c.split())\nprint(words.most_common(15))"),
+        md("## Windows and the target shift\n\nEvery frame t >= k of a story is a target, its "
+           "context frames t-k .. t-1. The decoder reads `target_in` (`[BOS]` + the caption) and "
+           "must predict `target_out` (the caption + `[EOS]`), the same tokens shifted by one."),
+        code("from cmar.data import decode\n\nbatch = next(iter(data.loader(\"train\", "
+             "shuffle=False, num_workers=0)))\n"
+             "for name, value in batch.__dict__.items():\n"
+             "    print(f\"{name:<15}\", tuple(value.shape) if hasattr(value, \"shape\") "
+             "else value[:3])\n"
+             "tok = data.tokenizer\nrow_in = tok.convert_ids_to_tokens(batch.target_in[0])\n"
+             "row_out = tok.convert_ids_to_tokens(batch.target_out[0])\n"
+             "print(\"\\nwindow\", batch.window_ids[0])\n"
+             "for i, (a, b) in enumerate(zip(row_in, row_out)):\n"
+             "    print(f\"{i:>2}  input {a:<10} -> predict {b}\")"),
+    ],
+    "02_model": header("02_model", "02 · The model: CNN, CMAR, story encoder, decoder",
+                       "The parts of `StoryModel`, the CMAR block and its two ablations, one "
+                       "forward pass with every shape, and attention drawn over an image.") + [
+        parameters('CONFIG = "smoke" if SMOKE else "default"\nFUSION = "cmar"  # or "cross", '
+                   '"concat"\nDECODER = "lstm"  # or "gru", "transformer"'),
+        md("## CMAR\n\nFor one frame, image regions $V \\in \\mathbb{R}^{R\\times d}$ and caption "
+           "word states $W \\in \\mathbb{R}^{L\\times d}$, repeated for $r$ rounds:\n\n"
+           "$$W \\leftarrow \\mathrm{LN}(W + g_w \\odot \\mathrm{Attn}(W, V, V)),\\quad "
+           "g_w = \\sigma(G_w[W; \\mathrm{Attn}(W,V,V)])$$\n\n"
+           "$$V \\leftarrow \\mathrm{LN}(V + g_v \\odot \\mathrm{Attn}(V, W, W)),\\quad "
+           "g_v = \\sigma(G_v[V; \\mathrm{Attn}(V,W,W)])$$\n\n"
+           "then the frame vector is a projection of $[\\bar V; \\bar W]$.\n\n"
+           "```\nframe image --CNN--> regions V --+            +--> frame vector --> story "
+           "encoder --> memory --> decoder --> next caption\n"
+           "frame caption --GRU--> words W ---+-- CMAR x r-+--> fused words, regions -----^\n"
+           "```\n\n`cross` is one text-to-image pass; `concat` joins the pooled vectors. All "
+           "three get the same parameter budget."),
+        code("from cmar.config import load_config\nfrom cmar.data import prepare_data\n"
+             "from cmar.models import build_model\n\n"
+             "cfg = load_config(CONFIG, [f\"model.fusion={FUSION}\", "
+             "f\"model.decoder={DECODER}\"])\n"
+             "data = prepare_data(cfg.data, splits=(\"train\",), progress=False)\n"
+             "model = build_model(cfg.model, data.tokenizer, cfg.data)\n"
+             "for part, count in model.parameter_counts().items():\n"
+             "    print(f\"{part:<15}{count:>12,}\")"),
+        code("import dataclasses\n\nfor fusion in (\"concat\", \"cross\", \"cmar\"):\n"
+             "    other = build_model(dataclasses.replace(cfg.model, fusion=fusion), "
+             "data.tokenizer, cfg.data)\n"
+             "    print(f\"{fusion:<8}{other.parameter_counts()['fusion']:>10,} parameters\")"),
+        md("## One forward pass, every shape"),
+        code("import torch\n\ntorch.manual_seed(0)\n"
+             "batch = next(iter(data.loader(\"train\", shuffle=False, num_workers=0)))\n"
+             "b, k = batch.context_tokens.shape[:2]\n"
+             "regions, image = model.image_encoder(batch.context_images.flatten(0, 1))\n"
+             "tokens, text = model.text_encoder(batch.context_tokens.flatten(0, 1), "
+             "batch.context_mask.flatten(0, 1))\n"
+             "enc = model.encode(batch, return_attention=True)\nout = model(batch)\n"
+             "shapes = {\"context images\": batch.context_images, \"regions\": regions, "
+             "\"image vector\": image,\n          \"word states\": tokens, \"fused frames\": "
+             "enc.fused.frame, \"memory\": enc.memory,\n          \"logits\": out.logits, "
+             "\"next-frame embedding\": out.next_pred}\n"
+             "for name, value in shapes.items():\n    print(f\"{name:<22}{tuple(value.shape)}\")\n"
+             "print({name: round(value.item(), 3) for name, value in out.losses.items()})"),
+        md("## Attention over the image (untrained)\n\nWhere each word of a context caption "
+           "looks among the image regions, averaged over CMAR rounds. Untrained, it is close to "
+           "uniform; notebook 04 draws it after training."),
+        code("import matplotlib.pyplot as plt\nfrom cmar.plots import attention_overlay\n\n"
+             "story = data.stories[\"train\"][0]\nwords = data.tokenizer.convert_ids_to_tokens("
+             "batch.context_tokens[0, 0][batch.context_mask[0, 0]])\n"
+             "if enc.fused.attention is None:\n    print(f\"{FUSION} has no attention to draw\")\n"
+             "else:\n    maps = enc.fused.attention[0].mean(0)  # (L, R) for frame 1 of window 0\n"
+             "    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))\n"
+             "    for ax, i in zip(axes, range(4)):\n"
+             "        attention_overlay(ax, story.image(0), maps[i].detach(), words[i])\n"
+             "    plt.show()"),
+    ],
+    "03_training": header("03_training", "03 · Training",
+                          "Train the chosen configuration with a progress bar and watch train "
+                          "and validation loss per epoch, for every loss term.") + [
+        parameters('CONFIG = "smoke" if SMOKE else "default"\nNAME = "notebook"\n'
+                   'RUNS_DIR = "runs"\nOVERRIDES = [f"name={NAME}", f"runs_dir={RUNS_DIR}"]'),
+        code("import shutil\nfrom pathlib import Path\n\nfrom cmar.config import load_config\n"
+             "from cmar.train import Trainer\n\ncfg = load_config(CONFIG, OVERRIDES)\n"
+             "shutil.rmtree(Path(RUNS_DIR) / NAME, ignore_errors=True)  # a fresh run each time\n"
+             "trainer = Trainer(cfg)\nprint(f\"{len(trainer.data.datasets['train'])} training "
+             "windows, {trainer.steps_per_epoch} steps per epoch\")"),
+        varying("history = trainer.fit()"),
+        md("## Loss per epoch\n\nThe two curves everyone draws first, then every term of the "
+           "loss: caption cross-entropy, image-text alignment and next-frame InfoNCE."),
+        code("import matplotlib.pyplot as plt\n\ntrain_losses = [row[\"train_caption\"] for row "
+             "in history]\nval_losses = [row[\"val_caption\"] for row in history]\n"
+             "plt.plot(train_losses, label=\"train\")\nplt.plot(val_losses, label=\"validation\")\n"
+             "plt.xlabel(\"epoch - 1\")\nplt.ylabel(\"caption cross-entropy\")\nplt.legend()\n"
+             "plt.show()"),
+        code("from cmar.plots import loss_curves_figure\n\nloss_curves_figure(history)\n"
+             "plt.show()"),
+        md("## The run folder\n\nEverything needed to evaluate, resume or reproduce the run."),
+        code("for path in sorted(trainer.run_dir.rglob(\"*\")):\n"
+             "    if path.is_file():\n        print(path.relative_to(trainer.run_dir))"),
+    ],
+    "04_evaluation": header("04_evaluation", "04 · Evaluation",
+                            "Free-running generation (greedy, beam, nucleus), corpus-level "
+                            "scores beside their floors, alignment scores, and what the model "
+                            "looks at.") + [
+        parameters('CONFIG = "smoke" if SMOKE else "default"\nRUN_DIR = "runs/notebook"  '
+                   '# written by 03_training; trained here if missing\nSPLIT = "test"'),
+        code("from pathlib import Path\n\nfrom cmar.config import load_config\n"
+             "from cmar.train import train\n\nif not (Path(RUN_DIR) / \"best.pt\").exists():\n"
+             "    train(load_config(CONFIG, [f\"name={Path(RUN_DIR).name}\",\n"
+             "                               f\"runs_dir={Path(RUN_DIR).parent}\"]), "
+             "progress=False)"),
+        code("import torch\nfrom cmar.data import decode, prepare_data\n"
+             "from cmar.evaluate import load_run\n\ncfg, tokenizer, model = load_run(RUN_DIR)\n"
+             "data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(\"train\", SPLIT), "
+             "progress=False)\nbatch = next(iter(data.loader(SPLIT, shuffle=False, "
+             "batch_size=4, num_workers=0)))\n"
+             "for strategy, options in ((\"greedy\", {}), (\"beam\", {\"beam_size\": 5}),\n"
+             "                          (\"sample\", {\"top_p\": 0.9, \"generator\": "
+             "torch.Generator().manual_seed(0)})):\n"
+             "    ids = model.generate(batch, strategy, **options)\n"
+             "    print(f\"{strategy:<7}\", decode(tokenizer, ids[0]))\n"
+             "print(\"reference\", decode(tokenizer, batch.target_out[0]))"),
+        md("## Scores beside their floors\n\nThe whole split, corpus level. On ShapeStories "
+           "the slot columns say which part of the caption each system gets right: names come "
+           "from the text, places and meetings from the images."),
+        code("from IPython.display import Markdown, display\nfrom cmar.evaluate import "
+             "evaluate_run\nfrom cmar.report import alignment_table, caption_table\n\n"
+             "metrics = evaluate_run(RUN_DIR, split=SPLIT, progress=False)\n"
+             "display(Markdown(caption_table(metrics)))\n"
+             "display(Markdown(alignment_table(metrics)))"),
+        md("## Story strips: context, reference, prediction"),
+        code("import json\nimport matplotlib.pyplot as plt\nfrom cmar.plots import window_strip\n\n"
+             "predictions = {json.loads(line)[\"window_id\"]: json.loads(line)[\"prediction\"]\n"
+             "               for line in open(Path(RUN_DIR) / \"predictions.jsonl\")}\n"
+             "stories = data.stories[SPLIT]\n"
+             "for w in data.datasets[SPLIT].windows[:2]:\n"
+             "    story = stories[w.story]\n"
+             "    window_strip(story, w.t, w.k, predictions[f\"{story.story_id}:{w.t}\"])\n"
+             "    plt.show()"),
+        md("## Where CMAR looks\n\nThe words of the first context caption, each with its "
+           "word-to-region attention (mean over rounds) over the frame's image."),
+        code("from cmar.plots import attention_overlay\n\nout = model(batch, "
+             "return_attention=True)\nw = data.datasets[SPLIT].windows[0]\n"
+             "story = stories[w.story]\n"
+             "if out.attention is None:\n    print(\"this fusion has no attention\")\nelse:\n"
+             "    words = tokenizer.convert_ids_to_tokens(batch.context_tokens[0, 0][batch."
+             "context_mask[0, 0]])\n    maps = out.attention[0, 0].mean(0)  # (L, R)\n"
+             "    n = min(6, len(words))\n"
+             "    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6))\n"
+             "    for i, ax in enumerate(axes):\n"
+             "        attention_overlay(ax, story.image(w.t - w.k), maps[i].detach(), words[i])\n"
+             "    plt.show()"),
+        md("## Retrieving the next frame\n\nThe predicted next-frame embedding ranks the "
+           "windows' true next frames; the top five beside the true one."),
+        code("import torch.nn.functional as F\n\nwith torch.no_grad():\n"
+             "    outs = [model(b) for b in data.loader(SPLIT, shuffle=False, num_workers=0)]\n"
+             "pred = F.normalize(torch.cat([o.next_pred for o in outs]), dim=-1)\n"
+             "true = F.normalize(torch.cat([o.next_true for o in outs]), dim=-1)\n"
+             "top = (pred[0] @ true.T).topk(5).indices.tolist()\n"
+             "windows = data.datasets[SPLIT].windows\n"
+             "images = [stories[windows[0].story].image(windows[0].t)] + "
+             "[stories[windows[i].story].image(windows[i].t) for i in top]\n"
+             "from cmar.plots import story_strip\n"
+             "story_strip(images, [\"true next frame\"] + [f\"rank {r + 1}\" + (\" (true)\" if i "
+             "== 0 else \"\") for r, i in enumerate(top)])\nplt.show()"),
+        md("## Does the decoder use its context?\n\nCaption loss with each window's own context "
+           "against another story's context: a gap near zero would mean the model ignores its "
+           "input."),
+        code("print(json.dumps(metrics[\"alignment\"][\"context sensitivity\"], indent=1))"),
+    ],
+    "05_ablations": header("05_ablations", "05 · Ablations",
+                           "Fusion (concat / cross / cmar) x decoder (LSTM / GRU / Transformer) "
+                           "over seeds, and modality ablations: images blanked, captions "
+                           "blanked.") + [
+        parameters('CONFIG = "smoke" if SMOKE else "default"\n'
+                   'FUSIONS = ["concat", "cmar"] if SMOKE else ["concat", "cross", "cmar"]\n'
+                   'DECODERS = ["gru"] if SMOKE else ["lstm", "gru", "transformer"]\n'
+                   'SEEDS = [0] if SMOKE else [0, 1, 2]\n'
+                   'EPOCHS = 1 if SMOKE else 10  # the full grid is 27 runs: hours on a CPU\n'
+                   'RUNS_DIR = "runs/ablations"'),
+        code("import shutil\nfrom pathlib import Path\n\nfrom cmar.config import load_config\n"
+             "from cmar.evaluate import evaluate_run\nfrom cmar.train import train\n\n"
+             "rows = []\nfor fusion in FUSIONS:\n    for decoder in DECODERS:\n"
+             "        for seed in SEEDS:\n"
+             "            name = f\"{fusion}-{decoder}-{seed}\"\n"
+             "            shutil.rmtree(Path(RUNS_DIR) / name, ignore_errors=True)\n"
+             "            cfg = load_config(CONFIG, [f\"name={name}\", f\"runs_dir={RUNS_DIR}\", "
+             "f\"seed={seed}\",\n                                       f\"model.fusion={fusion}\","
+             " f\"model.decoder={decoder}\",\n"
+             "                                       f\"train.epochs={EPOCHS}\"])\n"
+             "            run = train(cfg, progress=False)\n"
+             "            m = evaluate_run(run, progress=False)\n"
+             "            rows.append({\"fusion\": fusion, \"decoder\": decoder, \"seed\": seed,\n"
+             "                         \"BLEU-4\": m[\"captions\"][\"model\"][\"BLEU-4\"],\n"
+             "                         \"CIDEr\": m[\"captions\"][\"model\"][\"CIDEr\"],\n"
+             "                         \"caption R@1\": m[\"alignment\"][\"next-caption "
+             "retrieval\"][\"R@1\"],\n"
+             "                         \"context gap\": m[\"alignment\"][\"context sensitivity\"]"
+             "[\"gap\"]})\nfloors = {k: v[\"BLEU-4\"] for k, v in m[\"captions\"].items() if k "
+             "!= \"model\"}\nprint(len(rows), \"runs\")"),
+        md("## Mean and spread over seeds"),
+        code("import csv\nimport statistics\n\nkeys = [\"BLEU-4\", \"CIDEr\", \"caption R@1\", "
+             "\"context gap\"]\ntable = []\nfor fusion in FUSIONS:\n    for decoder in DECODERS:\n"
+             "        group = [r for r in rows if (r[\"fusion\"], r[\"decoder\"]) == (fusion, "
+             "decoder)]\n        entry = {\"fusion\": fusion, \"decoder\": decoder}\n"
+             "        for key in keys:\n            values = [r[key] for r in group]\n"
+             "            entry[key] = statistics.mean(values)\n"
+             "            entry[key + \" sd\"] = statistics.stdev(values) if len(values) > 1 "
+             "else 0.0\n        table.append(entry)\n"
+             "print(f\"{'fusion':<8}{'decoder':<13}\" + \"\".join(f\"{k:>20}\" for k in keys))\n"
+             "for e in table:\n    print(f\"{e['fusion']:<8}{e['decoder']:<13}\" + \"\".join(\n"
+             "        f\"{e[k]:>13.3f} ± {e[k + ' sd']:.3f}\" for k in keys))\n"
+             "with open(Path(RUNS_DIR) / \"ablations.csv\", \"w\", newline=\"\") as f:\n"
+             "    writer = csv.DictWriter(f, fieldnames=list(table[0]))\n"
+             "    writer.writeheader()\n    writer.writerows(table)"),
+        code("import matplotlib.pyplot as plt\nfrom cmar.plots import bar_chart\n\n"
+             "bar_chart([f\"{e['fusion']}+{e['decoder']}\" for e in table], "
+             "[e[\"BLEU-4\"] for e in table],\n          [e[\"BLEU-4 sd\"] for e in table], "
+             "floors, \"BLEU-4 (test)\")\nplt.show()"),
+        md("## Modality ablations\n\nThe best model above, evaluated with its context images "
+           "blanked, then with its context captions blanked (no retraining): how much each "
+           "modality is worth to it."),
+        code("from cmar.data import prepare_data\nfrom cmar.evaluate import generate_captions, "
+             "load_run\nfrom cmar.floors import windows_text\nfrom cmar.metrics import "
+             "caption_scores\n\nbest = max(rows, key=lambda r: r[\"BLEU-4\"])\n"
+             "run = Path(RUNS_DIR) / f\"{best['fusion']}-{best['decoder']}-{best['seed']}\"\n"
+             "cfg, tokenizer, model = load_run(run)\n"
+             "data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(\"test\",), "
+             "progress=False)\nrefs = {w: [t] for w, _, t in windows_text(data, \"test\")}\n"
+             "for blanked in (None, \"images\", \"captions\"):\n"
+             "    preds = generate_captions(model, data, \"test\", progress=False, "
+             "blank_input=blanked)\n    scores = caption_scores(preds, refs)\n"
+             "    print(f\"{str(blanked or 'nothing') + ' blanked':<18} BLEU-4 "
+             "{scores['BLEU-4']:.3f}  CIDEr {scores['CIDEr']:.3f}\")"),
+    ],
+}
+
+
+def main() -> None:
+    FOLDER.mkdir(exist_ok=True)
+    for name, cells in NOTEBOOKS.items():
+        notebook = new_notebook(cells=cells, metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"}})
+        nbformat.write(notebook, FOLDER / f"{name}.ipynb")
+        print("wrote", FOLDER / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
