@@ -261,8 +261,8 @@ NOTEBOOKS = {
                            "(`CMAR_GRID=quick`), not the full one.") + [
         parameters('# "smoke": seconds; "quick": 3 fusions x LSTM x 2 seeds, 2 epochs (about '
                    '12 min on a\n# 2-core CPU); "full": 3 fusions x 3 decoders x 3 seeds, '
-                   '10 epochs (hours on a CPU)\nGRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else '
-                   '"full")\nCONFIG = "smoke" if GRID == "smoke" else "default"\n'
+                   '10 epochs (hours on a CPU)\n'
+                   'GRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else "full")\nCONFIG = "smoke" if GRID == "smoke" else "default"\n'
                    'FUSIONS = {"smoke": ["concat", "cmar"]}.get(GRID, ["concat", "cross", '
                    '"cmar"])\nDECODERS = {"smoke": ["gru"], "quick": ["lstm"]}.get(GRID, '
                    '["lstm", "gru", "transformer"])\n'
