@@ -42,19 +42,33 @@ def _tokenized(
     raise ValueError(f"tokenizer must be 'python' or 'ptb', got {tokenizer!r}")
 
 
+def _meteor(gts: dict, res: dict) -> float:
+    if shutil.which("java") is None:
+        raise RuntimeError("METEOR needs Java on the PATH (it runs pycocoevalcap's "
+                           "meteor-1.5.jar); install a JRE or call with meteor=False")
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()  # starts the Java process; its __del__ stops it
+    score, _ = scorer.compute_score(gts, res)
+    del scorer
+    return float(score)
+
+
 def caption_scores(
-    predictions: dict[str, str], references: dict[str, list[str]], tokenizer: str = "python"
+    predictions: dict[str, str], references: dict[str, list[str]], tokenizer: str = "python",
+    meteor: bool = False,
 ) -> dict[str, float]:
     """Corpus-level BLEU-1..4, CIDEr (CIDEr-D) and ROUGE-L of ``predictions``.
 
     Args:
         predictions: item id -> one predicted caption.
         references: item id -> one or more reference captions (same ids as predictions).
-        tokenizer: ``python`` (default, no Java) or ``ptb``.
+        tokenizer: ``python`` (default, no Java) or ``ptb`` (Java's PTB tokenizer).
+        meteor: also compute METEOR (needs Java; a clear error without it).
 
     Returns:
-        ``{"BLEU-1": .., "BLEU-2": .., "BLEU-3": .., "BLEU-4": .., "CIDEr": .., "ROUGE-L": ..}``,
-        each in [0, 1] except CIDEr (0 to 10).
+        ``{"BLEU-1": .., "BLEU-2": .., "BLEU-3": .., "BLEU-4": .., "CIDEr": .., "ROUGE-L": ..}``
+        (and ``"METEOR"``), each in [0, 1] except CIDEr (0 to 10).
     """
     if set(predictions) != set(references):
         missing = sorted(set(references) - set(predictions))[:5]
@@ -76,6 +90,8 @@ def caption_scores(
     scores = {f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}
     scores["CIDEr"] = float(cider)
     scores["ROUGE-L"] = float(rouge)
+    if meteor:
+        scores["METEOR"] = _meteor(gts, res)
     return scores
 
 

@@ -104,3 +104,23 @@ def test_slot_accuracy_names_the_wrong_part():
     preds = {"a": "ann the red circle walks to the pond and meets bob.", "b": "nonsense"}
     out = slot_accuracy(preds, refs)
     assert out == {"parsed": 0.5, "who": 0.5, "look": 0.5, "verb": 0.5, "place": 0.0, "met": 0.5}
+
+
+needs_java = pytest.mark.skipif(__import__("shutil").which("java") is None, reason="no Java")
+
+
+@needs_java
+def test_ptb_tokenizer_and_meteor_with_java():
+    preds = {k: v[0] for k, v in REFS.items()}
+    scores = caption_scores(preds, REFS, tokenizer="ptb", meteor=True)
+    assert scores["BLEU-4"] == pytest.approx(1.0) and scores["METEOR"] > 0.95
+    preds["a"] = "Zed the pink star sleeps."
+    assert caption_scores(preds, REFS, meteor=True)["METEOR"] < scores["METEOR"]
+
+
+def test_meteor_without_java_says_so(monkeypatch):
+    import cmar.metrics as metrics
+
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="Java"):
+        caption_scores({k: v[0] for k, v in REFS.items()}, REFS, meteor=True)
