@@ -107,10 +107,26 @@ def _build(cls, values: dict[str, Any], where: str):
     kwargs = {}
     for key, value in values.items():
         default = getattr(cls(), key)
+        name = f"{where}.{key}".strip(".")
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = _build(type(default), value, f"{where}.{key}".strip("."))
+            value = _build(type(default), value, name)
+        else:
+            value = _checked(name, value, default)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _checked(name: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the type of the field's default (ints pass as floats)."""
+    if default is None or value is None:
+        return value  # optional fields take anything, or nothing
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and (expected is bool) == isinstance(value, bool):
+        return value
+    raise ValueError(f"config key {name} expects {expected.__name__} (like {default!r}), "
+                     f"got {value!r}")
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

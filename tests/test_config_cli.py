@@ -74,3 +74,11 @@ def test_cmar_model_prints_matched_fusion_budgets(shapes_cache, capsys):
               for line in out.splitlines()[-3:]}
     assert set(counts) == {"cmar", "concat", "cross"}
     assert max(counts.values()) / min(counts.values()) < 1.01
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ValueError, match=r"data\.k expects int.*'three'"):
+        load_config("smoke", ["data.k=three"])
+    with pytest.raises(ValueError, match=r"train\.amp expects bool"):
+        load_config("smoke", ["train.amp=3"])
+    assert load_config("smoke", ["train.lr=1"]).train.lr == 1.0
