@@ -115,3 +115,13 @@ def test_generated_ids_end_at_eos_and_respect_max_len():
                 assert all(t == PAD for t in row[row.index(EOS) + 1:])
             else:
                 assert len(row) == 9 and PAD not in row
+
+
+def test_cached_memory_attention_equals_multihead_attention():
+    decoder = tiny_model(decoder="gru").decoder.eval()
+    g = torch.Generator().manual_seed(0)
+    states, memory = torch.randn(3, 5, 32, generator=g), torch.randn(3, 9, 32, generator=g)
+    mask = torch.arange(9) < torch.tensor([[9], [4], [1]])
+    fast = decoder._read(states, *decoder._keys_values(memory), mask)
+    reference, _ = decoder.attend(states, memory, memory, key_padding_mask=~mask)
+    assert torch.allclose(fast, reference, atol=1e-5)

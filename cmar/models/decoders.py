@@ -16,6 +16,7 @@ memory, the output reads ``[h_t ; context_t]``), not only through their initial 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmar.models.decoding import Decoding, State
@@ -54,7 +55,31 @@ class _RNNDecoder(CaptionDecoder):
         h0, c0 = start.view(memory.shape[0], 2, self.n_layers, -1).unbind(1)
         return h0.contiguous(), c0.contiguous()
 
-    def _run(self, tokens, hidden, cell, memory, memory_mask):
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) -> (B, heads, L, d / heads)."""
+        b, length, d = x.shape
+        heads = self.attend.num_heads
+        return x.view(b, length, heads, d // heads).transpose(1, 2)
+
+    def _keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory projected to attention keys and values once, (B, heads, M, d/heads)
+        each, instead of at every generated token."""
+        d = memory.shape[-1]
+        w, b = self.attend.in_proj_weight, self.attend.in_proj_bias
+        return (self._heads(F.linear(memory, w[d:2 * d], b[d:2 * d])),
+                self._heads(F.linear(memory, w[2 * d:], b[2 * d:])))
+
+    def _read(self, states, keys, values, memory_mask) -> torch.Tensor:
+        """Multi-head attention of states (B, L, d) over the projected memory -> (B, L, d)."""
+        d = states.shape[-1]
+        q = self._heads(F.linear(states, self.attend.in_proj_weight[:d],
+                                 self.attend.in_proj_bias[:d]))
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=memory_mask[:, None, None, :],
+            dropout_p=self.attend.dropout if self.training else 0.0)  # (B, heads, L, d/heads)
+        return self.attend.out_proj(out.transpose(1, 2).reshape(states.shape))
+
+    def _run(self, tokens, hidden, cell, keys, values, memory_mask):
         """tokens (B, L) -> logits (B, L, V), final hidden and cell (B, layers, d)."""
         x = self.dropout(self.embed(tokens))  # (B, L, d)
         h, c = hidden.transpose(0, 1).contiguous(), cell.transpose(0, 1).contiguous()
@@ -62,22 +87,23 @@ class _RNNDecoder(CaptionDecoder):
             states, (h, c) = self.rnn(x, (h, c))
         else:
             states, h = self.rnn(x, h)  # (B, L, d)
-        context, _ = self.attend(states, memory, memory, key_padding_mask=~memory_mask,
-                                 need_weights=False)  # (B, L, d): memory read at every step
+        context = self._read(states, keys, values, memory_mask)  # memory read at every step
         mixed = torch.tanh(self.combine(torch.cat([states, context], dim=-1)))
         return self.out(self.dropout(mixed)), h.transpose(0, 1), c.transpose(0, 1)
 
     def forward(self, target_in, memory, memory_mask):
         h0, c0 = self._initial(memory, memory_mask)
-        return self._run(target_in, h0, c0, memory, memory_mask)[0]
+        return self._run(target_in, h0, c0, *self._keys_values(memory), memory_mask)[0]
 
     def init_state(self, memory, memory_mask) -> State:
         h0, c0 = self._initial(memory, memory_mask)
-        return {"memory": memory, "memory_mask": memory_mask, "hidden": h0, "cell": c0}
+        keys, values = self._keys_values(memory)
+        return {"memory_mask": memory_mask, "keys": keys, "values": values, "hidden": h0,
+                "cell": c0}
 
     def step(self, tokens, state: State):
         logits, h, c = self._run(tokens[:, None], state["hidden"], state["cell"],
-                                 state["memory"], state["memory_mask"])
+                                 state["keys"], state["values"], state["memory_mask"])
         return logits[:, -1], {**state, "hidden": h, "cell": c}
 
 

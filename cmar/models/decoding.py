@@ -6,8 +6,9 @@ A decoder only supplies (see :class:`CaptionDecoder` in ``decoders.py``)::
     step(tokens, state) -> logits, state          tokens (N,), logits (N, V)
 
 Beam search runs all windows and all beams as one batch of N = B * beam rows; reordering
-beams is one ``index_select`` on every state tensor. Every strategy returns token ids
-(B, T), T <= max_len, ending with [EOS] (unless cut at max_len) and padded after it.
+beams is one ``index_select`` on every state tensor that changes (the memory never does).
+Every strategy returns token ids (B, T), T <= max_len, ending with [EOS] (unless cut at
+max_len) and padded after it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ import torch.nn.functional as F
 State = dict[str, torch.Tensor]
 
 
-def reorder(state: State, index: torch.Tensor) -> State:
-    """Pick rows ``index`` of every state tensor (all are batch-first)."""
-    return {key: value.index_select(0, index) for key, value in state.items()}
+# Beam reordering only permutes the beams of one window, and these entries are the same for
+# every beam of a window, so they are expanded once and never copied again.
+STATIC = ("memory", "memory_mask", "keys", "values")
+
+
+def reorder(state: State, index: torch.Tensor, static: tuple[str, ...] = ()) -> State:
+    """Pick rows ``index`` of every state tensor (all are batch-first), except ``static``."""
+    return {key: value if key in static else value.index_select(0, index)
+            for key, value in state.items()}
 
 
 class Decoding:
@@ -108,7 +115,7 @@ class Decoding:
             scores, best = total.topk(beam, dim=1)  # (B, beam)
             source = (rows[:, None] * beam + best // vocab).view(-1)
             tokens = (best % vocab).view(-1)
-            state = reorder(state, source)
+            state = reorder(state, source, STATIC)
             history = torch.cat([history[source], tokens[:, None]], dim=1)
             finished, lengths = finished[source], lengths[source]
             lengths += (~finished).float()
