@@ -95,3 +95,99 @@ def bench_decode(model, batch, beam_size: int = 5, repeats: int = 3) -> dict:
         "mean_output_tokens": round(float((batched_ids != model.pad_id).sum(1).float().mean()),
                                     1),
     }
+
+
+def bench_metrics(n: int = 5000, repeats: int = 3, seed: int = 0) -> dict:
+    """Seconds for ``caption_scores`` on ``n`` ShapeStories-like predictions."""
+    import random as _random
+
+    from cmar.metrics import caption_scores
+
+    rng = _random.Random(seed)
+    words = ["ann", "bob", "the", "red", "blue", "circle", "square", "walks", "runs", "to",
+             "tree", "pond", "house", "and", "meets"]
+    references = {str(i): [" ".join(rng.choices(words, k=10))] for i in range(n)}
+    predictions = {key: " ".join(rng.choices(words, k=10)) for key in references}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        caption_scores(predictions, references)
+        times.append(time.perf_counter() - start)
+    return {"items": n, "seconds_median": round(statistics.median(times), 2),
+            "seconds_min": round(min(times), 2), "seconds_max": round(max(times), 2)}
+
+
+def bench_cost(model_cfg, data_cfg, tokenizer, batch, fusions=("concat", "cross", "cmar")) -> dict:
+    """FLOPs of one training step (forward + backward) per 1,000 windows, for each fusion,
+    counted with torch's FlopCounterMode; ``ratio_to_concat`` answers "does CMAR increase
+    training complexity?" as a number."""
+    import dataclasses
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cmar.models import build_model
+
+    out = {}
+    for fusion in fusions:
+        torch.manual_seed(0)
+        model = build_model(dataclasses.replace(model_cfg, fusion=fusion), tokenizer, data_cfg)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss = sum(model(batch).losses.values())
+            loss.backward()
+        out[fusion] = {"gflops_per_1000_windows": round(counter.get_total_flops() / len(batch)
+                                                        * 1000 / 1e9, 2),
+                       "parameters": model.parameter_counts()["fusion"]}
+    base = out.get("concat", next(iter(out.values())))["gflops_per_1000_windows"]
+    for row in out.values():
+        row["ratio_to_concat"] = round(row["gflops_per_1000_windows"] / base, 3)
+    return out
+
+
+def bench_train(cfg, steps: int = 20, cache_dir=None) -> dict:
+    """Training windows per second (forward, backward, AdamW step) and the share of each step
+    spent waiting for the DataLoader; with ``cache_dir`` and a frozen encoder, the same steps
+    again after attaching the feature cache (its one-off build time reported apart)."""
+    import torch
+
+    from cmar.data import prepare_data
+    from cmar.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    data = prepare_data(cfg.data, splits=("train",), progress=False)
+    model = build_model(cfg.model, data.tokenizer, cfg.data).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+
+    def run() -> dict:
+        iterator = iter(data.loader("train", shuffle=True, seed=cfg.seed))
+        wait = busy = 0.0
+        windows = 0
+        for step in range(steps + 1):
+            start = time.perf_counter()
+            batch = next(iterator)
+            fetched = time.perf_counter()
+            loss = sum(model(batch).losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step:  # the first step warms up
+                wait += fetched - start
+                busy += time.perf_counter() - fetched
+                windows += len(batch)
+        return {"windows_per_s": round(windows / (wait + busy), 1),
+                "data_wait_share": round(wait / (wait + busy), 3)}
+
+    result = {"image_encoder": cfg.model.image_encoder, "image_size": cfg.data.image_size,
+              "frozen": cfg.model.freeze_image_encoder, "steps": steps,
+              "batch_size": cfg.data.batch_size, "images": run()}
+    if cache_dir is not None and cfg.model.freeze_image_encoder:
+        from cmar.models.feature_cache import attach_feature_cache
+
+        start = time.perf_counter()
+        attach_feature_cache(data, model, cache_dir, progress=False)
+        result["cache_build_s"] = round(time.perf_counter() - start, 1)
+        result["cached_features"] = run()
+        result["speedup"] = round(result["cached_features"]["windows_per_s"]
+                                  / result["images"]["windows_per_s"], 1)
+    return result

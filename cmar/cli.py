@@ -1,5 +1,6 @@
 """Command line: ``cmar train``, ``cmar evaluate``, ``cmar generate``, ``cmar data`` (dataset
-summary), ``cmar model`` (parameter counts), ``cmar bench loader|decode`` (speed).
+summary), ``cmar model`` (parameter counts), ``cmar bench loader|decode|metrics|cost|train``
+(speed and FLOPs).
 
 Every command takes ``--config PRESET_OR_FILE`` and any number of ``--set key.sub=value``.
 """
@@ -135,7 +136,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(cfg.seed)
+    if args.target == "metrics":
+        from cmar.bench import bench_metrics
+
+        print(json.dumps(bench_metrics(repeats=args.repeats), indent=2))
+        return 0
+    if args.target == "train":
+        from cmar.bench import bench_train
+
+        cache = Path(cfg.data.cache_dir) / "features"
+        print(json.dumps(bench_train(cfg, steps=args.batches, cache_dir=cache), indent=2))
+        return 0
     data = prepare_data(cfg.data, splits=("train",), progress=False)
+    if args.target == "cost":
+        from cmar.bench import bench_cost
+
+        batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
+        print(json.dumps(bench_cost(cfg.model, cfg.data, data.tokenizer, batch), indent=2))
+        return 0
     if args.target == "loader":
         for workers in args.workers:
             print(json.dumps(bench_loader(data, batches=args.batches, repeats=args.repeats,
@@ -192,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.set_defaults(run=cmd_model)
 
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["loader", "decode"], help="what to measure")
+    bench.add_argument("target", choices=["loader", "decode", "metrics", "cost", "train"],
+                       help="what to measure")
     _add_config_args(bench)
-    bench.add_argument("--batches", type=int, default=50)
+    bench.add_argument("--batches", type=int, default=50,
+                       help="loader: batches timed; train: training steps timed")
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                        help="loader: DataLoader worker counts to compare side by side")
