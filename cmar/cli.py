@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        return 130
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, RuntimeError,
             FloatingPointError) as error:
         print(f"cmar: error: {error}", file=sys.stderr)

@@ -196,7 +196,16 @@ class Trainer:
         if stop_after is not None:
             end = min(end, self.start_epoch + stop_after - 1)
         for epoch in range(self.start_epoch, end + 1):
-            row = {"epoch": epoch, **self._train_epoch(epoch), **self.validate()}
+            try:
+                row = {"epoch": epoch, **self._train_epoch(epoch), **self.validate()}
+            except KeyboardInterrupt:
+                # last.pt holds the end of the previous epoch with every random state, and
+                # epoch data order depends on (seed, epoch) only: resuming redoes this epoch
+                # and ends with the weights of an uninterrupted run.
+                if self.main:
+                    print(f"\ninterrupted in epoch {epoch}; continue with: cmar train "
+                          f"--resume {self.run_dir}", flush=True)
+                raise
             self.history.append(row)
             improved = row[self.cfg.train.select] < self.best
             if improved:
@@ -224,7 +233,7 @@ class Trainer:
         state = {"epoch": epoch, "best": self.best, "history": self.history,
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}
-        save_model(model, self.run_dir / "last.pt", extra=state)
+        save_model(model, self.run_dir / "last.pt", extra=state, keep_previous=True)
         if improved:
             save_model(model, self.run_dir / "best.pt",
                        extra={"epoch": epoch, self.cfg.train.select: self.best})
@@ -232,7 +241,17 @@ class Trainer:
         plot_loss_curves(self.history, self.run_dir / "loss_curves.png")
 
     def _restore(self) -> None:
-        model, state = load_model(self.run_dir / "last.pt")
+        from cmar.models.checkpoint import CheckpointError
+
+        try:
+            model, state = load_model(self.run_dir / "last.pt")
+        except CheckpointError as error:  # e.g. the disk filled up or the copy was cut short
+            previous = self.run_dir / "last.pt.prev"
+            if not previous.exists():
+                raise
+            print(f"warning: {error} Resuming from the previous checkpoint, {previous}.",
+                  flush=True)
+            model, state = load_model(previous)
         self.accelerator.unwrap_model(self.model).load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

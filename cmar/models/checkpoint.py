@@ -13,8 +13,10 @@ from cmar.config import ModelConfig
 from cmar.models.story_model import StoryModel
 
 
-def save_model(model: StoryModel, path: str | Path, extra: dict | None = None) -> None:
-    """Write the model's config, constructor arguments and weights to ``path``.
+def save_model(model: StoryModel, path: str | Path, extra: dict | None = None,
+               keep_previous: bool = False) -> None:
+    """Write the model's config, constructor arguments and weights to ``path`` atomically
+    (temp file, fsync, rename); ``keep_previous`` first moves the old file to ``<path>.prev``.
 
     A model built with custom ``components=`` saves its weights, but rebuilding it needs the
     same components passed to :func:`load_model`.
@@ -28,14 +30,35 @@ def save_model(model: StoryModel, path: str | Path, extra: dict | None = None) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
+    with open(partial, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it visible
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
     os.replace(partial, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, or not a cmar checkpoint)."""
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu",
                components: dict | None = None) -> tuple[StoryModel, dict]:
-    """Rebuild a saved model; returns ``(model, extra)``."""
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    """Rebuild a saved model; returns ``(model, extra)``. Raises :class:`CheckpointError`
+    naming the file when it is truncated or corrupt; code hidden in a pickle is refused by
+    ``weights_only=True`` (an ``UnpicklingError``)."""
+    import pickle
+
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: "
+                              f"{error}. The file is truncated or corrupt.") from error
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"{path} is not a cmar checkpoint")
     cfg = ModelConfig(**payload["model_config"])
     cfg.pretrained = False  # the saved weights replace any download
     model = StoryModel(cfg, **payload["init_args"], components=components)
