@@ -233,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError, RuntimeError,
-            FloatingPointError) as error:
+    except (KeyError, ValueError, OSError, RuntimeError, FloatingPointError) as error:
         print(f"cmar: error: {error}", file=sys.stderr)
         return 2
 

@@ -49,3 +49,15 @@ def test_trainable_encoders_cannot_be_cached(shapes_cache, tmp_path):
     data = prepare_data(cfg.data, splits=("train",), progress=False)
     with pytest.raises(ValueError, match="freeze_image_encoder"):
         attach_feature_cache(data, build_model(cfg.model, data.tokenizer, cfg.data), tmp_path)
+
+
+def test_a_cache_that_cannot_fit_on_disk_is_refused_before_work(frozen, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    cfg, data, model = frozen
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(OSError, match="feature cache needs .* GB .* free"):
+        attach_feature_cache(data, model, tmp_path / "full", progress=False)
+    assert not list((tmp_path / "full").glob("*.npy"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,17 @@ def image_transform() -> v2.Compose:
     return v2.Compose(
         [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     )
+
+
+def ensure_disk_space(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse, before any work starts, to write ``needed`` bytes where they do not fit."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise OSError(f"{what} needs {needed / 1e9:.1f} GB in {folder} but only "
+                      f"{free / 1e9:.1f} GB are free; free some space or point "
+                      "data.cache_dir elsewhere")
 
 
 def _fingerprint(stories: list[Story], image_size: int) -> str:
@@ -62,7 +74,7 @@ class ImageStore:
         if path is None:
             array = np.empty(shape, dtype=np.uint8)
         else:  # written straight to disk: a large split never has to fit in memory
-            path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_disk_space(path.parent, int(np.prod(shape)), "the decoded-frame cache")
             partial = path.with_suffix(".partial.npy")
             array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
         frames = (data for s in stories for data in s.images)

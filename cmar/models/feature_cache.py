@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmar.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageStore, image_transform
+from cmar.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageStore,
+    ensure_disk_space,
+    image_transform,
+)
 
 
 class FeatureStore:
@@ -63,7 +69,8 @@ def compute_features(backbone: torch.nn.Module, store: ImageStore, path: Path,
         backbone = backbone.eval().to(device)
         transform = image_transform()
         shape = backbone(transform(store.frames(0, [0])).to(device)).shape[1:]
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_disk_space(path.parent, 2 * len(store) * int(np.prod(shape)),
+                          "the CNN feature cache")
         partial = path.with_name(path.stem + ".partial.npy")
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
                                         shape=(len(store), *shape))
