@@ -191,3 +191,18 @@ def bench_train(cfg, steps: int = 20, cache_dir=None) -> dict:
         result["speedup"] = round(result["cached_features"]["windows_per_s"]
                                   / result["images"]["windows_per_s"], 1)
     return result
+
+
+def bench_decode_images(data: StoryData, split: str = "train", repeats: int = 3) -> dict:
+    """Images decoded (and resized) per second when an ImageStore is built, no disk cache."""
+    from cmar.data.images import ImageStore
+
+    stories = data.stories[split]
+    frames = sum(len(s) for s in stories)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ImageStore(stories, data.cfg.image_size, cache_dir=None, progress=False)
+        rates.append(frames / (time.perf_counter() - start))
+    return {"frames": frames, "images_per_s_median": round(statistics.median(rates), 1),
+            "images_per_s_min": round(min(rates), 1), "images_per_s_max": round(max(rates), 1)}

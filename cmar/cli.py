@@ -154,7 +154,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
         print(json.dumps(bench_cost(cfg.model, cfg.data, data.tokenizer, batch), indent=2))
         return 0
-    if args.target == "loader":
+    if args.target in ("loader", "data"):
+        if args.target == "data":
+            from cmar.bench import bench_decode_images
+
+            print(json.dumps(bench_decode_images(data, repeats=args.repeats)))
         for workers in args.workers:
             print(json.dumps(bench_loader(data, batches=args.batches, repeats=args.repeats,
                                           num_workers=workers)))
@@ -210,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.set_defaults(run=cmd_model)
 
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["loader", "decode", "metrics", "cost", "train"],
+    bench.add_argument("target", choices=["data", "loader", "decode", "metrics", "cost",
+                                          "train"],
                        help="what to measure")
     _add_config_args(bench)
     bench.add_argument("--batches", type=int, default=50,

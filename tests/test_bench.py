@@ -19,3 +19,12 @@ def test_cost_counts_flops_for_every_fusion(shapes_cache):
 def test_metrics_bench_scores_the_requested_number_of_items():
     out = bench_metrics(n=50, repeats=1)
     assert out["items"] == 50 and out["seconds_median"] >= 0
+
+
+def test_decode_images_counts_every_frame(shapes_cache):
+    from cmar.bench import bench_decode_images
+
+    cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}"])
+    data = prepare_data(cfg.data, splits=("train",), progress=False)
+    out = bench_decode_images(data, repeats=1)
+    assert out["frames"] == sum(len(s) for s in data.stories["train"])
