@@ -18,7 +18,7 @@ FRAGMENTS = ["<gdi image", "1", "2", "99", "0", ">", "</gdi>", "<gdo char1>", "<
              "| x | 1,2,3 |", "| char1 | 1, 2, 3, 4 |"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # same examples every CI run
 @given(st.one_of(st.text(), st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join)))
 def test_markup_parsers_never_raise(text):
     segments = parse_segments(text)
@@ -31,10 +31,15 @@ def test_markup_parsers_never_raise(text):
     parse_boxes(text)
 
 
+def as_stored(colour: str, kind: str) -> Image.Image:
+    """The frame as written: a solid colour, converted to the kind's mode."""
+    return Image.new("RGB", (6, 4), PALETTE[colour]).convert(
+        {"gray": "L", "rgba": "RGBA"}.get(kind, "RGB"))
+
+
 def encoded(colour: str, kind: str) -> bytes:
-    mode = {"gray": "L", "rgba": "RGBA"}.get(kind, "RGB")
     buffer = io.BytesIO()
-    image = Image.new("RGB", (6, 4), PALETTE[colour]).convert(mode)
+    image = as_stored(colour, kind)
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
     if kind == "truncated":
@@ -84,7 +89,8 @@ def build_row(i: int, spec: dict) -> tuple[dict, bool]:
     return row, keep
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(row_spec, min_size=1, max_size=4))
 def test_any_mix_of_bad_rows_is_skipped_and_counted_never_misaligned(specs):
     rows, keeps = zip(*(build_row(i, spec) for i, spec in enumerate(specs)), strict=True)
@@ -96,8 +102,10 @@ def test_any_mix_of_bad_rows_is_skipped_and_counted_never_misaligned(specs):
     assert report.rows == len(rows) and report.loaded + report.n_skipped == len(rows)
     assert sorted(s.story_id for s in stories) == sorted(
         r["story_id"] for r, keep in zip(rows, keeps, strict=True) if keep)
+    kinds = {f"s{i}": spec["kinds"] for i, spec in enumerate(specs)}
     for story in stories:
         assert len(story.images) == len(story.captions) >= 2
         for t, caption in enumerate(story.captions):
-            pixel = story.image(t).getpixel((0, 0))
-            assert caption.startswith(f"The {next(n for n, v in PALETTE.items() if v == pixel)}")
+            colour = caption.split()[1]  # "The <colour> square ..."
+            expected = as_stored(colour, kinds[story.story_id][t]).convert("RGB")
+            assert story.image(t).getpixel((0, 0)) == expected.getpixel((0, 0)), (story, t)
