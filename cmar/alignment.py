@@ -14,10 +14,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from cmar.data.batches import Batch
+from cmar.models.story_model import token_nll
 
 
 def ranking_scores(scores: torch.Tensor) -> dict[str, float]:
@@ -83,15 +86,15 @@ def other_story(story_ids: list[str]) -> torch.Tensor:
 
 def with_context_of(batch: Batch, index: torch.Tensor) -> Batch:
     """The batch with every window's context replaced by the context of window ``index[i]``."""
-    moved = {name: getattr(batch, name)[index]
-             for name in ("context_images", "context_tokens", "context_mask")}
-    return Batch(**{**batch.__dict__, **moved})
+    return dataclasses.replace(batch, context_images=batch.context_images[index],
+                               context_tokens=batch.context_tokens[index],
+                               context_mask=batch.context_mask[index])
 
 
 def per_window_caption_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """(B,) mean token cross-entropy of each window's target."""
-    per_token = F.cross_entropy(logits.transpose(1, 2), batch.target_out, reduction="none")
-    return (per_token * batch.target_mask).sum(1) / batch.target_mask.sum(1)
+    return (token_nll(logits, batch.target_out) * batch.target_mask).sum(1) \
+        / batch.target_mask.sum(1)
 
 
 @torch.no_grad()
@@ -105,7 +108,7 @@ def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
     mask = enc.memory_mask.repeat_interleave(c, 0)
     target_in, target_out = candidates_in[index.flatten()], candidates_out[index.flatten()]
     logits = model.decoder(target_in, memory, mask)  # (B*C, L, V)
-    logp = -F.cross_entropy(logits.transpose(1, 2), target_out, reduction="none")
+    logp = -token_nll(logits, target_out)
     real = target_out != model.pad_id
     return ((logp * real).sum(1) / real.sum(1)).view(b, c)
 

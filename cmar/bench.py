@@ -58,15 +58,9 @@ def bench_decode(model, batch, beam_size: int = 5, repeats: int = 3) -> dict:
     """
     import torch
 
-    from cmar.data.batches import Batch
-
     model.eval()
     n = len(batch)
-
-    def one(i: int) -> Batch:
-        return Batch(**{k: v[i:i + 1] for k, v in batch.__dict__.items()})
-
-    singles = [one(i) for i in range(n)]
+    singles = [batch.rows(slice(i, i + 1)) for i in range(n)]
 
     def loop():
         return [model.generate(w, "beam", beam_size=beam_size)[0] for w in singles]

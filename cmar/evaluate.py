@@ -5,6 +5,7 @@ report.md into the run folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,13 +46,12 @@ def blank(batch, what: str | None):
     if what is None:
         return batch
     if what == "images":
-        return type(batch)(**{**batch.__dict__,
-                              "context_images": torch.zeros_like(batch.context_images),
-                              "target_image": torch.zeros_like(batch.target_image)})
+        return dataclasses.replace(batch, context_images=torch.zeros_like(batch.context_images),
+                                   target_image=torch.zeros_like(batch.target_image))
     if what == "captions":
         tokens = torch.full_like(batch.context_tokens[..., :1], UNK_ID)
-        return type(batch)(**{**batch.__dict__, "context_tokens": tokens,
-                              "context_mask": torch.ones_like(tokens, dtype=torch.bool)})
+        return dataclasses.replace(batch, context_tokens=tokens,
+                                   context_mask=torch.ones_like(tokens, dtype=torch.bool))
     raise ValueError(f"blank must be None, 'images' or 'captions', got {what!r}")
 
 
@@ -92,11 +92,10 @@ def alignment_scores(model, data, split: str, candidates: int = 100,
         other = alignment.with_context_of(batch, alignment.other_story(story_ids).to(device))
         loss_true.append(alignment.per_window_caption_loss(out.logits, batch))
         loss_other.append(alignment.per_window_caption_loss(model(other).logits, batch))
-        enc = model.encode(batch)
         preds.append(out.next_pred)
         trues.append(out.next_true)
-        images.append(enc.fused.image)
-        texts.append(enc.fused.text)
+        images.append(out.encoded.fused.image)
+        texts.append(out.encoded.fused.text)
         ids += story_ids
         if out.attention is not None:
             h, m, c = alignment.grounding_hits(out.attention.cpu(), batch, stories,

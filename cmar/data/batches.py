@@ -49,6 +49,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.window_ids)
 
+    def rows(self, index: slice) -> Batch:
+        """The windows ``index`` (a slice) of this batch, as a batch."""
+        return Batch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
 
 class WindowDataset(Dataset):
     """Item i is window i: its frames (uint8, from the ImageStore) and caption token ids.

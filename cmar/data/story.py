@@ -78,17 +78,6 @@ class LoadReport:
             line += f" ({reasons})"
         return line
 
-    def as_dict(self) -> dict:
-        return {
-            "source": self.source,
-            "split": self.split,
-            "rows": self.rows,
-            "loaded": self.loaded,
-            "frames": self.frames,
-            "skipped": dict(self.skipped),
-            "examples": self.examples,
-        }
-
 
 class StoryList(list):
     """A list of :class:`Story` with the :class:`LoadReport` that produced it."""

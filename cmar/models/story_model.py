@@ -45,6 +45,11 @@ class NextFrameHead(nn.Module):
         return self.mlp(summary)
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every position: logits (B, L, V), targets (B, L) -> (B, L)."""
+    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+
+
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """Symmetric InfoNCE: row i of a (N, d) must match row i of b (N, d) among all N rows."""
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature  # (N, N)
@@ -58,6 +63,8 @@ class Encoded:
     memory_mask: torch.Tensor  # (B, M) True on real entries
     summary: torch.Tensor  # (B, d)
     fused: FusedFrame  # per context frame, N = B * k
+    target: tuple[torch.Tensor, torch.Tensor] | None = None  # target frame (regions, global),
+    #                                                           encoded in grounded mode
 
 
 @dataclass
@@ -67,6 +74,7 @@ class ModelOutput:
     next_pred: torch.Tensor | None = None  # (B, d) predicted next-frame embedding
     next_true: torch.Tensor | None = None  # (B, d) encoder embedding of the true next frame
     attention: torch.Tensor | None = None  # (B, k, rounds, Lc, R) word -> region weights
+    encoded: Encoded | None = None  # the memory and fused frames this output came from
 
 
 class StoryModel(nn.Module):
@@ -131,19 +139,22 @@ class StoryModel(nn.Module):
             where = self.frame_position.weight[:k].repeat_interleave(r, 0)
             parts.append(fused.regions.reshape(b, k * r, -1) + where + kinds[2])
             masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device))
+        target = None
         if self.mode == "grounded":  # the target frame's image joins the memory
-            target_regions, _ = self.image_encoder(batch.target_image)  # (B, R, d)
+            target = self.image_encoder(batch.target_image)
+            target_regions = target[0]  # (B, R, d)
             parts.append(target_regions + kinds[3])
             masks.append(torch.ones(target_regions.shape[:2], dtype=torch.bool,
                                     device=story.device))
-        return Encoded(torch.cat(parts, 1), torch.cat(masks, 1), summary, fused)
+        return Encoded(torch.cat(parts, 1), torch.cat(masks, 1), summary, fused, target)
 
     def forward(self, batch, return_attention: bool = False) -> ModelOutput:
         enc = self.encode(batch, return_attention)
         logits = self.decoder(batch.target_in, enc.memory, enc.memory_mask)  # (B, L, V)
-        per_token = F.cross_entropy(logits.transpose(1, 2), batch.target_out, reduction="none")
+        per_token = token_nll(logits, batch.target_out)  # (B, L)
         caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
-        _, next_true = self.image_encoder(batch.target_image)  # the target of the next loss
+        # The target of the next-frame loss (already encoded in grounded mode).
+        _, next_true = enc.target or self.image_encoder(batch.target_image)
         next_pred = self.next_frame(enc.summary)
         tau = self.cfg.temperature
         losses = {"caption": caption, "align": info_nce(enc.fused.image, enc.fused.text, tau),
@@ -152,7 +163,7 @@ class StoryModel(nn.Module):
         if attention is not None:
             b, k = batch.context_tokens.shape[:2]
             attention = attention.view(b, k, *attention.shape[1:])
-        return ModelOutput(logits, losses, next_pred, next_true, attention)
+        return ModelOutput(logits, losses, next_pred, next_true, attention, enc)
 
     @torch.no_grad()
     def generate(self, batch, strategy: str = "greedy", max_len: int | None = None,
