@@ -1,6 +1,6 @@
 """Command line: ``cmar train``, ``cmar evaluate``, ``cmar generate``, ``cmar data`` (dataset
-summary), ``cmar model`` (parameter counts), ``cmar bench loader|decode|metrics|cost|train``
-(speed and FLOPs).
+summary), ``cmar model`` (parameter counts), ``cmar bench TARGET|all`` (speed, memory and
+FLOPs), ``cmar study`` (the ablation study).
 
 Every command takes ``--config PRESET_OR_FILE`` and any number of ``--set key.sub=value``.
 """
@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from cmar.bench import TARGETS as BENCH_TARGETS
 from cmar.config import load_config
 
 
@@ -129,51 +130,36 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
+    from cmar.bench import bench_all, render, run_target
 
-    from cmar.bench import bench_decode, bench_loader
-    from cmar.data import prepare_data
-
-    cfg = load_config(args.config, args.overrides)
-    torch.manual_seed(cfg.seed)
-    if args.target == "metrics":
-        from cmar.bench import bench_metrics
-
-        print(json.dumps(bench_metrics(repeats=args.repeats), indent=2))
+    if args.target == "all":
+        bench_all(args.out, repeats=args.repeats)
+        print(f"written: {args.out}/*.json")
         return 0
-    if args.target == "train":
-        from cmar.bench import bench_train
+    result = run_target(args.target, args.config, args.overrides, batches=args.batches,
+                        repeats=args.repeats, workers=args.workers, beam=args.beam,
+                        batch_size=args.batch_size, checkpoint=args.checkpoint,
+                        workloads=args.workload, out_dir=args.out)
+    print(render(result))
+    return 0
 
-        cache = Path(cfg.data.cache_dir) / "features"
-        print(json.dumps(bench_train(cfg, steps=args.batches, cache_dir=cache), indent=2))
-        return 0
-    data = prepare_data(cfg.data, splits=("train",), progress=False)
-    if args.target == "cost":
-        from cmar.bench import bench_cost
 
-        batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
-        print(json.dumps(bench_cost(cfg.model, cfg.data, data.tokenizer, batch), indent=2))
-        return 0
-    if args.target in ("loader", "data"):
-        if args.target == "data":
-            from cmar.bench import bench_decode_images
+def cmd_study(args: argparse.Namespace) -> int:
+    import dataclasses
 
-            print(json.dumps(bench_decode_images(data, repeats=args.repeats)))
-        for workers in args.workers:
-            print(json.dumps(bench_loader(data, batches=args.batches, repeats=args.repeats,
-                                          num_workers=workers)))
-        return 0
-    from cmar.models import build_model, load_model
+    from cmar.study import GRIDS, run_study
 
-    if args.checkpoint:
-        model, _ = load_model(args.checkpoint)
-    else:
-        model = build_model(cfg.model, data.tokenizer, cfg.data)
-    batch = next(iter(data.loader("train", shuffle=False, batch_size=args.batch_size,
-                                  num_workers=0)))
-    result = bench_decode(model, batch, beam_size=args.beam, repeats=args.repeats)
-    result["model"] = args.checkpoint or "untrained (random weights)"
-    print(json.dumps(result, indent=2))
+    grid = GRIDS[args.grid]
+    changes = {k: tuple(v) for k, v in (("fusions", args.fusions), ("decoders", args.decoders),
+                                         ("seeds", args.seeds)) if v}
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    grid = dataclasses.replace(grid, **changes, overrides=tuple(args.overrides))
+    result = run_study(grid, args.runs_dir, modes=tuple(args.only_mode or ()),
+                       ablate=not args.no_ablation)
+    print((Path(args.runs_dir) / "study.md").read_text())
+    print(f"{len(result['rows'])} runs; written: {args.runs_dir}/study.json, study.md, "
+          "study.png")
     return 0
 
 
@@ -213,10 +199,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(model)
     model.set_defaults(run=cmd_model)
 
+    study = commands.add_parser("study", help="fusion x decoder x seed ablation study")
+    study.add_argument("--grid", default="readme", choices=["smoke", "readme", "full"],
+                       help="smoke: seconds; readme: the README's study (3 epochs); full: "
+                            "the preset's 10 epochs")
+    study.add_argument("--runs-dir", default="runs/study")
+    study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar"])
+    study.add_argument("--decoders", nargs="+", choices=["lstm", "gru", "transformer"])
+    study.add_argument("--seeds", nargs="+", type=int)
+    study.add_argument("--epochs", type=int, help="override the grid's epochs")
+    study.add_argument("--only-mode", nargs="+", choices=["next", "grounded"],
+                       help="train only these modes' cells (to share a grid between "
+                            "processes; runs already trained are read back)")
+    study.add_argument("--no-ablation", action="store_true",
+                       help="skip the modality ablations of the best run")
+    study.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config value in every run")
+    study.set_defaults(run=cmd_study)
+
     bench = commands.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["data", "loader", "decode", "metrics", "cost",
-                                          "train"],
-                       help="what to measure")
+    bench.add_argument("target", choices=[*BENCH_TARGETS, "all"],
+                       help="what to measure; all: every table in about 10 minutes on 2 cores")
     _add_config_args(bench)
     bench.add_argument("--batches", type=int, default=50,
                        help="loader: batches timed; train: training steps timed")
@@ -226,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--beam", type=int, default=5, help="decode: beam size")
     bench.add_argument("--batch-size", type=int, default=64, help="decode: windows per batch")
     bench.add_argument("--checkpoint", help="decode: a saved model (default: untrained)")
+    bench.add_argument("--workload", nargs="+", default=["demo"],
+                       choices=["demo", "storyreasoning-sized"],
+                       help="memory: what to run in a child process and measure")
+    bench.add_argument("--out", default="runs/bench", help="folder for the JSON results")
     bench.set_defaults(run=cmd_bench)
     return parser
 

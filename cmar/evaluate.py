@@ -40,9 +40,23 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt"):
     return cfg, load_tokenizer(run_dir / "tokenizer"), model.eval()
 
 
+def run_data(cfg, tokenizer, model, splits: tuple[str, ...], progress: bool = True):
+    """The StoryData a trained run is evaluated on; a frozen image encoder reads the same
+    memory-mapped feature cache as training did instead of re-running the CNN."""
+    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=tuple(dict.fromkeys(splits)),
+                        progress=progress)
+    if cfg.model.freeze_image_encoder:
+        from cmar.models.feature_cache import attach_feature_cache
+
+        attach_feature_cache(data, model, Path(cfg.data.cache_dir) / "features",
+                             device=next(model.parameters()).device, progress=progress)
+    return data
+
+
 def blank(batch, what: str | None):
     """Modality ablation: the batch with its context ``images`` (and, in grounded mode, the
-    target image) replaced by zeros, or its context ``captions`` reduced to one [UNK]."""
+    target image) replaced by zeros, or its context ``captions`` reduced to one [UNK].
+    With the feature cache (a frozen encoder) the zeros replace the cached features."""
     if what is None:
         return batch
     if what == "images":
@@ -146,8 +160,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | 
     split, strategy = split or ev.split, strategy or ev.strategy
     beam_size = beam_size or ev.beam_size
     model.to(device_for())
-    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=tuple(dict.fromkeys(("train",
-                        split))), progress=progress)
+    data = run_data(cfg, tokenizer, model, ("train", split), progress)
     texts = windows_text(data, split)
     references = {wid: [target] for wid, _, target in texts}
     predictions = generate_captions(model, data, split, strategy, beam_size, ev.batch_size,
