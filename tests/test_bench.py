@@ -28,3 +28,50 @@ def test_decode_images_counts_every_frame(shapes_cache):
     data = prepare_data(cfg.data, splits=("train",), progress=False)
     out = bench_decode_images(data, repeats=1)
     assert out["frames"] == sum(len(s) for s in data.stories["train"])
+
+
+def test_peak_memory_sees_a_child_allocation_and_reports_its_failure():
+    import sys
+
+    import pytest
+
+    from cmar.bench import peak_memory
+
+    small = peak_memory([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    big = peak_memory([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); "
+                       "b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3)"])
+    if big["peak_anon_mb"] is not None:  # Linux: /proc sampled
+        assert big["peak_anon_mb"] - small["peak_anon_mb"] >= 280
+    assert big["peak_rss_mb"] - small["peak_rss_mb"] >= 280
+    with pytest.raises(RuntimeError, match="boom"):
+        peak_memory([sys.executable, "-c", "raise SystemExit('boom')"])
+
+
+def test_memory_bench_trains_and_evaluates_in_child_processes(tmp_path, shapes_cache):
+    from cmar.bench import render, run_target
+
+    result = run_target("memory", "smoke", [f"data.cache_dir={shapes_cache}"],
+                        out_dir=tmp_path)
+    (row,) = result["workloads"]
+    assert row["stories"] == 60 and row["frames"] > 60 * 4
+    assert row["train_windows"] > 0 and row["test_windows"] > 0
+    for phase in ("train", "evaluate"):
+        assert 100 < row[phase]["peak_rss_mb"] < 8000
+    assert (tmp_path / "memory-demo.json").exists()
+    table = render(result)
+    assert "demo      train" in table and "peak anonymous MB" in table
+
+
+def test_every_target_renders_a_table(tmp_path, shapes_cache):
+    from cmar.bench import render, run_target
+
+    sets = [f"data.cache_dir={shapes_cache}"]
+    expected = {"data": "DataLoader, 0 workers", "decode": "identical outputs: True",
+                "cost": "cmar"}
+    for target, options in (("data", {"batches": 2, "workers": (0,)}),
+                            ("decode", {"batch_size": 4}), ("cost", {})):
+        result = run_target(target, "smoke", sets, repeats=1, out_dir=tmp_path, **options)
+        table = render(result)
+        assert table.startswith(f"cmar bench {target}") and expected[target] in table
+        assert "{" not in table  # a table, not a JSON dump
+        assert (tmp_path / f"{target}.json").exists()

@@ -255,75 +255,31 @@ NOTEBOOKS = {
         code("print(json.dumps(metrics[\"alignment\"][\"context sensitivity\"], indent=1))"),
     ],
     "05_ablations": header("05_ablations", "05 · Ablations",
-                           "Fusion (concat / cross / cmar) x decoder (LSTM / GRU / Transformer) "
-                           "over seeds, and modality ablations: images blanked, captions "
-                           "blanked. The committed outputs are the `quick` grid "
-                           "(`CMAR_GRID=quick`), not the full one.") + [
-        parameters('# "smoke": seconds; "quick": 3 fusions x LSTM x 2 seeds, 2 epochs (about '
-                   '12 min on a\n# 2-core CPU); "full": 3 fusions x 3 decoders x 3 seeds, '
-                   '10 epochs (hours on a CPU)\n'
-                   'GRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else "full")\n'
-                   'CONFIG = "smoke" if GRID == "smoke" else "default"\n'
-                   'FUSIONS = {"smoke": ["concat", "cmar"]}.get(GRID, ["concat", "cross", '
-                   '"cmar"])\nDECODERS = {"smoke": ["gru"], "quick": ["lstm"]}.get(GRID, '
-                   '["lstm", "gru", "transformer"])\n'
-                   'SEEDS = {"smoke": [0], "quick": [0, 1]}.get(GRID, [0, 1, 2])\n'
-                   'EPOCHS = {"smoke": 1, "quick": 2}.get(GRID, 10)\n'
-                   'RUNS_DIR = "runs/ablations"'),
-        code("import shutil\nfrom pathlib import Path\n\nfrom cmar.config import load_config\n"
-             "from cmar.evaluate import evaluate_run\nfrom cmar.train import train\n\n"
-             "rows = []\nfor fusion in FUSIONS:\n    for decoder in DECODERS:\n"
-             "        for seed in SEEDS:\n"
-             "            name = f\"{fusion}-{decoder}-{seed}\"\n"
-             "            shutil.rmtree(Path(RUNS_DIR) / name, ignore_errors=True)\n"
-             "            cfg = load_config(CONFIG, [f\"name={name}\", f\"runs_dir={RUNS_DIR}\", "
-             "f\"seed={seed}\",\n                                       f\"model.fusion={fusion}\","
-             " f\"model.decoder={decoder}\",\n"
-             "                                       f\"train.epochs={EPOCHS}\"])\n"
-             "            run = train(cfg, progress=False)\n"
-             "            m = evaluate_run(run, progress=False)\n"
-             "            rows.append({\"fusion\": fusion, \"decoder\": decoder, \"seed\": seed,\n"
-             "                         \"BLEU-4\": m[\"captions\"][\"model\"][\"BLEU-4\"],\n"
-             "                         \"CIDEr\": m[\"captions\"][\"model\"][\"CIDEr\"],\n"
-             "                         \"caption R@1\": m[\"alignment\"][\"next-caption "
-             "retrieval\"][\"R@1\"],\n"
-             "                         \"context gap\": m[\"alignment\"][\"context sensitivity\"]"
-             "[\"gap\"]})\nfloors = {k: v[\"BLEU-4\"] for k, v in m[\"captions\"].items() if k "
-             "!= \"model\"}\nprint(len(rows), \"runs\")"),
-        md("## Mean and spread over seeds"),
-        code("import csv\nimport statistics\n\nkeys = [\"BLEU-4\", \"CIDEr\", \"caption R@1\", "
-             "\"context gap\"]\ntable = []\nfor fusion in FUSIONS:\n    for decoder in DECODERS:\n"
-             "        group = [r for r in rows if (r[\"fusion\"], r[\"decoder\"]) == (fusion, "
-             "decoder)]\n        entry = {\"fusion\": fusion, \"decoder\": decoder}\n"
-             "        for key in keys:\n            values = [r[key] for r in group]\n"
-             "            entry[key] = statistics.mean(values)\n"
-             "            entry[key + \" sd\"] = statistics.stdev(values) if len(values) > 1 "
-             "else 0.0\n        table.append(entry)\n"
-             "print(f\"{'fusion':<8}{'decoder':<13}\" + \"\".join(f\"{k:>20}\" for k in keys))\n"
-             "for e in table:\n    print(f\"{e['fusion']:<8}{e['decoder']:<13}\" + \"\".join(\n"
-             "        f\"{e[k]:>13.3f} ± {e[k + ' sd']:.3f}\" for k in keys))\n"
-             "with open(Path(RUNS_DIR) / \"ablations.csv\", \"w\", newline=\"\") as f:\n"
-             "    writer = csv.DictWriter(f, fieldnames=list(table[0]))\n"
-             "    writer.writeheader()\n    writer.writerows(table)"),
-        code("import matplotlib.pyplot as plt\nfrom cmar.plots import bar_chart\n\n"
-             "bar_chart([f\"{e['fusion']}+{e['decoder']}\" for e in table], "
-             "[e[\"BLEU-4\"] for e in table],\n          [e[\"BLEU-4 sd\"] for e in table], "
-             "floors, \"BLEU-4 (test)\")\nplt.show()"),
-        md("## Modality ablations\n\nThe best model above, evaluated with its context images "
-           "blanked, then with its context captions blanked (no retraining): how much each "
-           "modality is worth to it."),
-        code("from cmar.data import prepare_data\nfrom cmar.evaluate import generate_captions, "
-             "load_run\nfrom cmar.floors import windows_text\nfrom cmar.metrics import "
-             "caption_scores\n\nbest = max(rows, key=lambda r: r[\"BLEU-4\"])\n"
-             "run = Path(RUNS_DIR) / f\"{best['fusion']}-{best['decoder']}-{best['seed']}\"\n"
-             "cfg, tokenizer, model = load_run(run)\n"
-             "data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(\"test\",), "
-             "progress=False)\nrefs = {w: [t] for w, _, t in windows_text(data, \"test\")}\n"
-             "for blanked in (None, \"images\", \"captions\"):\n"
-             "    preds = generate_captions(model, data, \"test\", progress=False, "
-             "blank_input=blanked)\n    scores = caption_scores(preds, refs)\n"
-             "    print(f\"{str(blanked or 'nothing') + ' blanked':<18} BLEU-4 "
-             "{scores['BLEU-4']:.3f}  CIDEr {scores['CIDEr']:.3f}\")"),
+                           "The study: fusion (concat / cross / cmar) x decoder (LSTM / GRU / "
+                           "Transformer) x 3 seeds, in `next` and `grounded` modes, each run "
+                           "trained, then scored with free-running decoding beside the floors and "
+                           "the oracle; then modality ablations of the best run. The same code "
+                           "as `cmar study`. Finished runs are read back, not retrained, so a "
+                           "study that stopped continues where it was.") + [
+        parameters('# "smoke": 2 runs, seconds; "readme": the README\'s study, 54 runs of 3 '
+                   'epochs (about\n# 65 min on a 2-core CPU in two processes); "full": the '
+                   'same 54 runs at 10 epochs (hours)\n'
+                   'GRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else "readme")\n'
+                   'RUNS_DIR = "runs/study" if GRID != "smoke" else "runs/study-smoke"'),
+        code("from pathlib import Path\n\nfrom IPython.display import Image, Markdown, display\n\n"
+             "from cmar.study import GRIDS, run_study\n\n"
+             "grid = GRIDS[GRID]\nprint(grid)\nresult = run_study(grid, RUNS_DIR)"),
+        md("## Mean and spread over seeds, beside the floors\n\nEach cell is the mean ± "
+           "sample standard deviation over seeds on the test split. \"minus concat\" pools "
+           "every decoder and seed of a fusion. The modality ablation re-scores the best run "
+           "with its context images (features) or its context captions blanked."),
+        code("display(Markdown((Path(RUNS_DIR) / \"study.md\").read_text()))"),
+        code("display(Image(filename=str(Path(RUNS_DIR) / \"study.png\")))"),
+        md("## One run's numbers\n\nEvery row comes from a run folder with its config, "
+           "history, checkpoints and `metrics.json`; open any of them with notebook 04."),
+        code("for row in result[\"rows\"][:6]:\n"
+             "    print(row[\"run\"], {k: round(v, 3) for k, v in row.items() if "
+             "isinstance(v, float)})"),
     ],
 }
 

@@ -1,0 +1,50 @@
+"""The study trains every cell, reads finished runs back instead of retraining, and its
+summary is the mean and sample spread of the rows."""
+
+import dataclasses
+import json
+
+import pytest
+
+from cmar.study import GRIDS, cells, markdown, run_study, summarise
+
+
+def test_summary_is_mean_and_sample_sd_over_seeds():
+    rows = [{"mode": "next", "fusion": "cmar", "decoder": "gru", "seed": s, "BLEU-4": b,
+             "CIDEr": 1.0, "caption R@1": 0.5, "context gap": 0.1, "slot place": 0.2}
+            for s, b in enumerate((0.2, 0.4, 0.6))]
+    (entry,) = summarise(rows)
+    assert entry["seeds"] == 3
+    assert entry["BLEU-4"] == pytest.approx(0.4)
+    assert entry["BLEU-4 sd"] == pytest.approx(0.2)  # sample sd of 0.2, 0.4, 0.6
+    assert entry["CIDEr sd"] == 0.0
+
+
+def test_grids_cover_the_issue_grid():
+    readme = GRIDS["readme"]
+    assert len(cells(readme)) == 3 * 3 * 3 * 2  # fusion x decoder x seed x mode
+    assert readme.config == "default"
+
+
+def test_smoke_study_writes_tables_and_reuses_finished_runs(tmp_path, shapes_cache):
+    grid = dataclasses.replace(GRIDS["smoke"], overrides=(f"data.cache_dir={shapes_cache}",))
+    result = run_study(grid, tmp_path, progress=False)
+    assert [(r["fusion"], r["seed"]) for r in result["rows"]] == [("concat", 0), ("cmar", 0)]
+    text = (tmp_path / "study.md").read_text()
+    assert "oracle (both: ceiling) | 1.000" in text and "Modality ablation" in text
+    assert (tmp_path / "study.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert saved["rows"] == result["rows"]
+    assert set(saved["ablations"]["next"]["scores"]) == {
+        "nothing blanked", "images blanked", "captions blanked"}
+    assert markdown(result["rows"], result["ablations"]) == text
+
+    checkpoint = tmp_path / "next-cmar-gru-s0" / "best.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    again = run_study(grid, tmp_path, ablate=False, progress=False)
+    assert checkpoint.stat().st_mtime_ns == stamp  # read back, not retrained
+    assert again["rows"] == result["rows"]
+
+    changed = dataclasses.replace(grid, fusions=("cmar",), epochs=2)
+    run_study(changed, tmp_path, ablate=False, progress=False)
+    assert checkpoint.stat().st_mtime_ns != stamp  # another config: trained again
