@@ -1,8 +1,10 @@
 """Writes notebooks/01..05 from the cell sources below (outputs are added by executing them:
-``make notebooks``). Edit here, run ``python tools/make_notebooks.py``, then re-execute."""
+``make notebooks``). Edit here, run ``python tools/make_notebooks.py [05_ablations ...]``
+(only the named ones are rewritten, and lose their outputs), then re-execute them."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nbformat
@@ -284,9 +286,15 @@ NOTEBOOKS = {
 }
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    """Write the named notebooks (all when none is named); writing clears their outputs."""
     FOLDER.mkdir(exist_ok=True)
+    unknown = sorted(set(names) - set(NOTEBOOKS))
+    if unknown:
+        raise SystemExit(f"unknown notebook(s) {unknown}; choose from {sorted(NOTEBOOKS)}")
     for name, cells in NOTEBOOKS.items():
+        if names and name not in names:
+            continue
         notebook = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}})
@@ -295,4 +303,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
