@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from cmar.config import Config, load_config, save_config
 from cmar.data import load_tokenizer, prepare_data, save_tokenizer
+from cmar.guards import StopRequest, check_first_step, largest_windows
 from cmar.models import build_model, load_model, save_model
 from cmar.plots import plot_loss_curves
 
@@ -40,8 +41,12 @@ def seed_everything(seed: int) -> None:
 
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-            "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(),
+             "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
@@ -50,6 +55,8 @@ def _set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def warmup_cosine(total_steps: int, warmup: float):
@@ -112,6 +119,8 @@ class Trainer:
         self.history: list[dict] = []
         self.best = float("inf")
         self.start_epoch = 1
+        self.partial: dict | None = None  # an epoch stopped part-way, to finish first
+        self.stop = StopRequest(announce=self.main)
         if resume:
             self._restore()
         elif self.main:
@@ -133,13 +142,32 @@ class Trainer:
                            + t.w_next * losses["next"])
         return losses
 
+    def _stop_requested(self) -> bool:
+        """Whether any process got Ctrl-C or SIGTERM (all processes must stop at one step)."""
+        flag = self.stop.requested
+        if self.accelerator.num_processes > 1:
+            flag = bool(self.accelerator.reduce(torch.tensor(
+                [float(flag)], device=self.accelerator.device), reduction="sum").item())
+        return flag
+
     def _train_epoch(self, epoch: int) -> dict:
         self.model.train()
         sums = {term: 0.0 for term in (*TERMS, "total")}
-        seen, steps, start = 0, 0, time.perf_counter()
-        bar = tqdm(self._loader("train", epoch), desc=f"epoch {epoch}/{self.cfg.train.epochs}",
-                   disable=not (self.progress and self.main), leave=False)
-        for step, batch in enumerate(bar, start=1):
+        seen, steps, earlier = 0, 0, 0.0
+        batches = iter(self._loader("train", epoch))
+        if self.partial is not None and self.partial["epoch"] == epoch:
+            # finish an epoch stopped part-way: skip the batches it had done (the order depends
+            # on (seed, epoch) only), then take back its sums and random state
+            part, self.partial = self.partial, None
+            for _ in range(part["steps"]):
+                next(batches)
+            sums, seen, steps, earlier = part["sums"], part["seen"], part["steps"], part["seconds"]
+            _set_rng_state(part["rng"])
+        start = time.perf_counter() - earlier
+        bar = tqdm(batches, desc=f"epoch {epoch}/{self.cfg.train.epochs}", initial=steps,
+                   total=self.steps_per_epoch, disable=not (self.progress and self.main),
+                   leave=False)
+        for step, batch in enumerate(bar, start=steps + 1):
             losses = self._losses(batch)
             total = losses["total"]
             if not torch.isfinite(total):
@@ -160,6 +188,12 @@ class Trainer:
             seen += int(self.accelerator.gather_for_metrics(torch.ones(len(batch),
                         device=self.accelerator.device)).sum().item())
             bar.set_postfix(loss=f"{total.item():.3f}")
+            if self._stop_requested():
+                bar.close()
+                self._save(epoch - 1, improved=False, partial={
+                    "epoch": epoch, "steps": steps, "sums": sums, "seen": seen,
+                    "seconds": time.perf_counter() - start, "rng": _rng_state()})
+                raise KeyboardInterrupt
         seconds = time.perf_counter() - start
         means = self._mean_over_processes(sums, steps)
         return {**{f"train_{k}": v for k, v in means.items()}, "windows_seen": seen,
@@ -191,49 +225,75 @@ class Trainer:
 
         Returns the history: one dict per epoch.
         """
-        patience, waited = self.cfg.train.patience, 0
         end = self.cfg.train.epochs
         if stop_after is not None:
             end = min(end, self.start_epoch + stop_after - 1)
-        for epoch in range(self.start_epoch, end + 1):
-            try:
-                row = {"epoch": epoch, **self._train_epoch(epoch), **self.validate()}
-            except KeyboardInterrupt:
-                # last.pt holds the end of the previous epoch with every random state, and
-                # epoch data order depends on (seed, epoch) only: resuming redoes this epoch
-                # and ends with the weights of an uninterrupted run.
-                if self.main:
-                    print(f"\ninterrupted in epoch {epoch}; continue with: cmar train "
-                          f"--resume {self.run_dir}", flush=True)
-                raise
-            self.history.append(row)
-            improved = row[self.cfg.train.select] < self.best
-            if improved:
-                self.best, waited = row[self.cfg.train.select], 0
-            else:
-                waited += 1
-            self._save(epoch, improved)
-            if self.main:
-                shown = (k for k in row if k.startswith(("epoch", "train_", "val_")))
-                print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float)
-                               else f"{k}={row[k]}" for k in shown), flush=True)
-            if patience and waited >= patience:
-                if self.main:
-                    print(f"early stop: {self.cfg.train.select} did not improve for {patience} "
-                          "epochs")
-                break
+        if self.start_epoch <= end:
+            self._check_memory()
+        with self.stop:
+            for epoch in range(self.start_epoch, end + 1):
+                try:
+                    row = {"epoch": epoch, **self._train_epoch(epoch), **self.validate()}
+                except KeyboardInterrupt:
+                    # Stopped by a signal: last.pt holds this epoch's steps so far with every
+                    # random state. Stopped harder: last.pt holds the previous epoch's end, and
+                    # resuming redoes this epoch. Either way the resumed run ends with the
+                    # weights of an uninterrupted one.
+                    if self.main:
+                        print(f"\ninterrupted in epoch {epoch}; continue with: cmar train "
+                              f"--resume {self.run_dir}", flush=True)
+                    raise
+                if self._end_epoch(epoch, row):
+                    break
         self.accelerator.wait_for_everyone()
         return self.history
 
-    def _save(self, epoch: int, improved: bool) -> None:
+    def _check_memory(self) -> None:
+        """One step on the largest batch before the first epoch (see cmar.guards)."""
+        dataset = self.data.datasets["train"]
+        collate = self.data.loader("train", shuffle=False, num_workers=0).collate_fn
+        batch = collate([dataset[i] for i in largest_windows(dataset, self.cfg.data.batch_size)])
+        d, m = self.cfg.data, self.cfg.model
+        check_first_step(self.model, lambda b: self._losses(b)["total"],
+                         batch.to(self.accelerator.device),
+                         f"data.batch_size (now {d.batch_size}), data.image_size "
+                         f"({d.image_size}) or model.d_model ({m.d_model})")
+
+    def _end_epoch(self, epoch: int, row: dict) -> bool:
+        """Record, checkpoint and print an epoch; True when early stopping ends the run."""
+        patience = self.cfg.train.patience
+        self.history.append(row)
+        improved = row[self.cfg.train.select] < self.best
+        if improved:
+            self.best = row[self.cfg.train.select]
+        self._save(epoch, improved)
+        if self.main:
+            shown = (k for k in row if k.startswith(("epoch", "train_", "val_")))
+            print(" ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float)
+                           else f"{k}={row[k]}" for k in shown), flush=True)
+        # epochs since the best one, counted from the history so a resumed run agrees
+        select = [r[self.cfg.train.select] for r in self.history]
+        waited = len(select) - 1 - select.index(min(select))
+        if patience and waited >= patience:
+            if self.main:
+                print(f"early stop: {self.cfg.train.select} did not improve for {patience} "
+                      "epochs")
+            return True
+        return False
+
+    def _save(self, epoch: int, improved: bool, partial: dict | None = None) -> None:
+        """Checkpoint after ``epoch`` complete epochs (and ``partial``: steps of the next)."""
         self.accelerator.wait_for_everyone()
         if not self.main:
             return
         model = self.accelerator.unwrap_model(self.model)
         state = {"epoch": epoch, "best": self.best, "history": self.history,
                  "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}
+                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+                 "partial": partial}
         save_model(model, self.run_dir / "last.pt", extra=state, keep_previous=True)
+        if partial is not None:
+            return
         if improved:
             save_model(model, self.run_dir / "best.pt",
                        extra={"epoch": epoch, self.cfg.train.select: self.best})
@@ -243,6 +303,10 @@ class Trainer:
     def _restore(self) -> None:
         from cmar.models.checkpoint import CheckpointError
 
+        if not any((self.run_dir / name).exists() for name in ("last.pt", "last.pt.prev")):
+            # stopped before its first checkpoint: the seeded start is the same as a fresh run's
+            print(f"{self.run_dir} has no checkpoint yet: starting from epoch 1", flush=True)
+            return
         try:
             model, state = load_model(self.run_dir / "last.pt")
         except CheckpointError as error:  # e.g. the disk filled up or the copy was cut short
@@ -257,6 +321,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history, self.best = state["history"], state["best"]
         self.start_epoch = state["epoch"] + 1
+        self.partial = state.get("partial")
         _set_rng_state(state["rng"])
 
 
