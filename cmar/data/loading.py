@@ -244,6 +244,15 @@ def load_stories(
     return StoryList(stories, report)
 
 
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number (3, 3.0, "3"), else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
 def _validate_row(
     row: dict,
     story_id: str,
@@ -274,18 +283,24 @@ def _validate_row(
     mentions: list[tuple] = [() for _ in images]
     if markup:
         frame_count = row.get("frame_count")
-        if frame_count is not None and int(frame_count) != len(images):
+        if frame_count is not None and _as_int(frame_count) != len(images):
             report.skip("frame_count_mismatch", story_id,
-                        f"frame_count {frame_count}, {len(images)} images")
+                        f"frame_count {frame_count!r}, {len(images)} images")
             return None
-        segments = parse_segments(row.get("story") or "")
+        story_text = row.get("story")
+        if not isinstance(story_text, str):
+            report.skip("segment_count_mismatch", story_id,
+                        f"story is {type(story_text).__name__}, not text")
+            return None
+        segments = parse_segments(story_text)
         numbers = [segment.image for segment in segments]
         if numbers != list(range(1, len(images) + 1)):
             report.skip("segment_count_mismatch", story_id,
                         f"{len(segments)} segments {numbers[:25]} for {len(images)} images")
             return None
         texts = [segment.text for segment in segments]
-        boxes = parse_boxes(row.get("chain_of_thought") or "")
+        reasoning = row.get("chain_of_thought")
+        boxes = parse_boxes(reasoning) if isinstance(reasoning, str) else {}
         entities = [boxes.get(t + 1, {}) for t in range(len(images))]
     else:
         texts = row[captions_column]
