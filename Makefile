@@ -6,11 +6,13 @@ CONFIG ?= default
 # Tests never touch the network; the demo may (only if CONFIG points at the hub).
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: demo test lint notebooks clean-data help
+.PHONY: demo test lint notebooks bench study clean-data help
 
 help:
 	@echo "make demo   set up .venv, train and evaluate the default model on ShapeStories"
 	@echo "make test   set up .venv with the dev extra, lint and run the test suite"
+	@echo "make bench  every benchmark table (cmar bench all, about 10 min on 2 cores)"
+	@echo "make study  the README's ablation study (54 runs, one to two hours on 2 cores)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,15 @@ test: $(VENV)/.installed-dev lint
 # Re-execute every notebook in full mode, outputs kept (a few tens of minutes on a CPU).
 notebooks: $(VENV)/.installed-dev
 	$(BIN)/python tools/run_notebooks.py
+
+# Every benchmark table at sizes that fit about 10 minutes on a 2-core CPU; JSON in runs/bench.
+bench: $(VENV)/.installed
+	$(BIN)/cmar bench all
+
+# The README's study: fusion x decoder x 3 seeds x 2 modes, 3 epochs each; finished runs are
+# read back, so an interrupted study continues. Tables and chart in runs/study/.
+study: $(VENV)/.installed
+	$(BIN)/cmar study --grid readme
 
 clean-data:
 	rm -rf data/shapestories data/frames data/features

@@ -121,6 +121,20 @@ def test_frame_cache_on_disk_is_reused(setup, tmp_path, monkeypatch):
     assert torch.equal(cached.frames(1, range(7)), store.frames(1, range(7)))
 
 
+def test_a_frame_cache_that_cannot_fit_on_disk_is_refused_before_decoding(setup, tmp_path,
+                                                                         monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    stories, _, _ = setup
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
+    monkeypatch.setattr(images_module, "decode_image", lambda data: 1 / 0)  # never reached
+    with pytest.raises(OSError, match="decoded-frame cache needs"):
+        ImageStore(stories, image_size=8, cache_dir=tmp_path, progress=False)
+    assert not list(tmp_path.rglob("*.npy"))
+
+
 def test_loader_order_is_seeded(setup):
     stories, tokenizer, store = setup
     dataset = WindowDataset(stories, make_windows(stories, 1), store, tokenizer)
