@@ -1,6 +1,7 @@
 """Benchmarks, run side by side on the same machine: ``cmar bench TARGET`` prints a table and
 writes ``TARGET.json``; ``cmar bench all`` runs every target at sizes that fit 10 minutes on a
-2-core CPU.
+2-core CPU. Memory is measured in :mod:`cmar.memory`, tables are drawn by
+:mod:`cmar.bench_tables`.
 
 Timings are reported as median and spread over repeats, never asserted in unit tests.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cmar.bench_tables import render
+from cmar.memory import FROZEN_RESNET, bench_memory
 
 if TYPE_CHECKING:
     from cmar.data.prepare import StoryData
@@ -213,114 +214,6 @@ def bench_decode_images(data: StoryData, split: str = "train", repeats: int = 3)
             "images_per_s_min": round(min(rates), 1), "images_per_s_max": round(max(rates), 1)}
 
 
-# --- memory -------------------------------------------------------------------------------
-
-# A frozen ResNet-18 at 224 px reading the feature cache: the storyreasoning preset's shape.
-FROZEN_RESNET = ["model.image_encoder=resnet18", "model.freeze_image_encoder=true",
-                 "model.pretrained=false", "data.image_size=224"]
-MEMORY_WORKLOADS = {
-    # make demo's pipeline (its peak does not grow with epochs: one is measured)
-    "demo": ["train.epochs=1"],
-    # StoryReasoning's size: 4,000 stories, 9-14 frames (about 46,000 frames), 224 px
-    "storyreasoning-sized": [*FROZEN_RESNET, "data.n_stories=4000",
-                             "data.shapestories_knobs.min_frames=9",
-                             "data.shapestories_knobs.max_frames=14", "train.epochs=1",
-                             "eval.retrieval_windows=200"],
-}
-
-
-def _proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, RssAnon and VmHWM of a live process in bytes (Linux; {} elsewhere)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "VmHWM") and value.strip().endswith("kB"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def peak_memory(argv: list[str], interval: float = 0.05, env: dict | None = None) -> dict:
-    """Run ``argv`` to completion and report its peak resident memory.
-
-    ``peak_rss_mb`` is the kernel's high-water mark of the process (VmHWM: every resident
-    page, memory-mapped cache files included, which the kernel may drop under pressure);
-    ``peak_anon_mb`` is the sampled peak of anonymous memory (heap, tensors), the part that
-    must fit in RAM. Both are read from /proc every ``interval`` seconds (Linux); elsewhere
-    the first falls back to ``ru_maxrss`` and the second is None.
-    """
-    import tempfile
-
-    start = time.perf_counter()
-    with tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        peak_anon = peak_rss = None
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            sample = _proc_status(child.pid)
-            if "RssAnon" in sample:
-                peak_anon = max(peak_anon or 0, sample["RssAnon"])
-                peak_rss = max(peak_rss or 0, sample["VmHWM"])
-            time.sleep(interval)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode:
-            stderr.seek(0)
-            tail = stderr.read().decode(errors="replace")[-2000:]
-            raise RuntimeError(f"{' '.join(argv)} failed ({child.returncode}): {tail}")
-    if peak_rss is None:  # no /proc: ru_maxrss, which also counts the parent's pages at fork
-        peak_rss = usage.ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
-    return {"seconds": round(time.perf_counter() - start, 1),
-            "peak_rss_mb": round(peak_rss / 2**20),
-            "peak_anon_mb": None if peak_anon is None else round(peak_anon / 2**20)}
-
-
-def _frames(data_dir: Path) -> int:
-    """Frames in the decoded-frame caches of every split (the .npy headers hold the shape)."""
-    import numpy as np
-
-    return sum(np.load(f, mmap_mode="r").shape[0] for f in data_dir.rglob("frames-*.npy"))
-
-
-def _folder_mb(path: Path, pattern: str) -> int:
-    return round(sum(f.stat().st_size for f in path.glob(pattern)) / 2**20)
-
-
-def bench_memory(workload: str, config: str = "default", overrides: list[str] = (),
-                 work_dir: str | Path = "runs/bench/memory") -> dict:
-    """Peak memory of ``cmar train`` then ``cmar evaluate`` on a workload of
-    :data:`MEMORY_WORKLOADS`, each in a fresh process, with the cache sizes on disk."""
-    work_dir = Path(work_dir) / workload
-    shutil.rmtree(work_dir, ignore_errors=True)
-    sets = [*MEMORY_WORKLOADS[workload], *overrides, f"runs_dir={work_dir}",
-            f"name={workload}", f"data.cache_dir={work_dir / 'data'}"]
-    cli = [sys.executable, "-m", "cmar"]
-    train = peak_memory([*cli, "train", "--config", config,
-                         *(a for s in sets for a in ("--set", s))])
-    evaluate = peak_memory([*cli, "evaluate", str(work_dir / workload)])
-    history = json.loads((work_dir / workload / "history.json").read_text())
-    summary = json.loads((work_dir / workload / "metrics.json").read_text())
-    data_dir = work_dir / "data"
-    frames_file = max(data_dir.rglob("*.npy"), key=lambda f: f.stat().st_size, default=None)
-    from cmar.config import load_config
-
-    n_stories = load_config(config, sets).data.n_stories
-    return {"workload": workload, "overrides": sets, "stories": n_stories,
-            "frames": _frames(data_dir), "train": train, "evaluate": evaluate,
-            "train_windows": history[-1]["windows_seen"],
-            "test_windows": summary["windows"],
-            "frame_cache_mb": _folder_mb(data_dir, "**/frames-*.npy"),
-            "feature_cache_mb": _folder_mb(data_dir, "features/*.npy"),
-            "largest_cache_file": frames_file.name if frames_file else None,
-            "peak_anon_mb": max(train["peak_anon_mb"] or 0, evaluate["peak_anon_mb"] or 0),
-            "peak_rss_mb": max(train["peak_rss_mb"], evaluate["peak_rss_mb"]),
-            "checkpoint": str(work_dir / workload / "best.pt")}
-
-
 # --- one command per target, a table each ---------------------------------------------------
 
 TARGETS = ("data", "loader", "train", "decode", "metrics", "memory", "cost")
@@ -391,88 +284,6 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _rows(header: list[str], rows: list[list]) -> str:
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
-def _spread(row: dict, key: str) -> str:
-    return f"{row[key + '_median']} ({row[key + '_min']}-{row[key + '_max']})"
-
-
-def render(result: dict) -> str:
-    """The table ``cmar bench`` prints for one result of :func:`run_target`."""
-    target = result["target"]
-    title = f"cmar bench {target}  (config {result['config']}, {result['machine']['cpu_count']}" \
-            f" CPUs, {result['machine']['torch_threads']} torch threads" + \
-            (f", {result['machine']['cuda']}" if result["machine"]["cuda"] else "") + ")"
-    if target in ("data", "loader"):
-        rows = [[f"DataLoader, {r['num_workers']} workers, batch {r['batch_size']}",
-                 "windows/s", _spread(r, "windows_per_s")] for r in result["loader"]]
-        if "decode" in result:
-            d = result["decode"]
-            rows.insert(0, [f"decode + resize {d['frames']} frames", "frames/s",
-                            _spread(d, "images_per_s")])
-        body = _rows(["what", "unit", "median (min-max)"], rows)
-        if len(result["loader"]) > 1:
-            a, b = result["loader"][0], result["loader"][-1]
-            body += (f"\nratio {b['num_workers']} workers / {a['num_workers']}: "
-                     f"{b['windows_per_s_median'] / a['windows_per_s_median']:.2f}")
-    elif target == "train":
-        t, f = result["trainable"], result["frozen"]
-        rows = [[f"{t['image_encoder']} trainable, {t['image_size']} px", t["images"]
-                 ["windows_per_s"], f"{100 * t['images']['data_wait_share']:.1f}%"],
-                [f"{f['image_encoder']} frozen, {f['image_size']} px, re-encoding",
-                 f["images"]["windows_per_s"], f"{100 * f['images']['data_wait_share']:.1f}%"]]
-        if "cached_features" in f:
-            rows.append([f"{f['image_encoder']} frozen, {f['image_size']} px, feature cache",
-                         f["cached_features"]["windows_per_s"],
-                         f"{100 * f['cached_features']['data_wait_share']:.1f}%"])
-        body = _rows(["training step", "windows/s", "waiting for data"], rows)
-        if "speedup" in f:
-            body += (f"\nfeature cache / re-encoding: {f['speedup']}x per epoch (target >= 10x)"
-                     f"; cache built once in {f['cache_build_s']} s")
-    elif target == "decode":
-        r = result
-        body = _rows(["decoding", "windows/s", "runs"], [
-            ["greedy", r["greedy_windows_per_s"], r["spread"]["greedy"]],
-            [f"beam {r['beam_size']}, batched", r["batched_beam_windows_per_s"],
-             r["spread"]["batched_beam"]],
-            [f"beam {r['beam_size']}, per-window loop", r["per_window_beam_windows_per_s"],
-             r["spread"]["per_window_beam"]]])
-        body += (f"\nbatched / per-window: {r['batched_over_per_window']}x (target >= 5x); "
-                 f"identical outputs: {r['identical_outputs']}; {r['windows']} windows, "
-                 f"model: {r['model']}")
-    elif target == "metrics":
-        body = _rows(["what", "seconds, median (min-max)"],
-                     [[f"caption_scores on {result['items']} predictions",
-                       _spread(result, "seconds")]])
-    elif target == "cost":
-        body = _rows(["fusion", "GFLOPs / 1,000 training windows", "over concat",
-                      "fusion parameters"],
-                     [[name, r["gflops_per_1000_windows"], f"{r['ratio_to_concat']}x",
-                       f"{r['parameters']:,}"] for name, r in result["fusions"].items()])
-    elif target == "memory":
-        rows = []
-        for w in result["workloads"]:
-            for phase in ("train", "evaluate"):
-                p = w[phase]
-                rows.append([w["workload"], phase, p["peak_rss_mb"], p["peak_anon_mb"],
-                             p["seconds"]])
-        body = _rows(["workload", "process", "peak RSS MB", "peak anonymous MB", "seconds"],
-                     rows)
-        for w in result["workloads"]:
-            body += (f"\n{w['workload']}: {w['stories']} stories, {w['frames']} frames, "
-                     f"{w['train_windows']} training windows; frame cache "
-                     f"{w['frame_cache_mb']} MB, feature cache {w['feature_cache_mb']} MB on "
-                     "disk (memory-mapped)")
-    else:
-        body = json.dumps(result, indent=2)
-    return f"{title}\n{body}"
 
 
 def bench_all(out_dir: str | Path = "runs/bench", repeats: int = 3) -> list[dict]:

@@ -35,7 +35,7 @@ def test_peak_memory_sees_a_child_allocation_and_reports_its_failure():
 
     import pytest
 
-    from cmar.bench import peak_memory
+    from cmar.memory import peak_memory
 
     small = peak_memory([sys.executable, "-c", "import time; time.sleep(0.3)"])
     big = peak_memory([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); "

@@ -1,0 +1,87 @@
+"""The table ``cmar bench`` prints for each benchmark's result."""
+
+from __future__ import annotations
+
+import json
+
+
+def _rows(header: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _spread(row: dict, key: str) -> str:
+    return f"{row[key + '_median']} ({row[key + '_min']}-{row[key + '_max']})"
+
+
+def render(result: dict) -> str:
+    """The table ``cmar bench`` prints for one result of :func:`run_target`."""
+    target = result["target"]
+    title = f"cmar bench {target}  (config {result['config']}, {result['machine']['cpu_count']}" \
+            f" CPUs, {result['machine']['torch_threads']} torch threads" + \
+            (f", {result['machine']['cuda']}" if result["machine"]["cuda"] else "") + ")"
+    if target in ("data", "loader"):
+        rows = [[f"DataLoader, {r['num_workers']} workers, batch {r['batch_size']}",
+                 "windows/s", _spread(r, "windows_per_s")] for r in result["loader"]]
+        if "decode" in result:
+            d = result["decode"]
+            rows.insert(0, [f"decode + resize {d['frames']} frames", "frames/s",
+                            _spread(d, "images_per_s")])
+        body = _rows(["what", "unit", "median (min-max)"], rows)
+        if len(result["loader"]) > 1:
+            a, b = result["loader"][0], result["loader"][-1]
+            body += (f"\nratio {b['num_workers']} workers / {a['num_workers']}: "
+                     f"{b['windows_per_s_median'] / a['windows_per_s_median']:.2f}")
+    elif target == "train":
+        t, f = result["trainable"], result["frozen"]
+        rows = [[f"{t['image_encoder']} trainable, {t['image_size']} px", t["images"]
+                 ["windows_per_s"], f"{100 * t['images']['data_wait_share']:.1f}%"],
+                [f"{f['image_encoder']} frozen, {f['image_size']} px, re-encoding",
+                 f["images"]["windows_per_s"], f"{100 * f['images']['data_wait_share']:.1f}%"]]
+        if "cached_features" in f:
+            rows.append([f"{f['image_encoder']} frozen, {f['image_size']} px, feature cache",
+                         f["cached_features"]["windows_per_s"],
+                         f"{100 * f['cached_features']['data_wait_share']:.1f}%"])
+        body = _rows(["training step", "windows/s", "waiting for data"], rows)
+        if "speedup" in f:
+            body += (f"\nfeature cache / re-encoding: {f['speedup']}x per epoch (target >= 10x)"
+                     f"; cache built once in {f['cache_build_s']} s")
+    elif target == "decode":
+        r = result
+        body = _rows(["decoding", "windows/s", "runs"], [
+            ["greedy", r["greedy_windows_per_s"], r["spread"]["greedy"]],
+            [f"beam {r['beam_size']}, batched", r["batched_beam_windows_per_s"],
+             r["spread"]["batched_beam"]],
+            [f"beam {r['beam_size']}, per-window loop", r["per_window_beam_windows_per_s"],
+             r["spread"]["per_window_beam"]]])
+        body += (f"\nbatched / per-window: {r['batched_over_per_window']}x (target >= 5x); "
+                 f"identical outputs: {r['identical_outputs']}; {r['windows']} windows, "
+                 f"model: {r['model']}")
+    elif target == "metrics":
+        body = _rows(["what", "seconds, median (min-max)"],
+                     [[f"caption_scores on {result['items']} predictions",
+                       _spread(result, "seconds")]])
+    elif target == "cost":
+        body = _rows(["fusion", "GFLOPs / 1,000 training windows", "over concat",
+                      "fusion parameters"],
+                     [[name, r["gflops_per_1000_windows"], f"{r['ratio_to_concat']}x",
+                       f"{r['parameters']:,}"] for name, r in result["fusions"].items()])
+    elif target == "memory":
+        rows = []
+        for w in result["workloads"]:
+            for phase in ("train", "evaluate"):
+                p = w[phase]
+                rows.append([w["workload"], phase, p["peak_rss_mb"], p["peak_anon_mb"],
+                             p["seconds"]])
+        body = _rows(["workload", "process", "peak RSS MB", "peak anonymous MB", "seconds"],
+                     rows)
+        for w in result["workloads"]:
+            body += (f"\n{w['workload']}: {w['stories']} stories, {w['frames']} frames, "
+                     f"{w['train_windows']} training windows; frame cache "
+                     f"{w['frame_cache_mb']} MB, feature cache {w['feature_cache_mb']} MB on "
+                     "disk (memory-mapped)")
+    else:
+        body = json.dumps(result, indent=2)
+    return f"{title}\n{body}"

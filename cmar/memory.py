@@ -1,0 +1,123 @@
+"""Peak memory of a workload, measured in a child process: ``cmar bench memory``.
+
+A workload is ``cmar train`` then ``cmar evaluate`` on a config, each in a fresh process whose
+resident memory is sampled from /proc, so the numbers are what a user's run would take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# A frozen ResNet-18 at 224 px reading the feature cache: the storyreasoning preset's shape.
+FROZEN_RESNET = ["model.image_encoder=resnet18", "model.freeze_image_encoder=true",
+                 "model.pretrained=false", "data.image_size=224"]
+MEMORY_WORKLOADS = {
+    # make demo's pipeline (its peak does not grow with epochs: one is measured)
+    "demo": ["train.epochs=1"],
+    # StoryReasoning's size: 4,000 stories, 9-14 frames (about 46,000 frames), 224 px
+    "storyreasoning-sized": [*FROZEN_RESNET, "data.n_stories=4000",
+                             "data.shapestories_knobs.min_frames=9",
+                             "data.shapestories_knobs.max_frames=14", "train.epochs=1",
+                             "eval.retrieval_windows=200"],
+}
+
+
+def _proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon and VmHWM of a live process in bytes (Linux; {} elsewhere)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "VmHWM") and value.strip().endswith("kB"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def peak_memory(argv: list[str], interval: float = 0.05, env: dict | None = None) -> dict:
+    """Run ``argv`` to completion and report its peak resident memory.
+
+    ``peak_rss_mb`` is the kernel's high-water mark of the process (VmHWM: every resident
+    page, memory-mapped cache files included, which the kernel may drop under pressure);
+    ``peak_anon_mb`` is the sampled peak of anonymous memory (heap, tensors), the part that
+    must fit in RAM. Both are read from /proc every ``interval`` seconds (Linux); elsewhere
+    the first falls back to ``ru_maxrss`` and the second is None.
+    """
+    import tempfile
+
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        peak_anon = peak_rss = None
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            sample = _proc_status(child.pid)
+            if "RssAnon" in sample:
+                peak_anon = max(peak_anon or 0, sample["RssAnon"])
+                peak_rss = max(peak_rss or 0, sample["VmHWM"])
+            time.sleep(interval)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(argv)} failed ({child.returncode}): {tail}")
+    if peak_rss is None:  # no /proc: ru_maxrss, which also counts the parent's pages at fork
+        peak_rss = usage.ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
+    return {"seconds": round(time.perf_counter() - start, 1),
+            "peak_rss_mb": round(peak_rss / 2**20),
+            "peak_anon_mb": None if peak_anon is None else round(peak_anon / 2**20)}
+
+
+def _frames(data_dir: Path) -> int:
+    """Frames in the decoded-frame caches of every split (the .npy headers hold the shape)."""
+    import numpy as np
+
+    return sum(np.load(f, mmap_mode="r").shape[0] for f in data_dir.rglob("frames-*.npy"))
+
+
+def _folder_mb(path: Path, pattern: str) -> int:
+    return round(sum(f.stat().st_size for f in path.glob(pattern)) / 2**20)
+
+
+def bench_memory(workload: str, config: str = "default", overrides: list[str] = (),
+                 work_dir: str | Path = "runs/bench/memory") -> dict:
+    """Peak memory of ``cmar train`` then ``cmar evaluate`` on a workload of
+    :data:`MEMORY_WORKLOADS`, each in a fresh process, with the cache sizes on disk."""
+    work_dir = Path(work_dir) / workload
+    shutil.rmtree(work_dir, ignore_errors=True)
+    sets = [*MEMORY_WORKLOADS[workload], *overrides, f"runs_dir={work_dir}",
+            f"name={workload}", f"data.cache_dir={work_dir / 'data'}"]
+    cli = [sys.executable, "-m", "cmar"]
+    train = peak_memory([*cli, "train", "--config", config,
+                         *(a for s in sets for a in ("--set", s))])
+    evaluate = peak_memory([*cli, "evaluate", str(work_dir / workload)])
+    history = json.loads((work_dir / workload / "history.json").read_text())
+    summary = json.loads((work_dir / workload / "metrics.json").read_text())
+    data_dir = work_dir / "data"
+    frames_file = max(data_dir.rglob("*.npy"), key=lambda f: f.stat().st_size, default=None)
+    from cmar.config import load_config
+
+    n_stories = load_config(config, sets).data.n_stories
+    return {"workload": workload, "overrides": sets, "stories": n_stories,
+            "frames": _frames(data_dir), "train": train, "evaluate": evaluate,
+            "train_windows": history[-1]["windows_seen"],
+            "test_windows": summary["windows"],
+            "frame_cache_mb": _folder_mb(data_dir, "**/frames-*.npy"),
+            "feature_cache_mb": _folder_mb(data_dir, "features/*.npy"),
+            "largest_cache_file": frames_file.name if frames_file else None,
+            "peak_anon_mb": max(train["peak_anon_mb"] or 0, evaluate["peak_anon_mb"] or 0),
+            "peak_rss_mb": max(train["peak_rss_mb"], evaluate["peak_rss_mb"]),
+            "checkpoint": str(work_dir / workload / "best.pt")}
+
+
