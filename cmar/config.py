@@ -156,4 +156,8 @@ def load_config(
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    """Write the resolved config as YAML, atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    partial.replace(path)

@@ -6,6 +6,7 @@ instead of mid-epoch.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -35,9 +36,9 @@ class StopRequest:
             self._restore()
             raise KeyboardInterrupt
         self.requested = True
-        if self.announce:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a "
-                  "checkpoint (send it again to stop at once)", flush=True)
+        if self.announce:  # os.write: print() here could re-enter a print the loop is in
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step and saving "
+                        "a checkpoint (send it again to stop at once)\n".encode())
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

@@ -125,8 +125,8 @@ class Trainer:
             self._restore()
         elif self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
+            save_config(cfg, self.run_dir / "config.yaml")  # last: marks a resumable folder
 
     # -- one epoch --------------------------------------------------------------------------
     def _loader(self, split: str, epoch: int = 0):
@@ -287,18 +287,24 @@ class Trainer:
         if not self.main:
             return
         model = self.accelerator.unwrap_model(self.model)
+        # best.pt before last.pt: a run killed between the two redoes this epoch on resume and
+        # writes best.pt again, instead of trusting a last.pt whose best was never saved
+        if improved and partial is None:
+            save_model(model, self.run_dir / "best.pt",
+                       extra={"epoch": epoch, self.cfg.train.select: self.best})
         state = {"epoch": epoch, "best": self.best, "history": self.history,
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
                  "partial": partial}
         save_model(model, self.run_dir / "last.pt", extra=state, keep_previous=True)
-        if partial is not None:
-            return
-        if improved:
-            save_model(model, self.run_dir / "best.pt",
-                       extra={"epoch": epoch, self.cfg.train.select: self.best})
+        if partial is None:
+            self._write_history()
+
+    def _write_history(self) -> None:
+        """history.json and the loss curves, from the history the checkpoint holds."""
         (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=2))
-        plot_loss_curves(self.history, self.run_dir / "loss_curves.png")
+        if self.history:
+            plot_loss_curves(self.history, self.run_dir / "loss_curves.png")
 
     def _restore(self) -> None:
         from cmar.models.checkpoint import CheckpointError
@@ -323,6 +329,8 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.partial = state.get("partial")
         _set_rng_state(state["rng"])
+        if self.main:  # a run killed after its checkpoint but before history.json
+            self._write_history()
 
 
 def train(cfg: Config, resume_dir: str | Path | None = None, progress: bool = True) -> Path:
