@@ -70,8 +70,9 @@ def test_a_run_stopped_at_a_random_moment_resumes_to_the_uninterrupted_weights(
     resumed = subprocess.run([sys.executable, "-m", "cmar", "train", "--resume", str(run)],
                              env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = weights(whole / "last.pt"), weights(run / "last.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("last.pt", "best.pt"):
+        a, b = weights(whole / name), weights(run / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
     drop = ("train_seconds", "windows_per_s")
     history = [{k: v for k, v in r.items() if k not in drop}
                for r in json.loads((run / "history.json").read_text())]
