@@ -101,3 +101,15 @@ def test_load_stories_generates_once_then_reads_the_cache(shapes_cache, monkeypa
                                                 cache_dir=shapes_cache, progress=False)}
               for split in ("train", "validation", "test")]
     assert sum(map(len, splits)) == 30 and not (splits[0] & splits[1] or splits[0] & splits[2])
+
+
+def test_frame_count_knobs_reach_the_generator_through_a_config(tmp_path):
+    """A knob named like a loader argument (min_frames) still reaches the generator."""
+    from cmar.config import load_config
+    from cmar.data import prepare_data
+
+    cfg = load_config("smoke", [f"data.cache_dir={tmp_path}", "data.n_stories=12",
+                                "data.shapestories_knobs.min_frames=9",
+                                "data.shapestories_knobs.max_frames=10"])
+    data = prepare_data(cfg.data, splits=("train",), progress=False)
+    assert {len(s) for s in data.stories["train"]} <= {9, 10}

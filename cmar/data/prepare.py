@@ -26,8 +26,11 @@ def shapestories_options(cfg: DataConfig) -> dict:
     """The generator settings a config implies (empty for other sources)."""
     if cfg.source != "shapestories":
         return {}
+    # the knobs travel as one dict: a knob such as min_frames must not meet load_stories'
+    # own keyword of the same name
+    knobs = {"image_size": cfg.image_size, **cfg.shapestories_knobs}
     return dict(n_stories=cfg.n_stories, seed=cfg.shapestories_seed, difficulty=cfg.difficulty,
-                image_size=cfg.image_size, **cfg.shapestories_knobs)
+                knobs=knobs)
 
 
 def load_split(cfg: DataConfig, split: str, progress: bool = True) -> StoryList:

@@ -176,13 +176,14 @@ def make_shapestories(
 
 def shapestories_on_disk(
     cache_dir: str | Path = "data", n_stories: int = 2000, seed: int = 0,
-    difficulty: str = "medium", **knobs,
+    difficulty: str = "medium", knobs: dict | None = None, **more_knobs,
 ) -> Path:
     """Generate (once) and cache a ShapeStories dataset with ``save_to_disk``; return its folder.
 
-    The folder name encodes every setting, so changing a knob never reads a stale cache.
+    ``knobs`` and ``more_knobs`` override fields of :class:`Knobs`. The folder name encodes
+    every setting, so changing a knob never reads a stale cache.
     """
-    settings = Knobs.from_difficulty(difficulty, **knobs)
+    settings = Knobs.from_difficulty(difficulty, **(knobs or {}), **more_knobs)
     key = json.dumps({"n": n_stories, "seed": seed, **asdict(settings)}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     folder = Path(cache_dir) / "shapestories" / f"n{n_stories}-seed{seed}-{digest}"
