@@ -71,7 +71,7 @@ def render(result: dict) -> str:
     elif target == "memory":
         rows = []
         for w in result["workloads"]:
-            for phase in ("train", "evaluate"):
+            for phase in ("data", "train", "evaluate"):
                 p = w[phase]
                 rows.append([w["workload"], phase, p["peak_rss_mb"], p["peak_anon_mb"],
                              p["seconds"]])

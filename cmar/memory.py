@@ -92,15 +92,17 @@ def _folder_mb(path: Path, pattern: str) -> int:
 
 def bench_memory(workload: str, config: str = "default", overrides: list[str] = (),
                  work_dir: str | Path = "runs/bench/memory") -> dict:
-    """Peak memory of ``cmar train`` then ``cmar evaluate`` on a workload of
-    :data:`MEMORY_WORKLOADS`, each in a fresh process, with the cache sizes on disk."""
+    """Peak memory of ``cmar data``, ``cmar train`` then ``cmar evaluate`` (what ``make demo``
+    runs) on a workload of :data:`MEMORY_WORKLOADS`, each in a fresh process, with the cache
+    sizes on disk."""
     work_dir = Path(work_dir) / workload
     shutil.rmtree(work_dir, ignore_errors=True)
     sets = [*MEMORY_WORKLOADS[workload], *overrides, f"runs_dir={work_dir}",
             f"name={workload}", f"data.cache_dir={work_dir / 'data'}"]
     cli = [sys.executable, "-m", "cmar"]
-    train = peak_memory([*cli, "train", "--config", config,
-                         *(a for s in sets for a in ("--set", s))])
+    options = ["--config", config, *(a for s in sets for a in ("--set", s))]
+    data = peak_memory([*cli, "data", *options])  # as make demo: generate, decode, summarise
+    train = peak_memory([*cli, "train", *options])
     evaluate = peak_memory([*cli, "evaluate", str(work_dir / workload)])
     history = json.loads((work_dir / workload / "history.json").read_text())
     summary = json.loads((work_dir / workload / "metrics.json").read_text())
@@ -110,14 +112,14 @@ def bench_memory(workload: str, config: str = "default", overrides: list[str] = 
 
     n_stories = load_config(config, sets).data.n_stories
     return {"workload": workload, "overrides": sets, "stories": n_stories,
-            "frames": _frames(data_dir), "train": train, "evaluate": evaluate,
+            "frames": _frames(data_dir), "data": data, "train": train, "evaluate": evaluate,
             "train_windows": history[-1]["windows_seen"],
             "test_windows": summary["windows"],
             "frame_cache_mb": _folder_mb(data_dir, "**/frames-*.npy"),
             "feature_cache_mb": _folder_mb(data_dir, "features/*.npy"),
             "largest_cache_file": frames_file.name if frames_file else None,
-            "peak_anon_mb": max(train["peak_anon_mb"] or 0, evaluate["peak_anon_mb"] or 0),
-            "peak_rss_mb": max(train["peak_rss_mb"], evaluate["peak_rss_mb"]),
+            "peak_anon_mb": max(p["peak_anon_mb"] or 0 for p in (data, train, evaluate)),
+            "peak_rss_mb": max(p["peak_rss_mb"] for p in (data, train, evaluate)),
             "checkpoint": str(work_dir / workload / "best.pt")}
 
 

@@ -55,7 +55,7 @@ def test_memory_bench_trains_and_evaluates_in_child_processes(tmp_path, shapes_c
     (row,) = result["workloads"]
     assert row["stories"] == 60 and row["frames"] > 60 * 4
     assert row["train_windows"] > 0 and row["test_windows"] > 0
-    for phase in ("train", "evaluate"):
+    for phase in ("data", "train", "evaluate"):
         assert 100 < row[phase]["peak_rss_mb"] < 8000
     assert (tmp_path / "memory-demo.json").exists()
     table = render(result)
