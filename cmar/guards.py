@@ -67,8 +67,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def largest_windows(dataset, n: int) -> list[int]:
-    """Indices of the ``n`` windows with the most tokens (target plus context captions): the
-    batch that needs the most memory, since every tensor is padded to its longest row."""
+    """Indices of the ``n`` windows with the most tokens: the batch that needs the most
+    memory, since every tensor is padded to its longest row. The target counts four times:
+    its length also sizes the (batch, length, vocabulary) logits, the largest activation."""
     def tokens(i: int) -> int:
         w = dataset.windows[i]
         ids = dataset.ids[w.story]

@@ -1,7 +1,8 @@
 """Peak memory of a workload, measured in a child process: ``cmar bench memory``.
 
-A workload is ``cmar train`` then ``cmar evaluate`` on a config, each in a fresh process whose
-resident memory is sampled from /proc, so the numbers are what a user's run would take.
+A workload is ``cmar data``, ``cmar train`` then ``cmar evaluate`` on a config (what ``make
+demo`` runs), each in a fresh process whose resident memory is sampled from /proc, so the
+numbers are what a user's run would take.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MEMORY_WORKLOADS = {
 
 
 def _proc_status(pid: int) -> dict[str, int]:
-    """VmRSS, RssAnon and VmHWM of a live process in bytes (Linux; {} elsewhere)."""
+    """RssAnon and VmHWM of a live process in bytes (Linux; {} elsewhere)."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -38,7 +39,7 @@ def _proc_status(pid: int) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "VmHWM") and value.strip().endswith("kB"):
+        if key in ("RssAnon", "VmHWM") and value.strip().endswith("kB"):
             out[key] = int(value.split()[0]) * 1024
     return out
 
@@ -107,7 +108,6 @@ def bench_memory(workload: str, config: str = "default", overrides: list[str] = 
     history = json.loads((work_dir / workload / "history.json").read_text())
     summary = json.loads((work_dir / workload / "metrics.json").read_text())
     data_dir = work_dir / "data"
-    frames_file = max(data_dir.rglob("*.npy"), key=lambda f: f.stat().st_size, default=None)
     from cmar.config import load_config
 
     n_stories = load_config(config, sets).data.n_stories
@@ -117,9 +117,6 @@ def bench_memory(workload: str, config: str = "default", overrides: list[str] = 
             "test_windows": summary["windows"],
             "frame_cache_mb": _folder_mb(data_dir, "**/frames-*.npy"),
             "feature_cache_mb": _folder_mb(data_dir, "features/*.npy"),
-            "largest_cache_file": frames_file.name if frames_file else None,
             "peak_anon_mb": max(p["peak_anon_mb"] or 0 for p in (data, train, evaluate)),
             "peak_rss_mb": max(p["peak_rss_mb"] for p in (data, train, evaluate)),
             "checkpoint": str(work_dir / workload / "best.pt")}
-
-

@@ -101,6 +101,11 @@ def run_cell(grid: Grid, cell: tuple[str, str, str, int], runs_dir: str | Path,
             "run": str(run_dir), **row_of(metrics), "floors": floors}
 
 
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and sample standard deviation over seeds of every (mode, fusion, decoder)."""
     groups: dict[tuple, list[dict]] = {}
@@ -110,9 +115,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     for (mode, fusion, decoder), group in groups.items():
         entry = {"mode": mode, "fusion": fusion, "decoder": decoder, "seeds": len(group)}
         for key in METRICS:
-            values = [r[key] for r in group]
-            entry[key] = statistics.mean(values)
-            entry[key + " sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[key], entry[key + " sd"] = _mean_sd([r[key] for r in group])
         table.append(entry)
     return table
 
@@ -122,8 +125,7 @@ def fusion_means(rows: list[dict], mode: str, key: str = "BLEU-4") -> dict[str, 
     out = {}
     for fusion in dict.fromkeys(r["fusion"] for r in rows if r["mode"] == mode):
         values = [r[key] for r in rows if r["mode"] == mode and r["fusion"] == fusion]
-        out[fusion] = (statistics.mean(values),
-                       statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        out[fusion] = (*_mean_sd(values), len(values))
     return out
 
 

@@ -212,8 +212,8 @@ def _write(dataset, folder: Path) -> str:
 
 
 def test_columns_of_the_wrong_type_are_skipped_with_their_reason(tmp_path):
-    """Columns typed differently than the schema says: numbers as text, text as numbers, a
-    caption list that is a string. Each row ends as a counted skip or a loaded story."""
+    """Columns typed differently than the schema says: numbers as text, text as numbers,
+    images as paths that do not exist. Each row ends as a counted skip or a loaded story."""
     from conftest import png
 
     frames = [{"bytes": png("red"), "path": None}, {"bytes": png("blue"), "path": None}]
@@ -231,10 +231,6 @@ def test_columns_of_the_wrong_type_are_skipped_with_their_reason(tmp_path):
         "images_paths": (dict(story_id=["a"], images=[["/nope/1.png", "/nope/2.png"]],
                               captions=[["x", "y"]]), {"captions_column": "captions"}, [],
                          {"corrupt_image": 1}),
-        # a caption column holding one string instead of a list, and one holding numbers
-        "captions_types": (dict(story_id=["a", "b"], images=[frames, frames],
-                                captions=[["one", "two"], ["three", "four"]]),
-                           {"captions_column": "captions"}, ["a", "b"], {}),
     }
     for name, (columns, options, kept, skipped) in cases.items():
         folder = tmp_path / name

@@ -168,8 +168,7 @@ def make_shapestories(
         **knobs: any :class:`cmar.data.shapes_world.Knobs` field, overriding the preset.
     """
     settings = Knobs.from_difficulty(difficulty, **knobs)
-    rows = [generate_story(i, seed, settings)
-            for i in tqdm(range(n_stories), desc="generating ShapeStories", disable=not progress)]
+    rows = list(_stories(n_stories, seed, settings, progress))
     columns = {name: [row[name] for row in rows] for name in FEATURES}
     return datasets.Dataset.from_dict(columns, features=FEATURES)
 
@@ -206,6 +205,6 @@ def shapestories_on_disk(
     return folder
 
 
-def _stories(n_stories: int, seed: int, knobs: Knobs):
-    for i in tqdm(range(n_stories), desc="generating ShapeStories"):
+def _stories(n_stories: int, seed: int, knobs: Knobs, progress: bool = True):
+    for i in tqdm(range(n_stories), desc="generating ShapeStories", disable=not progress):
         yield generate_story(i, seed, knobs)
