@@ -129,6 +129,28 @@ def fusion_means(rows: list[dict], mode: str, key: str = "BLEU-4") -> dict[str, 
     return out
 
 
+def paired_differences(rows: list[dict], mode: str, key: str = "BLEU-4",
+                       base: str = "concat") -> dict[str, dict]:
+    """Each fusion minus ``base`` on the runs that share a decoder and a seed.
+
+    Returns {fusion: {"mean", "sd", "n", "wins"}}: the mean and sample sd of the n paired
+    differences and how many of them are above zero. Pairing removes the decoder and the seed
+    from the comparison, which pooled means do not.
+    """
+    by_cell = {(r["fusion"], r["decoder"], r["seed"]): r[key] for r in rows if r["mode"] == mode}
+    out = {}
+    for fusion in dict.fromkeys(f for f, _, _ in by_cell):
+        if fusion == base:
+            continue
+        diffs = [value - by_cell[(base, d, s)] for (f, d, s), value in by_cell.items()
+                 if f == fusion and (base, d, s) in by_cell]
+        if diffs:
+            mean, sd = _mean_sd(diffs)
+            out[fusion] = {"mean": mean, "sd": sd, "n": len(diffs),
+                           "wins": sum(d > 0 for d in diffs)}
+    return out
+
+
 def modality_ablation(run_dir: str | Path, split: str = "test") -> dict[str, dict]:
     """A trained run re-evaluated with nothing, its images, then its captions blanked."""
     from cmar.evaluate import generate_captions, load_run, run_data
@@ -166,11 +188,19 @@ def markdown(rows: list[dict], ablations: dict[str, dict]) -> str:
             lines.append(f"| {e['fusion']} | {e['decoder']} | {e['seeds']} | " + " | ".join(
                 _fmt(e[k], e[k + " sd"]) for k in METRICS) + " |")
         pooled = fusion_means(rows, mode)
-        lines += ["", "Pooled over decoders and seeds (BLEU-4):", "",
-                  "| fusion | runs | BLEU-4 | minus concat |", "|---|---|---|---|"]
-        base = pooled.get("concat", (float("nan"),))[0]
+        lines += ["", "Pooled over decoders and seeds (BLEU-4); the difference to concat is "
+                  "paired by decoder and seed:", "",
+                  "| fusion | runs | BLEU-4 | minus concat | runs above concat |",
+                  "|---|---|---|---|---|"]
+        paired = paired_differences(rows, mode)
         for fusion, (mean, sd, n) in pooled.items():
-            lines.append(f"| {fusion} | {n} | {_fmt(mean, sd)} | {mean - base:+.3f} |")
+            if fusion in paired:
+                p = paired[fusion]
+                versus = (f"{p['mean']:+.3f} ± {p['sd']:.3f} | "
+                          f"{p['wins']} of {p['n']}")
+            else:
+                versus = "(baseline) | –"
+            lines.append(f"| {fusion} | {n} | {_fmt(mean, sd)} | {versus} |")
         floors = mode_rows[0]["floors"]  # the same windows for every run of a mode
         lines += ["", "Floors and the oracle on the same windows:", "",
                   "| system | BLEU-4 | CIDEr |", "|---|---|---|"]
@@ -243,6 +273,7 @@ def run_study(grid: Grid, runs_dir: str | Path = "runs/study", modes: tuple[str,
             best = max((r for r in rows if r["mode"] == mode), key=lambda r: r["BLEU-4"])
             ablations[mode] = {"run": best["run"], "scores": modality_ablation(best["run"])}
     result = {"grid": dataclasses.asdict(grid), "rows": rows, "summary": summarise(rows),
+              "versus_concat": {m: paired_differences(rows, m) for m in grid.modes},
               "ablations": ablations}
     (runs_dir / "study.json").write_text(json.dumps(result, indent=2))
     (runs_dir / "study.md").write_text(markdown(rows, ablations))

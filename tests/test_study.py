@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cmar.study import GRIDS, cells, markdown, run_study, summarise
+from cmar.study import GRIDS, cells, markdown, paired_differences, run_study, summarise
 
 
 def test_summary_is_mean_and_sample_sd_over_seeds():
@@ -18,6 +18,21 @@ def test_summary_is_mean_and_sample_sd_over_seeds():
     assert entry["BLEU-4"] == pytest.approx(0.4)
     assert entry["BLEU-4 sd"] == pytest.approx(0.2)  # sample sd of 0.2, 0.4, 0.6
     assert entry["CIDEr sd"] == 0.0
+
+
+def test_paired_differences_match_decoder_and_seed():
+    bleu = {("concat", "gru", 0): 0.50, ("concat", "gru", 1): 0.30, ("concat", "lstm", 0): 0.40,
+            ("cmar", "gru", 0): 0.55, ("cmar", "gru", 1): 0.20, ("cmar", "lstm", 0): 0.60,
+            ("cmar", "lstm", 9): 0.99}  # no concat partner: left out
+    rows = [{"mode": "next", "fusion": f, "decoder": d, "seed": s, "BLEU-4": b}
+            for (f, d, s), b in bleu.items()]
+    rows.append({"mode": "grounded", "fusion": "concat", "decoder": "gru", "seed": 0,
+                 "BLEU-4": 0.0})  # another mode: ignored
+    out = paired_differences(rows, "next")
+    assert set(out) == {"cmar"}
+    assert out["cmar"]["n"] == 3 and out["cmar"]["wins"] == 2
+    assert out["cmar"]["mean"] == pytest.approx((0.05 - 0.10 + 0.20) / 3)
+    assert out["cmar"]["sd"] == pytest.approx(0.15)  # sample sd of 0.05, -0.10, 0.20
 
 
 def test_grids_cover_the_issue_grid():
