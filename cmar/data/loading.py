@@ -23,6 +23,7 @@ import io
 import logging
 import random
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,40 @@ def _encoded(value: Any) -> bytes | None:
     return None
 
 
+class RowImages(Sequence):
+    """The encoded frames of one dataset row, read from the (memory-mapped) table on demand.
+
+    A split of thousands of stories holds only row numbers, not image files: at StoryReasoning
+    size the encoded frames of every split are several GB, while the Arrow table behind them is
+    memory-mapped and costs no heap. Iterating reads the row once; ``images[t]`` reads one cell.
+    """
+
+    def __init__(self, rows, index: int, column: str, length: int):
+        self._rows, self._index, self._column, self._length = rows, index, column, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _cells(self) -> list:
+        return self._rows[self._index][self._column]
+
+    def __getitem__(self, t):
+        if isinstance(t, slice):
+            return [_encoded(cell) for cell in self._cells()[t]]
+        if not -self._length <= t < self._length:
+            raise IndexError(f"frame {t} of a {self._length}-frame story")
+        return _encoded(self._cells()[t])
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (_encoded(cell) for cell in self._cells())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"RowImages(row {self._index}, {self._length} frames)"
+
+
 def _undecoded(rows, images_column: str):
     """Turn off automatic image decoding so corrupt images can be caught per row."""
     feature = rows.features[images_column]
@@ -221,6 +256,7 @@ def load_stories(
         needed["captions_column"] = captions_column
     _check_columns(rows, needed, where)
     rows = _undecoded(rows, images_column)
+    image_rows = rows.select_columns([images_column])  # what each Story reads its frames from
 
     report = LoadReport(source=source, split=_SPLIT_ALIASES.get(split, split), rows=len(rows))
     ids = _story_ids(rows, id_column, report.split)
@@ -234,6 +270,7 @@ def load_stories(
         story = _validate_row(row, story_id, report, markup, images_column, captions_column,
                               caption_policy, max_caption_tokens, min_frames)
         if story is not None:
+            story.images = RowImages(image_rows, i, images_column, len(story))
             seen.add(story_id)
             stories.append(story)
     report.loaded = len(stories)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -18,15 +19,17 @@ log = logging.getLogger("cmar.data")
 class Story:
     """One story that passed validation.
 
-    ``images`` are the encoded image files (PNG/JPEG bytes), one per frame, kept encoded so a
-    split of thousands of stories fits in memory; :meth:`image` decodes one. ``captions[t]`` is
+    ``images`` are the encoded image files (PNG/JPEG bytes), one per frame: a list, or, from
+    :func:`cmar.data.load_stories`, a sequence that reads them from the memory-mapped dataset on
+    demand, so a split of thousands of stories costs no heap for its images; :meth:`image`
+    decodes one. ``captions[t]`` is
     the caption of frame t after the caption policy; ``entities[t]`` maps entity id to its box in
     frame t (empty when the source has no boxes); ``mentions[t]`` are the tagged spans of
     ``captions[t]`` (empty for sources without markup).
     """
 
     story_id: str
-    images: list[bytes]
+    images: Sequence[bytes]
     captions: list[str]
     entities: list[dict[str, Box]] = field(default_factory=list)
     mentions: list[tuple[Mention, ...]] = field(default_factory=list)
