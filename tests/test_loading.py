@@ -127,3 +127,22 @@ def test_carve_split_ignores_row_order():
     kept_rev, carved_rev = carve_split(ids[::-1], 0.1, seed=0)
     assert len(carved) == 10 and not set(kept) & set(carved)
     assert {ids[i] for i in carved} == {ids[::-1][i] for i in carved_rev}
+
+
+def test_stories_read_their_frames_from_the_table_without_copying_it(tmp_path):
+    """A loaded story holds row numbers, not image files, and loading writes no second copy
+    of the split (casting the image column would: a cache-*.arrow file beside the data)."""
+    rows = [sr_row(str(i), ["red", "green", "blue"]) for i in range(4)]
+    folder = tmp_path / "copy"
+    datasets.DatasetDict({"train": sr_dataset(rows)}).save_to_disk(str(folder))
+    stories = load_stories(str(folder), "train", val_fraction=0.25, test_fraction=0.0,
+                           progress=False)
+    assert stories and not any(folder.rglob("cache-*.arrow"))
+    for story in stories:
+        assert not isinstance(story.images, list)  # read on demand
+        assert len(story.images) == 3
+        assert list(story.images) == [story.images[t] for t in range(3)]
+        assert all(isinstance(data, bytes) for data in story.images)
+        with pytest.raises(IndexError):
+            story.images[3]
+    assert_aligned(stories)

@@ -149,6 +149,8 @@ def _encoded(value: Any) -> bytes | None:
 class RowImages(Sequence):
     """The encoded frames of one dataset row, read from the (memory-mapped) table on demand.
 
+    ``rows`` is a one-column dataset in arrow format, so nothing is decoded on the way.
+
     A split of thousands of stories holds only row numbers, not image files: at StoryReasoning
     size the encoded frames of every split are several GB, while the Arrow table behind them is
     memory-mapped and costs no heap. Iterating reads the row once; ``images[t]`` reads one cell.
@@ -161,7 +163,7 @@ class RowImages(Sequence):
         return self._length
 
     def _cells(self) -> list:
-        return self._rows[self._index][self._column]
+        return self._rows[self._index].column(self._column)[0].as_py()
 
     def __getitem__(self, t):
         if isinstance(t, slice):
@@ -180,15 +182,16 @@ class RowImages(Sequence):
         return f"RowImages(row {self._index}, {self._length} frames)"
 
 
-def _undecoded(rows, images_column: str):
-    """Turn off automatic image decoding so corrupt images can be caught per row."""
-    feature = rows.features[images_column]
-    inner = getattr(feature, "feature", None)
-    if isinstance(inner, datasets.Image):
-        return rows.cast_column(images_column, datasets.List(datasets.Image(decode=False)))
-    if isinstance(feature, list) and feature and isinstance(feature[0], datasets.Image):
-        return rows.cast_column(images_column, datasets.List(datasets.Image(decode=False)))
-    return rows
+def _raw_rows(rows, batch_size: int = 16) -> Iterator[dict]:
+    """The rows as plain Python values read straight from the Arrow table.
+
+    Image cells stay as stored (``{"bytes", "path"}``), never decoded, so a corrupt image is
+    caught per row. Casting the column to ``Image(decode=False)`` instead would rewrite the
+    whole split, images included, to a new cache file, with the split's size in memory at the
+    peak; reading the table in arrow format costs neither.
+    """
+    for batch in rows.with_format("arrow").iter(batch_size=batch_size):
+        yield from batch.to_pylist()
 
 
 def _check_columns(rows, needed: dict[str, str], where: str) -> None:
@@ -255,14 +258,14 @@ def load_stories(
     else:
         needed["captions_column"] = captions_column
     _check_columns(rows, needed, where)
-    rows = _undecoded(rows, images_column)
-    image_rows = rows.select_columns([images_column])  # what each Story reads its frames from
+    image_rows = rows.select_columns([images_column]).with_format("arrow")  # read on demand
 
     report = LoadReport(source=source, split=_SPLIT_ALIASES.get(split, split), rows=len(rows))
     ids = _story_ids(rows, id_column, report.split)
     seen: set[str] = set()
     stories: list[Story] = []
-    for i, row in enumerate(tqdm(rows, desc=f"loading {where}", disable=not progress)):
+    for i, row in enumerate(tqdm(_raw_rows(rows), total=len(rows), desc=f"loading {where}",
+                                 disable=not progress)):
         story_id = ids[i]
         if story_id in seen:
             report.skip("duplicate_story_id", story_id)

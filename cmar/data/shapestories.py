@@ -197,7 +197,8 @@ def shapestories_on_disk(
     dataset = datasets.Dataset.from_generator(
         _stories, features=FEATURES, cache_dir=str(scratch), writer_batch_size=50,
         gen_kwargs={"n_stories": n_stories, "seed": seed, "knobs": settings})
-    dataset.save_to_disk(str(partial))
+    # small shards: save_to_disk holds about one shard in memory while writing it
+    dataset.save_to_disk(str(partial), max_shard_size="100MB")
     del dataset
     shutil.rmtree(scratch, ignore_errors=True)
     (partial / "shapestories.json").write_text(key)
