@@ -61,10 +61,14 @@ def _weights_digest(backbone: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def compute_features(backbone: torch.nn.Module, store: ImageStore, path: Path,
-                     batch_size: int = 256, device: str | torch.device = "cpu",
+                     batch_size: int = 64, device: str | torch.device = "cpu",
                      progress: bool = True) -> FeatureStore:
     """Run ``backbone`` (in eval mode) over every frame of ``store`` into ``path``, unless
-    ``path`` exists already; return a FeatureStore over it."""
+    ``path`` exists already; return a FeatureStore over it.
+
+    ``batch_size`` bounds the peak: at 224 px a ResNet's first block alone holds about 3 MB
+    of activations per frame, so 256 frames at once would cost gigabytes.
+    """
     if not path.exists():
         backbone = backbone.eval().to(device)
         transform = image_transform()
