@@ -264,7 +264,7 @@ NOTEBOOKS = {
                            "as `cmar study`. Finished runs are read back, not retrained, so a "
                            "study that stopped continues where it was.") + [
         parameters('# "smoke": 2 runs, seconds; "readme": the README\'s study, 54 runs of 3 '
-                   'epochs (about\n# 65 min on a 2-core CPU in two processes); "full": the '
+                   'epochs (about\n# 2 h on a 2-core CPU; finished runs are read back); "full": the '
                    'same 54 runs at 10 epochs (hours)\n'
                    'GRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else "readme")\n'
                    'RUNS_DIR = "runs/study" if GRID != "smoke" else "runs/study-smoke"'),
@@ -272,8 +272,10 @@ NOTEBOOKS = {
              "from cmar.study import GRIDS, run_study\n\n"
              "grid = GRIDS[GRID]\nprint(grid)\nresult = run_study(grid, RUNS_DIR)"),
         md("## Mean and spread over seeds, beside the floors\n\nEach cell is the mean ± "
-           "sample standard deviation over seeds on the test split. \"minus concat\" pools "
-           "every decoder and seed of a fusion. The modality ablation re-scores the best run "
+           "sample standard deviation over seeds on the test split. \"minus concat\" is the "
+           "mean and spread of a fusion's score minus concat's on the run with the same "
+           "decoder and seed, with how many of those runs are above concat. The modality "
+           "ablation re-scores the best run "
            "with its context images (features) or its context captions blanked."),
         code("display(Markdown((Path(RUNS_DIR) / \"study.md\").read_text()))"),
         code("display(Image(filename=str(Path(RUNS_DIR) / \"study.png\")))"),
