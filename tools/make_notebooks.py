@@ -264,8 +264,8 @@ NOTEBOOKS = {
                            "as `cmar study`. Finished runs are read back, not retrained, so a "
                            "study that stopped continues where it was.") + [
         parameters('# "smoke": 2 runs, seconds; "readme": the README\'s study, 54 runs of 3 '
-                   'epochs (about\n# 2 h on a 2-core CPU; finished runs are read back); "full": the '
-                   'same 54 runs at 10 epochs (hours)\n'
+                   'epochs (about\n# 2 h on a 2-core CPU; finished runs are read back); '
+                   '"full": the same 54 runs at 10 epochs (hours)\n'
                    'GRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else "readme")\n'
                    'RUNS_DIR = "runs/study" if GRID != "smoke" else "runs/study-smoke"'),
         code("from pathlib import Path\n\nfrom IPython.display import Image, Markdown, display\n\n"
