@@ -22,10 +22,9 @@ class Story:
     ``images`` are the encoded image files (PNG/JPEG bytes), one per frame: a list, or, from
     :func:`cmar.data.load_stories`, a sequence that reads them from the memory-mapped dataset on
     demand, so a split of thousands of stories costs no heap for its images; :meth:`image`
-    decodes one. ``captions[t]`` is
-    the caption of frame t after the caption policy; ``entities[t]`` maps entity id to its box in
-    frame t (empty when the source has no boxes); ``mentions[t]`` are the tagged spans of
-    ``captions[t]`` (empty for sources without markup).
+    decodes one. ``captions[t]`` is the caption of frame t after the caption policy;
+    ``entities[t]`` maps entity id to its box in frame t (empty when the source has no boxes);
+    ``mentions[t]`` are the tagged spans of ``captions[t]`` (empty for sources without markup).
     """
 
     story_id: str
