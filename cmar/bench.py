@@ -229,7 +229,8 @@ def _data(cfg):
 def run_target(target: str, config: str = "default", overrides: list[str] = (),
                batches: int = 50, repeats: int = 3, workers=(0, 2), beam: int = 5,
                batch_size: int = 64, checkpoint: str | None = None,
-               workloads=("demo",), out_dir: str | Path = "runs/bench") -> dict:
+               workloads=("demo",), out_dir: str | Path = "runs/bench",
+               keep_data: bool = False) -> dict:
     """Run one benchmark; its result as a dict (also written to ``out_dir/TARGET.json``)."""
     import torch
 
@@ -268,8 +269,8 @@ def run_target(target: str, config: str = "default", overrides: list[str] = (),
         batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
         result["fusions"] = bench_cost(cfg.model, cfg.data, data.tokenizer, batch)
     elif target == "memory":
-        result["workloads"] = [bench_memory(w, config, overrides, Path(out_dir) / "memory")
-                               for w in workloads]
+        result["workloads"] = [bench_memory(w, config, overrides, Path(out_dir) / "memory",
+                                            keep_data=keep_data) for w in workloads]
     else:
         raise ValueError(f"unknown benchmark {target!r}; choose from {TARGETS} or 'all'")
     out = Path(out_dir)

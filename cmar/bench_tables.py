@@ -81,7 +81,8 @@ def render(result: dict) -> str:
             body += (f"\n{w['workload']}: {w['stories']} stories, {w['frames']} frames, "
                      f"{w['train_windows']} training windows; frame cache "
                      f"{w['frame_cache_mb']} MB, feature cache {w['feature_cache_mb']} MB on "
-                     "disk (memory-mapped)")
+                     f"disk (memory-mapped); {w['data_disk_mb']} MB of data in all, "
+                     + ("kept" if w["data_kept"] else "deleted after measuring"))
     else:
         body = json.dumps(result, indent=2)
     return f"{title}\n{body}"

@@ -139,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run_target(args.target, args.config, args.overrides, batches=args.batches,
                         repeats=args.repeats, workers=args.workers, beam=args.beam,
                         batch_size=args.batch_size, checkpoint=args.checkpoint,
-                        workloads=args.workload, out_dir=args.out)
+                        workloads=args.workload, out_dir=args.out, keep_data=args.keep_data)
     print(render(result))
     return 0
 
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workload", nargs="+", default=["demo"],
                        choices=["demo", "storyreasoning-sized"],
                        help="memory: what to run in a child process and measure")
+    bench.add_argument("--keep-data", action="store_true",
+                       help="memory: keep the generated dataset and caches (deleted by default; "
+                            "14 GB for storyreasoning-sized)")
     bench.add_argument("--out", default="runs/bench", help="folder for the JSON results")
     bench.set_defaults(run=cmd_bench)
     return parser

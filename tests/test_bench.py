@@ -60,6 +60,31 @@ def test_memory_bench_trains_and_evaluates_in_child_processes(tmp_path, shapes_c
     assert (tmp_path / "memory-demo.json").exists()
     table = render(result)
     assert "demo      train" in table and "peak anonymous MB" in table
+    # the generated data is measured, then deleted; the run (checkpoint) stays
+    assert row["data_disk_mb"] >= row["frame_cache_mb"] > 0 and not row["data_kept"]
+    assert not (tmp_path / "memory" / "demo" / "data").exists()
+    assert (tmp_path / "memory" / "demo" / "demo" / "best.pt").exists()
+    assert "deleted after measuring" in table
+
+
+def test_memory_bench_refuses_to_start_without_the_disk_it_needs(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import pytest
+
+    from cmar.config import load_config
+    from cmar.memory import MEMORY_WORKLOADS, bench_memory, expected_disk_mb
+
+    sized = load_config("default", MEMORY_WORKLOADS["storyreasoning-sized"]).data
+    demo = load_config("default", MEMORY_WORKLOADS["demo"]).data
+    # 4,000 stories of 9-14 frames at 224 px against 2,000 of 5-8 at 64 px
+    assert expected_disk_mb(sized) > 40 * expected_disk_mb(demo) > 0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 0, 2**20))
+    with pytest.raises(OSError, match=r"writes about [\d,]+ MB .* only 1 MB are free"):
+        bench_memory("demo", "smoke", work_dir=tmp_path)
+    assert not (tmp_path / "demo" / "data").exists()  # nothing was generated
 
 
 def test_every_target_renders_a_table(tmp_path, shapes_cache):
