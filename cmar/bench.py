@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from cmar.data.prepare import StoryData
 
 
+def median_spread(values: list[float], key: str, digits: int = 1) -> dict:
+    """``{key}_median``, ``{key}_min`` and ``{key}_max`` of ``values``, rounded."""
+    return {f"{key}_median": round(statistics.median(values), digits),
+            f"{key}_min": round(min(values), digits), f"{key}_max": round(max(values), digits)}
+
+
 def bench_loader(data: StoryData, split: str = "train", batches: int = 50, repeats: int = 3,
                  num_workers: int | None = None, batch_size: int | None = None) -> dict:
     """Windows per second through the DataLoader (collate and normalisation included).
@@ -47,9 +53,7 @@ def bench_loader(data: StoryData, split: str = "train", batches: int = 50, repea
         "split": split,
         "batch_size": batch_size or data.cfg.batch_size,
         "num_workers": data.cfg.num_workers if num_workers is None else num_workers,
-        "windows_per_s_median": round(statistics.median(rates), 1),
-        "windows_per_s_min": round(min(rates), 1),
-        "windows_per_s_max": round(max(rates), 1),
+        **median_spread(rates, "windows_per_s"),
         "repeats": repeats,
     }
 
@@ -120,8 +124,7 @@ def bench_metrics(n: int = 5000, repeats: int = 3, seed: int = 0) -> dict:
         start = time.perf_counter()
         caption_scores(predictions, references)
         times.append(time.perf_counter() - start)
-    return {"items": n, "seconds_median": round(statistics.median(times), 2),
-            "seconds_min": round(min(times), 2), "seconds_max": round(max(times), 2)}
+    return {"items": n, **median_spread(times, "seconds", digits=2)}
 
 
 def bench_cost(model_cfg, data_cfg, tokenizer, batch, fusions=("concat", "cross", "cmar")) -> dict:
@@ -152,10 +155,12 @@ def bench_cost(model_cfg, data_cfg, tokenizer, batch, fusions=("concat", "cross"
     return out
 
 
-def bench_train(cfg, steps: int = 20, cache_dir=None) -> dict:
+def bench_train(cfg, steps: int = 20, cache_dir=None, repeats: int = 3) -> dict:
     """Training windows per second (forward, backward, AdamW step) and the share of each step
-    spent waiting for the DataLoader; with ``cache_dir`` and a frozen encoder, the same steps
-    again after attaching the feature cache (its one-off build time reported apart)."""
+    spent waiting for the DataLoader, median and spread over ``repeats`` passes of ``steps``
+    steps (each on a fresh loader, its first step a warm-up); with ``cache_dir`` and a frozen
+    encoder, the same again after attaching the feature cache (its one-off build time
+    reported apart)."""
     import torch
 
     from cmar.data import prepare_data
@@ -166,8 +171,8 @@ def bench_train(cfg, steps: int = 20, cache_dir=None) -> dict:
     model = build_model(cfg.model, data.tokenizer, cfg.data).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
 
-    def run() -> dict:
-        iterator = iter(data.loader("train", shuffle=True, seed=cfg.seed))
+    def one_pass(seed: int) -> tuple[float, float]:
+        iterator = iter(data.loader("train", shuffle=True, seed=seed))
         wait = busy = 0.0
         windows = 0
         for step in range(steps + 1):
@@ -182,11 +187,15 @@ def bench_train(cfg, steps: int = 20, cache_dir=None) -> dict:
                 wait += fetched - start
                 busy += time.perf_counter() - fetched
                 windows += len(batch)
-        return {"windows_per_s": round(windows / (wait + busy), 1),
-                "data_wait_share": round(wait / (wait + busy), 3)}
+        return windows / (wait + busy), wait / (wait + busy)
+
+    def run() -> dict:
+        rates, shares = zip(*(one_pass(cfg.seed + r) for r in range(repeats)), strict=True)
+        return {**median_spread(rates, "windows_per_s"),
+                **median_spread(shares, "data_wait_share", digits=3)}
 
     result = {"image_encoder": cfg.model.image_encoder, "image_size": cfg.data.image_size,
-              "frozen": cfg.model.freeze_image_encoder, "steps": steps,
+              "frozen": cfg.model.freeze_image_encoder, "steps": steps, "repeats": repeats,
               "batch_size": cfg.data.batch_size, "images": run()}
     if cache_dir is not None and cfg.model.freeze_image_encoder:
         from cmar.models.feature_cache import attach_feature_cache
@@ -195,8 +204,8 @@ def bench_train(cfg, steps: int = 20, cache_dir=None) -> dict:
         attach_feature_cache(data, model, cache_dir, progress=False)
         result["cache_build_s"] = round(time.perf_counter() - start, 1)
         result["cached_features"] = run()
-        result["speedup"] = round(result["cached_features"]["windows_per_s"]
-                                  / result["images"]["windows_per_s"], 1)
+        result["speedup"] = round(result["cached_features"]["windows_per_s_median"]
+                                  / result["images"]["windows_per_s_median"], 1)
     return result
 
 
@@ -247,11 +256,12 @@ def run_target(target: str, config: str = "default", overrides: list[str] = (),
         result["loader"] = [bench_loader(data, batches=batches, repeats=repeats,
                                          num_workers=w) for w in workers]
     elif target == "train":
-        result["trainable"] = bench_train(cfg, steps=batches)
+        result["trainable"] = bench_train(cfg, steps=batches, repeats=repeats)
         frozen = load_config(config, [*overrides, *FROZEN_RESNET, "data.n_stories=100"])
         with tempfile.TemporaryDirectory(prefix="cmar-bench-features-") as cache:
             # a fresh folder, so the reported build time is a real build, not a reread
-            result["frozen"] = bench_train(frozen, steps=max(3, batches // 4), cache_dir=cache)
+            result["frozen"] = bench_train(frozen, steps=max(3, batches // 4), cache_dir=cache,
+                                           repeats=repeats)
     elif target == "decode":
         from cmar.models import build_model, load_model
 

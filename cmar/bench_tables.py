@@ -36,15 +36,21 @@ def render(result: dict) -> str:
                      f"{b['windows_per_s_median'] / a['windows_per_s_median']:.2f}")
     elif target == "train":
         t, f = result["trainable"], result["frozen"]
-        rows = [[f"{t['image_encoder']} trainable, {t['image_size']} px", t["images"]
-                 ["windows_per_s"], f"{100 * t['images']['data_wait_share']:.1f}%"],
-                [f"{f['image_encoder']} frozen, {f['image_size']} px, re-encoding",
-                 f["images"]["windows_per_s"], f"{100 * f['images']['data_wait_share']:.1f}%"]]
+
+        def row(what: str, r: dict) -> list[str]:
+            wait = [f"{100 * r['data_wait_share_' + k]:.1f}" for k in ("median", "min", "max")]
+            return [what, _spread(r, "windows_per_s"), f"{wait[0]}% ({wait[1]}-{wait[2]}%)"]
+
+        rows = [row(f"{t['image_encoder']} trainable, {t['image_size']} px", t["images"]),
+                row(f"{f['image_encoder']} frozen, {f['image_size']} px, re-encoding",
+                    f["images"])]
         if "cached_features" in f:
-            rows.append([f"{f['image_encoder']} frozen, {f['image_size']} px, feature cache",
-                         f["cached_features"]["windows_per_s"],
-                         f"{100 * f['cached_features']['data_wait_share']:.1f}%"])
-        body = _rows(["training step", "windows/s", "waiting for data"], rows)
+            rows.append(row(f"{f['image_encoder']} frozen, {f['image_size']} px, feature cache",
+                            f["cached_features"]))
+        body = _rows(["training step", "windows/s, median (min-max)",
+                      "waiting for data (target < 10%)"], rows)
+        body += f"\n{t['repeats']} passes of {t['steps']} / {f['steps']} steps, batch " \
+                f"{t['batch_size']}"
         if "speedup" in f:
             body += (f"\nfeature cache / re-encoding: {f['speedup']}x per epoch (target >= 10x)"
                      f"; cache built once in {f['cache_build_s']} s")

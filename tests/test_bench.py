@@ -100,3 +100,22 @@ def test_every_target_renders_a_table(tmp_path, shapes_cache):
         assert table.startswith(f"cmar bench {target}") and expected[target] in table
         assert "{" not in table  # a table, not a JSON dump
         assert (tmp_path / f"{target}.json").exists()
+
+
+def test_train_bench_reports_the_spread_of_every_pass_and_the_cache_speedup(tmp_path,
+                                                                           shapes_cache):
+    from cmar.bench import bench_train, render
+
+    cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}",
+                                "model.freeze_image_encoder=true"])
+    out = bench_train(cfg, steps=2, cache_dir=tmp_path, repeats=2)
+    for side in ("images", "cached_features"):
+        r = out[side]
+        assert 0 < r["windows_per_s_min"] <= r["windows_per_s_median"] <= r["windows_per_s_max"]
+        assert 0 <= r["data_wait_share_min"] <= r["data_wait_share_max"] < 1
+    assert out["repeats"] == 2 and list(tmp_path.glob("*.npy"))  # the cache was built there
+    assert out["speedup"] == round(out["cached_features"]["windows_per_s_median"]
+                                   / out["images"]["windows_per_s_median"], 1)
+    table = render({"target": "train", "config": "smoke", "trainable": out, "frozen": out,
+                    "machine": {"cpu_count": 2, "torch_threads": 2, "cuda": None}})
+    assert "feature cache / re-encoding" in table and "2 passes of 2 / 2 steps" in table
