@@ -11,7 +11,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 help:
 	@echo "make demo   set up .venv, train and evaluate the default model on ShapeStories"
 	@echo "make test   set up .venv with the dev extra, lint and run the test suite"
-	@echo "make bench  every benchmark table (cmar bench all, about 7 min on 2 cores)"
+	@echo "make bench  every benchmark table (cmar bench all, about 9 min on 2 cores)"
 	@echo "make study  the README's ablation study (54 runs, about 2 hours on 2 cores)"
 
 $(BIN)/python:
@@ -44,7 +44,7 @@ test: $(VENV)/.installed-dev lint
 notebooks: $(VENV)/.installed-dev
 	$(BIN)/python tools/run_notebooks.py
 
-# Every benchmark table at sizes that fit 10 minutes on a 2-core CPU (7 min measured); JSON in runs/bench.
+# Every benchmark table at sizes that fit 10 minutes on a 2-core CPU (8.5 min measured); JSON in runs/bench.
 bench: $(VENV)/.installed
 	$(BIN)/cmar bench all
 

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=[*BENCH_TARGETS, "all"],
-                       help="what to measure; all: every table in about 7 minutes on 2 cores")
+                       help="what to measure; all: every table in about 9 minutes on 2 cores")
     _add_config_args(bench)
     bench.add_argument("--batches", type=int, default=50,
                        help="loader: batches timed; train: training steps timed")

@@ -88,7 +88,7 @@ def _frames(data_dir: Path) -> int:
 
 
 def _folder_mb(path: Path, pattern: str) -> int:
-    return round(sum(f.stat().st_size for f in path.glob(pattern)) / 2**20)
+    return round(sum(f.stat().st_size for f in path.glob(pattern) if f.is_file()) / 2**20)
 
 
 # Disk per frame over the raw uint8 frame (3 x S x S bytes): the dataset's images, the
@@ -111,25 +111,6 @@ def expected_disk_mb(data_cfg) -> int | None:
     return round(frames * 3 * data_cfg.image_size ** 2 * DISK_PER_RAW_FRAME / 2**20)
 
 
-def check_disk(path: Path, need_mb: int | None) -> None:
-    """Refuse to start (OSError with both numbers) when ``path``'s disk has less than
-    ``need_mb`` free: a full disk half-way through breaks other work on the machine too."""
-    if need_mb is None:
-        return
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    free_mb = shutil.disk_usage(probe).free // 2**20
-    if free_mb < need_mb:
-        raise OSError(f"this workload writes about {need_mb:,} MB under {path}, but only "
-                      f"{free_mb:,} MB are free there; free some space or pass --out on a "
-                      "bigger disk")
-
-
-def _tree_mb(path: Path) -> int:
-    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20)
-
-
 def bench_memory(workload: str, config: str = "default", overrides: list[str] = (),
                  work_dir: str | Path = "runs/bench/memory", keep_data: bool = False) -> dict:
     """Peak memory of ``cmar data``, ``cmar train`` then ``cmar evaluate`` (what ``make demo``
@@ -141,13 +122,17 @@ def bench_memory(workload: str, config: str = "default", overrides: list[str] = 
     stays. It refuses to start when the disk has too little room for it.
     """
     from cmar.config import load_config
+    from cmar.data.images import ensure_disk_space
 
     work_dir = Path(work_dir) / workload
     shutil.rmtree(work_dir, ignore_errors=True)
     sets = [*MEMORY_WORKLOADS[workload], *overrides, f"runs_dir={work_dir}",
             f"name={workload}", f"data.cache_dir={work_dir / 'data'}"]
     data_cfg = load_config(config, sets).data
-    check_disk(work_dir, expected_disk_mb(data_cfg))
+    need_mb = expected_disk_mb(data_cfg)
+    if need_mb is not None:  # a full disk half-way through breaks other work on the machine
+        ensure_disk_space(work_dir, need_mb * 2**20, f"the {workload} workload",
+                          elsewhere="pass --out on a bigger disk")
     cli = [sys.executable, "-m", "cmar"]
     options = ["--config", config, *(a for s in sets for a in ("--set", s))]
     data = peak_memory([*cli, "data", *options])  # as make demo: generate, decode, summarise
@@ -162,7 +147,7 @@ def bench_memory(workload: str, config: str = "default", overrides: list[str] = 
            "test_windows": summary["windows"],
            "frame_cache_mb": _folder_mb(data_dir, "**/frames-*.npy"),
            "feature_cache_mb": _folder_mb(data_dir, "features/*.npy"),
-           "data_disk_mb": _tree_mb(data_dir),
+           "data_disk_mb": _folder_mb(data_dir, "**/*"),
            "expected_disk_mb": expected_disk_mb(data_cfg),
            "peak_anon_mb": max(p["peak_anon_mb"] or 0 for p in (data, train, evaluate)),
            "peak_rss_mb": max(p["peak_rss_mb"] for p in (data, train, evaluate)),

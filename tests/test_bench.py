@@ -82,7 +82,8 @@ def test_memory_bench_refuses_to_start_without_the_disk_it_needs(tmp_path, monke
     assert expected_disk_mb(sized) > 40 * expected_disk_mb(demo) > 0
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 0, 2**20))
-    with pytest.raises(OSError, match=r"writes about [\d,]+ MB .* only 1 MB are free"):
+    with pytest.raises(OSError, match=r"demo workload needs [\d.]+ GB in .* only 0.0 GB"
+                                      r" are free; free some space or pass --out"):
         bench_memory("demo", "smoke", work_dir=tmp_path)
     assert not (tmp_path / "demo" / "data").exists()  # nothing was generated
 

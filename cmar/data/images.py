@@ -33,15 +33,15 @@ def image_transform() -> v2.Compose:
     )
 
 
-def ensure_disk_space(folder: str | Path, needed: int, what: str) -> None:
+def ensure_disk_space(folder: str | Path, needed: int, what: str,
+                      elsewhere: str = "point data.cache_dir elsewhere") -> None:
     """Refuse, before any work starts, to write ``needed`` bytes where they do not fit."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise OSError(f"{what} needs {needed / 1e9:.1f} GB in {folder} but only "
-                      f"{free / 1e9:.1f} GB are free; free some space or point "
-                      "data.cache_dir elsewhere")
+                      f"{free / 1e9:.1f} GB are free; free some space or {elsewhere}")
 
 
 def _fingerprint(stories: list[Story], image_size: int) -> str:
