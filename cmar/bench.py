@@ -158,7 +158,8 @@ def bench_cost(model_cfg, data_cfg, tokenizer, batch, fusions=("concat", "cross"
 def bench_train(cfg, steps: int = 20, cache_dir=None, repeats: int = 3) -> dict:
     """Training windows per second (forward, backward, AdamW step) and the share of each step
     spent waiting for the DataLoader, median and spread over ``repeats`` passes of ``steps``
-    steps (each on a fresh loader, its first step a warm-up); with ``cache_dir`` and a frozen
+    steps (each on a fresh loader, its first step a warm-up; every pass's windows/s and wait
+    share in ``passes``); with ``cache_dir`` and a frozen
     encoder, the same again after attaching the feature cache (its one-off build time
     reported apart)."""
     import torch
@@ -192,7 +193,9 @@ def bench_train(cfg, steps: int = 20, cache_dir=None, repeats: int = 3) -> dict:
     def run() -> dict:
         rates, shares = zip(*(one_pass(cfg.seed + r) for r in range(repeats)), strict=True)
         return {**median_spread(rates, "windows_per_s"),
-                **median_spread(shares, "data_wait_share", digits=3)}
+                **median_spread(shares, "data_wait_share", digits=3),
+                "passes": [[round(r, 1), round(w, 3)] for r, w in zip(rates, shares,
+                                                                      strict=True)]}
 
     result = {"image_encoder": cfg.model.image_encoder, "image_size": cfg.data.image_size,
               "frozen": cfg.model.freeze_image_encoder, "steps": steps, "repeats": repeats,

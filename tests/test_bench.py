@@ -114,6 +114,7 @@ def test_train_bench_reports_the_spread_of_every_pass_and_the_cache_speedup(tmp_
         r = out[side]
         assert 0 < r["windows_per_s_min"] <= r["windows_per_s_median"] <= r["windows_per_s_max"]
         assert 0 <= r["data_wait_share_min"] <= r["data_wait_share_max"] < 1
+        assert len(r["passes"]) == 2  # [windows/s, wait share] of each pass, in order
     assert out["repeats"] == 2 and list(tmp_path.glob("*.npy"))  # the cache was built there
     assert out["speedup"] == round(out["cached_features"]["windows_per_s_median"]
                                    / out["images"]["windows_per_s_median"], 1)

@@ -67,7 +67,9 @@ def compute_features(backbone: torch.nn.Module, store: ImageStore, path: Path,
     ``path`` exists already; return a FeatureStore over it.
 
     ``batch_size`` bounds the peak: at 224 px a ResNet's first block alone holds about 3 MB
-    of activations per frame, so 256 frames at once would cost gigabytes.
+    of activations per frame. Measured on a 2-core CPU, ResNet-18 over 518 frames at 224 px,
+    one process each: 64 frames per batch peaked at 0.97 GB of anonymous memory, 256 at
+    2.2 GB, in the same time (19.4 and 19.6 s against 21.1 and 19.6 s, data loading included).
     """
     if not path.exists():
         backbone = backbone.eval().to(device)
