@@ -158,10 +158,9 @@ def bench_cost(model_cfg, data_cfg, tokenizer, batch, fusions=("concat", "cross"
 def bench_train(cfg, steps: int = 20, cache_dir=None, repeats: int = 3) -> dict:
     """Training windows per second (forward, backward, AdamW step) and the share of each step
     spent waiting for the DataLoader, median and spread over ``repeats`` passes of ``steps``
-    steps (each on a fresh loader, its first step a warm-up; every pass's windows/s and wait
-    share in ``passes``); with ``cache_dir`` and a frozen
-    encoder, the same again after attaching the feature cache (its one-off build time
-    reported apart)."""
+    steps, each on a fresh loader with its first step a warm-up (every pass's windows/s and
+    wait share are kept in ``passes``). With ``cache_dir`` and a frozen encoder, the same
+    again after attaching the feature cache, its one-off build time reported apart."""
     import torch
 
     from cmar.data import prepare_data
