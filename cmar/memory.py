@@ -148,7 +148,7 @@ def bench_memory(workload: str, config: str = "default", overrides: list[str] = 
            "frame_cache_mb": _folder_mb(data_dir, "**/frames-*.npy"),
            "feature_cache_mb": _folder_mb(data_dir, "features/*.npy"),
            "data_disk_mb": _folder_mb(data_dir, "**/*"),
-           "expected_disk_mb": expected_disk_mb(data_cfg),
+           "expected_disk_mb": need_mb,
            "peak_anon_mb": max(p["peak_anon_mb"] or 0 for p in (data, train, evaluate)),
            "peak_rss_mb": max(p["peak_rss_mb"] for p in (data, train, evaluate)),
            "checkpoint": str(work_dir / workload / "best.pt"),
