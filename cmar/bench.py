@@ -112,7 +112,7 @@ def bench_metrics(n: int = 5000, repeats: int = 3, seed: int = 0) -> dict:
     """Seconds for ``caption_scores`` on ``n`` ShapeStories-like predictions."""
     import random as _random
 
-    from cmar.metrics import caption_scores
+    from cmar.evaluation.metrics import caption_scores
 
     rng = _random.Random(seed)
     words = ["ann", "bob", "the", "red", "blue", "circle", "square", "walks", "runs", "to",

@@ -73,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cmar.evaluate import evaluate_run
-    from cmar.report import alignment_table, caption_table
+    from cmar.evaluation.report import alignment_table, caption_table
+    from cmar.evaluation.run import evaluate_run
 
     metrics = evaluate_run(args.run_dir, split=args.split, strategy=args.strategy,
                            beam_size=args.beam)
@@ -87,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from cmar.data import decode, prepare_data
-    from cmar.evaluate import load_run
+    from cmar.evaluation.run import load_run
 
     cfg, tokenizer, model = load_run(args.run_dir)
     data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(args.split,), progress=False)

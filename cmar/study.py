@@ -84,7 +84,7 @@ def row_of(metrics: dict) -> dict:
 def run_cell(grid: Grid, cell: tuple[str, str, str, int], runs_dir: str | Path,
              progress: bool = False) -> dict:
     """Train and evaluate one cell (or read it back); its row of numbers and floors."""
-    from cmar.evaluate import evaluate_run
+    from cmar.evaluation.run import evaluate_run
     from cmar.train import train
 
     mode, fusion, decoder, seed = cell
@@ -153,9 +153,9 @@ def paired_differences(rows: list[dict], mode: str, key: str = "BLEU-4",
 
 def modality_ablation(run_dir: str | Path, split: str = "test") -> dict[str, dict]:
     """A trained run re-evaluated with nothing, its images, then its captions blanked."""
-    from cmar.evaluate import generate_captions, load_run, run_data
-    from cmar.floors import windows_text
-    from cmar.metrics import caption_scores
+    from cmar.evaluation.floors import windows_text
+    from cmar.evaluation.metrics import caption_scores
+    from cmar.evaluation.run import generate_captions, load_run, run_data
 
     cfg, tokenizer, model = load_run(run_dir)
     data = run_data(cfg, tokenizer, model, (split,), progress=False)

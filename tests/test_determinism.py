@@ -4,7 +4,7 @@ import json
 
 from test_training import smoke
 
-from cmar.evaluate import evaluate_run
+from cmar.evaluation.run import evaluate_run
 from cmar.train import Trainer
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cmar.metrics import caption_scores, simple_tokenize
+from cmar.evaluation.metrics import caption_scores, simple_tokenize
 
 REFS = {"a": ["Ann the red circle walks to the tree."],
         "b": ["Bob the blue square runs to the pond and meets Ann."],
@@ -37,7 +37,7 @@ def test_python_tokenizer_drops_punctuation_and_case():
 
 
 def test_exact_match_counts_whole_captions():
-    from cmar.metrics import exact_match
+    from cmar.evaluation.metrics import exact_match
 
     preds = {"a": "ann the RED circle walks to the tree", "b": "Bob", "c": "nothing"}
     assert exact_match(preds, REFS) == pytest.approx(1 / 3)
@@ -73,7 +73,7 @@ def test_cider_matches_the_scorer_called_directly_on_tokenized_text():
 def test_ranking_scores_on_a_constructed_ranking():
     import torch
 
-    from cmar.alignment import ranking_scores
+    from cmar.evaluation.alignment import ranking_scores
 
     scores = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.0, 0.0],   # true first: rank 1
                            [0.5, 0.6, 0.1, 0.2, 0.0, 0.0],   # rank 2
@@ -85,7 +85,7 @@ def test_ranking_scores_on_a_constructed_ranking():
 
 
 def test_candidates_come_from_other_stories():
-    from cmar.alignment import candidate_index, other_story
+    from cmar.evaluation.alignment import candidate_index, other_story
 
     stories = ["a", "a", "b", "b", "c", "c", "d"]
     index = candidate_index(stories, 5)
@@ -97,7 +97,7 @@ def test_candidates_come_from_other_stories():
 
 
 def test_slot_accuracy_names_the_wrong_part():
-    from cmar.slots import slot_accuracy
+    from cmar.evaluation.slots import slot_accuracy
 
     refs = {"a": ["Ann the red circle walks to the tree and meets Bob."],
             "b": ["Bob the blue square runs to the pond."]}
@@ -119,7 +119,7 @@ def test_ptb_tokenizer_and_meteor_with_java():
 
 
 def test_meteor_without_java_says_so(monkeypatch):
-    import cmar.metrics as metrics
+    import cmar.evaluation.metrics as metrics
 
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="Java"):

@@ -15,7 +15,7 @@ from cmar.data import (
     split_frames,
 )
 from cmar.data.shapes_world import COLOURS
-from cmar.metrics import caption_scores
+from cmar.evaluation.metrics import caption_scores
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from cmar.cli import main
 from cmar.config import load_config
-from cmar.evaluate import evaluate_run
+from cmar.evaluation.run import evaluate_run
 from cmar.models import StoryModel, load_model
 from cmar.train import Trainer
 

@@ -198,7 +198,7 @@ NOTEBOOKS = {
              "                               f\"runs_dir={Path(RUN_DIR).parent}\"]), "
              "progress=False)"),
         code("import torch\nfrom cmar.data import decode, prepare_data\n"
-             "from cmar.evaluate import load_run\n\ncfg, tokenizer, model = load_run(RUN_DIR)\n"
+             "from cmar.evaluation import load_run\n\ncfg, tokenizer, model = load_run(RUN_DIR)\n"
              "data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(\"train\", SPLIT), "
              "progress=False)\nbatch = next(iter(data.loader(SPLIT, shuffle=False, "
              "batch_size=4, num_workers=0)))\n"
@@ -211,8 +211,8 @@ NOTEBOOKS = {
         md("## Scores beside their floors\n\nThe whole split, corpus level. On ShapeStories "
            "the slot columns say which part of the caption each system gets right: names come "
            "from the text, places and meetings from the images."),
-        code("from IPython.display import Markdown, display\nfrom cmar.evaluate import "
-             "evaluate_run\nfrom cmar.report import alignment_table, caption_table\n\n"
+        code("from IPython.display import Markdown, display\nfrom cmar.evaluation.run import "
+             "evaluate_run\nfrom cmar.evaluation.report import alignment_table, caption_table\n\n"
              "metrics = evaluate_run(RUN_DIR, split=SPLIT, progress=False)\n"
              "display(Markdown(caption_table(metrics)))\n"
              "display(Markdown(alignment_table(metrics)))"),

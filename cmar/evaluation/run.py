@@ -12,16 +12,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cmar import alignment
 from cmar.config import load_config
 from cmar.data import Collate, decode, load_tokenizer, prepare_data
 from cmar.data.batches import pad_targets
 from cmar.data.tokenizer import UNK_ID
-from cmar.floors import all_floors, windows_text
-from cmar.metrics import caption_scores, exact_match
+from cmar.evaluation import alignment
+from cmar.evaluation.floors import all_floors, windows_text
+from cmar.evaluation.grounding import grounding_hits
+from cmar.evaluation.metrics import caption_scores, exact_match
+from cmar.evaluation.report import write_report
+from cmar.evaluation.slots import slot_accuracy
 from cmar.models import load_model
-from cmar.report import write_report
-from cmar.slots import slot_accuracy
 
 
 def device_for() -> torch.device:
@@ -90,7 +91,7 @@ def generate_captions(model, data, split: str, strategy: str = "greedy", beam_si
 def alignment_scores(model, data, split: str, candidates: int = 100,
                      retrieval_windows: int = 500, batch_size: int = 64,
                      progress: bool = True) -> dict:
-    """Every score of :mod:`cmar.alignment` over ``split``."""
+    """Every score of :mod:`cmar.evaluation.alignment` over ``split``."""
     device = next(model.parameters()).device
     dataset = data.datasets[split]
     stories = {s.story_id: s for s in data.stories[split]}
@@ -112,7 +113,7 @@ def alignment_scores(model, data, split: str, candidates: int = 100,
         texts.append(out.encoded.fused.text)
         ids += story_ids
         if out.attention is not None:
-            h, m, c = alignment.grounding_hits(out.attention.cpu(), batch, stories,
+            h, m, c = grounding_hits(out.attention.cpu(), batch, stories,
                                                data.tokenizer, data.cfg.image_size)
             hits, mentions, chance = hits + h, mentions + m, chance + c
     true_loss, other_loss = torch.cat(loss_true).mean().item(), torch.cat(loss_other).mean().item()

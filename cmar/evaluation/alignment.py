@@ -8,8 +8,6 @@
   shuffled pairs, and the gap.
 - ``context_sensitivity``: caption loss with the true context vs another story's context
   (near-zero gap: the decoder ignores its input).
-- ``grounding_accuracy`` (ShapeStories, attention fusions): how often a character name's
-  strongest word-to-region attention lands on a region overlapping that character's box.
 """
 
 from __future__ import annotations
@@ -111,44 +109,3 @@ def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
     logp = -token_nll(logits, target_out)
     real = target_out != model.pad_id
     return ((logp * real).sum(1) / real.sum(1)).view(b, c)
-
-
-def grounding_hits(attention: torch.Tensor, batch: Batch, stories: dict, tokenizer,
-                   image_size: int) -> tuple[int, int, float]:
-    """(hits, mentions, chance) over the character-name mentions of a batch's context.
-
-    ``attention`` (B, k, rounds, Lc, R), averaged over rounds; regions form a square grid.
-    """
-    from cmar.data.tokenizer import encode
-
-    b, k, _, length, regions = attention.shape
-    side = int(round(regions ** 0.5))
-    cell = image_size / side
-    maps = attention.mean(2)  # (B, k, Lc, R)
-    hits = mentions = 0
-    chance = 0.0
-    for row, wid in enumerate(batch.window_ids):
-        story_id, t = wid.rsplit(":", 1)
-        story = stories[story_id]
-        for j, frame in enumerate(range(int(t) - k, int(t))):
-            caption = story.captions[frame]
-            for mention in story.mentions[frame]:
-                if mention.kind != "gdo" or len(mention.ids) != 1 \
-                        or not mention.ids[0].startswith("char"):
-                    continue
-                box = story.entities[frame].get(mention.ids[0])
-                position = len(encode(tokenizer, caption[:mention.start]))
-                if box is None or position >= length:
-                    continue
-                overlaps = torch.tensor([_overlaps(r, side, cell, box) for r in range(regions)])
-                best = int(maps[row, j, position].argmax())
-                hits += bool(overlaps[best])
-                chance += overlaps.float().mean().item()
-                mentions += 1
-    return hits, mentions, chance
-
-
-def _overlaps(region: int, side: int, cell: float, box) -> bool:
-    y, x = divmod(region, side)
-    x1, y1, x2, y2 = box
-    return x * cell <= x2 and (x + 1) * cell >= x1 and y * cell <= y2 and (y + 1) * cell >= y1
