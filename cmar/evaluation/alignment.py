@@ -16,8 +16,10 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from cmar.data.batches import Batch
+from cmar.data.batches import Batch, Collate, pad_targets
+from cmar.evaluation.grounding import grounding_scores
 from cmar.models.story_model import token_nll
 
 
@@ -109,3 +111,60 @@ def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
     logp = -token_nll(logits, target_out)
     real = target_out != model.pad_id
     return ((logp * real).sum(1) / real.sum(1)).view(b, c)
+
+
+@torch.no_grad()
+def alignment_scores(model, data, split: str, candidates: int = 100,
+                     retrieval_windows: int = 500, batch_size: int = 64,
+                     progress: bool = True) -> dict:
+    """Every score of this module over ``split``."""
+    device = next(model.parameters()).device
+    dataset = data.datasets[split]
+    preds, trues, images, texts, loss_true, loss_other, ids = [], [], [], [], [], [], []
+    loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
+    for batch in tqdm(loader, desc="alignment scores", disable=not progress):
+        batch = batch.to(device)
+        out = model(batch)
+        story_ids = [w.rsplit(":", 1)[0] for w in batch.window_ids]
+        other = with_context_of(batch, other_story(story_ids).to(device))
+        loss_true.append(per_window_caption_loss(out.logits, batch))
+        loss_other.append(per_window_caption_loss(model(other).logits, batch))
+        preds.append(out.next_pred)
+        trues.append(out.next_true)
+        images.append(out.encoded.fused.image)
+        texts.append(out.encoded.fused.text)
+        ids += story_ids
+    true_loss, other_loss = torch.cat(loss_true).mean().item(), torch.cat(loss_other).mean().item()
+    scores = {
+        "next-frame retrieval": next_frame_retrieval(
+            torch.cat(preds).cpu(), torch.cat(trues).cpu(), ids, candidates),
+        "image-text alignment": image_text_alignment(torch.cat(images).cpu(),
+                                                               torch.cat(texts).cpu()),
+        "context sensitivity": {"caption loss, true context": true_loss,
+                                "caption loss, other story's context": other_loss,
+                                "gap": other_loss - true_loss},
+        "next-caption retrieval": _caption_retrieval(model, dataset, ids, candidates,
+                                                     retrieval_windows, device),
+    }
+    grounding = grounding_scores(model, data, split, batch_size, progress)
+    if grounding is not None:
+        scores["grounding"] = grounding
+    return scores
+
+
+def _caption_retrieval(model, dataset, story_ids, candidates, n_windows, device) -> dict:
+    collate = Collate(model.pad_id, model.bos_id, model.eos_id)
+    target_in, target_out, _ = pad_targets(
+        [dataset.ids[w.story][w.t] for w in dataset.windows], model.pad_id, model.bos_id,
+        model.eos_id)  # (N, L): every window's target, the candidate pool
+    index = candidate_index(story_ids,
+                                      usable_candidates(story_ids, candidates))
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n_windows]
+    scores = []
+    for start in range(0, len(chosen), 8):
+        rows = chosen[start:start + 8]
+        batch = collate([dataset[i] for i in rows.tolist()]).to(device)
+        scores.append(next_caption_retrieval(
+            model, batch, target_out.to(device), target_in.to(device),
+            index[rows].to(device)).cpu())
+    return {**ranking_scores(torch.cat(scores)), "windows": len(chosen)}

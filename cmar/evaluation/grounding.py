@@ -6,8 +6,33 @@ uniformly random region.
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from cmar.data.batches import Batch
+
+
+@torch.no_grad()
+def grounding_scores(model, data, split: str, batch_size: int = 64,
+                     progress: bool = True) -> dict | None:
+    """Grounding accuracy over ``split`` beside its chance rate, or None when the fusion
+    returns no attention or no character mention has a box."""
+    if data.cfg.source != "shapestories":
+        return None
+    device = next(model.parameters()).device
+    stories = {s.story_id: s for s in data.stories[split]}
+    hits = mentions = 0
+    chance = 0.0
+    loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
+    for batch in tqdm(loader, desc="grounding", disable=not progress):
+        out = model(batch.to(device), return_attention=True)
+        if out.attention is None:
+            return None
+        h, m, c = grounding_hits(out.attention.cpu(), batch, stories, data.tokenizer,
+                                 data.cfg.image_size)
+        hits, mentions, chance = hits + h, mentions + m, chance + c
+    if not mentions:
+        return None
+    return {"accuracy": hits / mentions, "chance": chance / mentions, "mentions": mentions}
 
 
 def grounding_hits(attention: torch.Tensor, batch: Batch, stories: dict, tokenizer,

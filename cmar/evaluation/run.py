@@ -13,12 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 from cmar.config import load_config
-from cmar.data import Collate, decode, load_tokenizer, prepare_data
-from cmar.data.batches import pad_targets
+from cmar.data import decode, load_tokenizer, prepare_data
 from cmar.data.tokenizer import UNK_ID
 from cmar.evaluation import alignment
 from cmar.evaluation.floors import all_floors, windows_text
-from cmar.evaluation.grounding import grounding_hits
 from cmar.evaluation.metrics import caption_scores, exact_match
 from cmar.evaluation.report import write_report
 from cmar.evaluation.slots import slot_accuracy
@@ -87,71 +85,6 @@ def generate_captions(model, data, split: str, strategy: str = "greedy", beam_si
     return out
 
 
-@torch.no_grad()
-def alignment_scores(model, data, split: str, candidates: int = 100,
-                     retrieval_windows: int = 500, batch_size: int = 64,
-                     progress: bool = True) -> dict:
-    """Every score of :mod:`cmar.evaluation.alignment` over ``split``."""
-    device = next(model.parameters()).device
-    dataset = data.datasets[split]
-    stories = {s.story_id: s for s in data.stories[split]}
-    preds, trues, images, texts, loss_true, loss_other, ids = [], [], [], [], [], [], []
-    hits = mentions = 0
-    chance = 0.0
-    attention_fusion = data.cfg.source == "shapestories"
-    loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
-    for batch in tqdm(loader, desc="alignment scores", disable=not progress):
-        batch = batch.to(device)
-        out = model(batch, return_attention=attention_fusion)
-        story_ids = [w.rsplit(":", 1)[0] for w in batch.window_ids]
-        other = alignment.with_context_of(batch, alignment.other_story(story_ids).to(device))
-        loss_true.append(alignment.per_window_caption_loss(out.logits, batch))
-        loss_other.append(alignment.per_window_caption_loss(model(other).logits, batch))
-        preds.append(out.next_pred)
-        trues.append(out.next_true)
-        images.append(out.encoded.fused.image)
-        texts.append(out.encoded.fused.text)
-        ids += story_ids
-        if out.attention is not None:
-            h, m, c = grounding_hits(out.attention.cpu(), batch, stories,
-                                               data.tokenizer, data.cfg.image_size)
-            hits, mentions, chance = hits + h, mentions + m, chance + c
-    true_loss, other_loss = torch.cat(loss_true).mean().item(), torch.cat(loss_other).mean().item()
-    scores = {
-        "next-frame retrieval": alignment.next_frame_retrieval(
-            torch.cat(preds).cpu(), torch.cat(trues).cpu(), ids, candidates),
-        "image-text alignment": alignment.image_text_alignment(torch.cat(images).cpu(),
-                                                               torch.cat(texts).cpu()),
-        "context sensitivity": {"caption loss, true context": true_loss,
-                                "caption loss, other story's context": other_loss,
-                                "gap": other_loss - true_loss},
-        "next-caption retrieval": _caption_retrieval(model, dataset, ids, candidates,
-                                                     retrieval_windows, device),
-    }
-    if mentions:
-        scores["grounding"] = {"accuracy": hits / mentions, "chance": chance / mentions,
-                               "mentions": mentions}
-    return scores
-
-
-def _caption_retrieval(model, dataset, story_ids, candidates, n_windows, device) -> dict:
-    collate = Collate(model.pad_id, model.bos_id, model.eos_id)
-    target_in, target_out, _ = pad_targets(
-        [dataset.ids[w.story][w.t] for w in dataset.windows], model.pad_id, model.bos_id,
-        model.eos_id)  # (N, L): every window's target, the candidate pool
-    index = alignment.candidate_index(story_ids,
-                                      alignment.usable_candidates(story_ids, candidates))
-    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n_windows]
-    scores = []
-    for start in range(0, len(chosen), 8):
-        rows = chosen[start:start + 8]
-        batch = collate([dataset[i] for i in rows.tolist()]).to(device)
-        scores.append(alignment.next_caption_retrieval(
-            model, batch, target_out.to(device), target_in.to(device),
-            index[rows].to(device)).cpu())
-    return {**alignment.ranking_scores(torch.cat(scores)), "windows": len(chosen)}
-
-
 def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | None = None,
                  beam_size: int | None = None, progress: bool = True) -> dict:
     """Score a run on ``split`` (default: the config's eval.split) and write its reports."""
@@ -172,7 +105,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | 
     metrics = {"run": str(run_dir), "split": split, "strategy": strategy,
                "beam_size": beam_size if strategy == "beam" else None,
                "windows": len(references), "captions": captions,
-               "alignment": alignment_scores(model, data, split, ev.candidates,
+               "alignment": alignment.alignment_scores(model, data, split, ev.candidates,
                                              ev.retrieval_windows, ev.batch_size, progress)}
     if cfg.data.source == "shapestories":
         metrics["slots"] = {name: slot_accuracy(p, references) for name, p in systems.items()}
