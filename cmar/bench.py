@@ -220,7 +220,8 @@ def bench_decode_images(data: StoryData, split: str = "train", repeats: int = 3)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        ImageStore(stories, data.cfg.image_size, cache_dir=None, progress=False)
+        ImageStore(stories, data.cfg.image_size, cache_dir=None, progress=False,
+                   fit=data.cfg.image_fit)
         rates.append(frames / (time.perf_counter() - start))
     return {"frames": frames, "images_per_s_median": round(statistics.median(rates), 1),
             "images_per_s_min": round(min(rates), 1), "images_per_s_max": round(max(rates), 1)}

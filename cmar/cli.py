@@ -34,6 +34,10 @@ def _print_summary(summary: dict) -> None:
         skipped = ", ".join(f"{k}={v}" for k, v in row["skipped"].items()) or "0"
         print(f"{split:<11}{row['stories']:>8}{row['frames']:>8}{row['windows']:>9}  "
               f"{row['frames_per_story']:<18}{row['caption_words_mean']:>14}  {skipped}")
+    cap = summary["max_tokens"]
+    cuts = [f"{split}: {row['targets_cut']} of {row['targets']} targets cut at {cap} tokens"
+            for split, row in summary["splits"].items() if row["targets_cut"]]
+    print("\n".join(cuts) or f"no target is cut at {cap} tokens")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -73,15 +77,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cmar.evaluation.report import alignment_table, caption_table
+    from cmar.evaluation.report import render
     from cmar.evaluation.run import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, split=args.split, strategy=args.strategy,
-                           beam_size=args.beam)
-    print(caption_table(metrics))
-    print()
-    print(alignment_table(metrics))
-    print(f"\nwritten: {args.run_dir}/metrics.json, predictions.jsonl, report.md")
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"no run folder at {run_dir} (it has no config.yaml); "
+                                "train one with `cmar train` first")
+    metrics = evaluate_run(run_dir, split=args.split, strategy=args.strategy,
+                           beam_size=args.beam, meteor=args.meteor, tokenizer=args.tokenizer,
+                           bootstrap=args.bootstrap)
+    print(render(metrics))
+    print(f"\nwritten: {run_dir}/metrics.json, predictions.jsonl, report.md")
     return 0
 
 
@@ -185,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="default: the run's eval.split (test)")
     evaluate.add_argument("--strategy", choices=["greedy", "beam", "sample"])
     evaluate.add_argument("--beam", type=int, help="beam size for --strategy beam")
+    evaluate.add_argument("--meteor", action="store_true", default=None,
+                          help="also METEOR (needs Java); default: the run's eval.meteor")
+    evaluate.add_argument("--tokenizer", choices=["python", "ptb"],
+                          help="how the metrics split words (ptb needs Java); "
+                               "default: the run's eval.tokenizer")
+    evaluate.add_argument("--bootstrap", type=int, metavar="N",
+                          help="story resamples for the 95%% intervals (0: none); "
+                               "default: the run's eval.bootstrap")
     evaluate.set_defaults(run=cmd_evaluate)
 
     generate = commands.add_parser("generate", help="print one window's context and prediction")

@@ -27,6 +27,7 @@ class DataConfig:
     caption_policy: str = "first_sentence"  # "first_sentence" | "max_tokens" | "full"
     max_caption_tokens: int = 32  # word cap applied by the caption policy
     image_size: int = 64  # frames are resized to image_size x image_size
+    image_fit: str = "letterbox"  # "letterbox" (pads: keeps all characters) | center_crop | squash
     val_fraction: float = 0.1  # share of train stories carved out as validation (by story)
     test_fraction: float = 0.1  # carved only when the source has no test split
     split_seed: int = 0  # seed of the carving; fixed so splits never move
@@ -35,9 +36,9 @@ class DataConfig:
     shapestories_seed: int = 0  # ShapeStories: generator seed
     difficulty: str = "medium"  # ShapeStories: "easy" | "medium" | "hard"
     shapestories_knobs: dict = field(default_factory=dict)  # ShapeStories: Knobs overrides
-    min_word_freq: int = 1  # rarer training words become [UNK]
-    max_vocab: int = 10000  # tokenizer vocabulary cap
-    max_tokens: int = 40  # token cap of every caption fed to or produced by the model
+    min_pair_freq: int = 2  # BPE: a pair seen fewer times is never merged (no word is lost)
+    vocab_size: int = 10000  # BPE vocabulary size, incl. the 256 byte symbols and 4 specials
+    max_tokens: int = 40  # BPE-token cap of every caption fed to or produced by the model
     batch_size: int = 32  # windows per batch
     num_workers: int = 2  # DataLoader worker processes
     cache_dir: str = "data"  # generated data, downloaded copies and decoded-frame caches
@@ -85,6 +86,9 @@ class EvalConfig:
     candidates: int = 100  # retrieval candidates per window (the true one + others)
     retrieval_windows: int = 500  # windows scored for retrieval (a seeded sample)
     examples: int = 5  # example windows shown in report.md
+    meteor: bool = False  # also METEOR (pycocoevalcap's jar: needs Java on the PATH)
+    tokenizer: str = "python"  # how the metrics split words: "python" (no Java) | "ptb" (Java)
+    bootstrap: int = 1000  # resamples of stories for the 95% intervals (0: no intervals)
 
 
 @dataclass
@@ -98,8 +102,16 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# old key -> its new name: an old config gets a clear error, not just "unknown key"
+RENAMED = {"data.min_word_freq": "data.min_pair_freq", "data.max_vocab": "data.vocab_size"}
+
+
 def _build(cls, values: dict[str, Any], where: str):
     names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        old = f"{where}.{key}".strip(".")
+        if old in RENAMED:
+            raise KeyError(f"{old} was renamed to {RENAMED[old]}")
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise KeyError(f"unknown config key(s) {unknown} in {where or 'config'}; "

@@ -7,7 +7,7 @@ import pytest
 
 from cmar.cli import main
 from cmar.config import Config, load_config, save_config
-from cmar.data import prepare_data
+from cmar.data import decode, encode, prepare_data
 
 
 def test_presets_load_and_overrides_apply():
@@ -56,15 +56,20 @@ def test_prepare_data_batches_have_the_documented_shapes(shapes_cache):
     assert batch.target_image.shape == (b, 3, s, s)
     assert batch.context_tokens.shape[:2] == (b, k)
     assert batch.target_in.shape == batch.target_out.shape == batch.target_mask.shape
-    # the tokenizer is trained on training captions only: a word seen only outside train
-    # is not in the vocabulary
+    # the tokenizer is trained on training captions only (byte-level BPE, pieces start with
+    # "Ġ" for a leading space): a word seen only outside train is not one token of the
+    # vocabulary, yet it is spelt exactly in smaller pieces, with no [UNK]
     def words(split):
-        return {w.lower() for st in data.stories[split] for c in st.captions
+        return {w for st in data.stories[split] for c in st.captions
                 for w in re.findall(r"\w+", c)}
 
     vocab = data.tokenizer.get_vocab()
-    assert words("train") <= set(vocab)
-    assert not (words("validation") | words("test")) - words("train") & set(vocab)
+    pieces = {w.removeprefix("\u0120") for w in vocab}
+    assert words("train") <= pieces  # ShapeStories words are frequent: each merged whole
+    unseen = (words("validation") | words("test")) - words("train")
+    assert not unseen & pieces
+    for w in unseen:
+        assert decode(data.tokenizer, encode(data.tokenizer, w)) == w
 
 
 def test_cmar_model_prints_matched_fusion_budgets(shapes_cache, capsys):

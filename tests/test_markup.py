@@ -89,6 +89,72 @@ def test_caption_policies(policy, max_tokens, expected):
     assert TEXT.startswith(caption)  # a prefix, so mention offsets stay valid
 
 
+# Hand-written prose in StoryReasoning's style (movie-scene narration), one quirk per line.
+FIRST_SENTENCES = [
+    ("J. Edgar waits by the door, his hat in his hands. He listens.",
+     "J. Edgar waits by the door, his hat in his hands."),
+    ("Agent T. Walsh and Dr. Kaplan study the map. A phone rings.",
+     "Agent T. Walsh and Dr. Kaplan study the map."),
+    ("Capt. Reyes, Lt. Moore and Sgt. Boyd crouch behind the truck. Shots ring out.",
+     "Capt. Reyes, Lt. Moore and Sgt. Boyd crouch behind the truck."),
+    ("Mrs. Dalton and Mr. Price cross St. Mark's Square at dusk. Pigeons scatter.",
+     "Mrs. Dalton and Mr. Price cross St. Mark's Square at dusk."),
+    ("The U.S. Marshal steps off the train in L.A. and scans the crowd. Nobody moves.",
+     "The U.S. Marshal steps off the train in L.A. and scans the crowd."),
+    ("He climbs the stairs to Room No. 12 and knocks twice. Silence.",
+     "He climbs the stairs to Room No. 12 and knocks twice."),
+    ("Crates, ropes, lamps, etc. litter the deck of the ship. Tom ducks.",
+     "Crates, ropes, lamps, etc. litter the deck of the ship."),
+    ('Sarah leans in and whispers, "We leave tonight." Tom nods slowly.',
+     'Sarah leans in and whispers, "We leave tonight."'),
+    ("Tom raises the lantern and shouts, “Over here!” The others turn.",
+     "Tom raises the lantern and shouts, “Over here!”"),
+    ('Ann stares at the letter. "Why now?" she asks. The clock ticks.',
+     "Ann stares at the letter."),
+    ('"Are you coming?" he asks from the doorway. She shrugs.',
+     '"Are you coming?" he asks from the doorway.'),
+    # the known limit: a capitalised name after a quoted "?" or "!" reads as a new sentence
+    ('"Are you coming?" Maria asks from the doorway. He shrugs.', '"Are you coming?"'),
+    ('"Wait!" she cries as the carriage pulls away. Tom stares after her.',
+     '"Wait!" she cries as the carriage pulls away.'),
+    ('The sign reads "Closed" and the windows are dark. He walks on.',
+     'The sign reads "Closed" and the windows are dark.'),
+    ("The corridor is silent... Then a door creaks open.", "The corridor is silent..."),
+    ("Mike hesitates… then he steps into the vault. Alarms blare.",
+     "Mike hesitates… then he steps into the vault."),
+    ("She lowers the gun (her hands are shaking.) The man runs.",
+     "She lowers the gun (her hands are shaking.)"),
+    ("Who is at the door?! Jack grabs the bat.", "Who is at the door?!"),
+    ("A man in a long grey coat walks slowly across the empty platform",
+     "A man in a long grey coat walks slowly across the empty platform"),
+]
+
+
+@pytest.mark.parametrize("text,expected", FIRST_SENTENCES)
+def test_first_sentence_on_movie_prose(text, expected):
+    caption = apply_caption_policy(text, "first_sentence", 32)
+    assert caption == expected
+    assert text.startswith(caption)
+
+
+def test_first_sentence_without_an_end_is_the_whole_text_capped():
+    words = ("The camera pans across rows of empty seats while rain drums on the roof of the "
+             "old theatre and a single usher sweeps the aisle").split()
+    text = " ".join(words)
+    assert apply_caption_policy(text, "first_sentence", 32) == text
+    assert apply_caption_policy(text, "first_sentence", 5) == " ".join(words[:5])
+
+
+def test_first_sentence_is_a_prefix_so_mentions_keep_their_offsets():
+    story = ('<gdi image1> <gdo char1>J. Edgar</gdo> tells <gdo char2>Mrs. Hale</gdo>, '
+             '"Stay here." <gdo char2>She</gdo> nods. </gdi>')
+    (seg,) = parse_segments(story)
+    caption = apply_caption_policy(seg.text, "first_sentence", 32)
+    assert caption == 'J. Edgar tells Mrs. Hale, "Stay here."'
+    kept = [m for m in seg.mentions if m.start < len(caption)]
+    assert [caption[m.start:m.end] for m in kept] == ["J. Edgar", "Mrs. Hale"]
+
+
 def test_unknown_caption_policy_names_the_choices():
     with pytest.raises(ValueError, match="first_sentence"):
         apply_caption_policy(TEXT, "last_sentence")

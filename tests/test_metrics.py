@@ -70,32 +70,6 @@ def test_cider_matches_the_scorer_called_directly_on_tokenized_text():
     assert 0 < direct < 10
 
 
-def test_ranking_scores_on_a_constructed_ranking():
-    import torch
-
-    from cmar.evaluation.alignment import ranking_scores
-
-    scores = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.0, 0.0],   # true first: rank 1
-                           [0.5, 0.6, 0.1, 0.2, 0.0, 0.0],   # rank 2
-                           [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])  # rank 6
-    out = ranking_scores(scores)
-    assert out["R@1"] == pytest.approx(1 / 3) and out["R@5"] == pytest.approx(2 / 3)
-    assert out["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 6) / 3)
-    assert out["chance R@1"] == pytest.approx(1 / 6)
-
-
-def test_candidates_come_from_other_stories():
-    from cmar.evaluation.alignment import candidate_index, other_story
-
-    stories = ["a", "a", "b", "b", "c", "c", "d"]
-    index = candidate_index(stories, 5)
-    for i, row in enumerate(index.tolist()):
-        assert row[0] == i and all(stories[j] != stories[i] for j in row[1:])
-        assert len(set(row)) == 5
-    assert [stories[j] != stories[i] for i, j in enumerate(other_story(stories).tolist())] \
-        == [True] * 7
-
-
 def test_slot_accuracy_names_the_wrong_part():
     from cmar.evaluation.slots import slot_accuracy
 

@@ -113,3 +113,58 @@ def test_frame_count_knobs_reach_the_generator_through_a_config(tmp_path):
                                 "data.shapestories_knobs.max_frames=10"])
     data = prepare_data(cfg.data, splits=("train",), progress=False)
     assert {len(s) for s in data.stories["train"]} <= {9, 10}
+
+
+def test_facing_dot_is_visible_and_points_at_the_faced_landmark(monkeypatch):
+    """At the default preset (64 px, medium: noise, jitter, distractors) every character's
+    facing mark is dark pixels unlike any fill or the background, and the direction from the
+    shape's centre to them picks the landmark the world state says it faces: the angle error
+    stays under half the angular gap to the nearest other landmark (as seen from the
+    character). Measured (seed 0, 300 stories, 5,790 figures): 5-12 dot pixels, angle error
+    median 3.2 deg, max 18.6 deg, at most 0.62 of the half gap."""
+    import io
+    import math
+
+    from PIL import Image
+
+    from cmar.data.shapes_render import BACKGROUND
+    from cmar.data.shapes_world import CHAR_RADIUS, anchor
+
+    drawn = []
+    real = shapestories.render_frame
+
+    def spy(size, landmarks, distractors, figures, noise, rng):
+        data = real(size, landmarks, distractors, figures, noise, rng)
+        drawn.append((size, list(landmarks), list(figures), data))
+        return data
+
+    monkeypatch.setattr(shapestories, "render_frame", spy)
+    make_shapestories(120, seed=5)  # the default preset
+    assert drawn and all(size == Knobs().image_size == 64 for size, *_ in drawn)
+    dark_level = 50  # the dot is black; every fill and the background are far brighter
+    assert min(max(c) for c in COLOURS.values()) >= 150 and min(BACKGROUND) >= 200
+
+    def turn(a, b):
+        return abs((a - b + math.pi) % (2 * math.pi) - math.pi)
+
+    figures_seen = 0
+    for size, slots, figures, data in drawn:
+        r = CHAR_RADIUS * size
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+        ys, xs = np.mgrid[:size, :size] + 0.5  # pixel centres
+        distance = np.stack([np.hypot(xs - f.x, ys - f.y) for f in figures])
+        nearest = distance.argmin(0)  # a neighbour's dot belongs to the neighbour
+        dark = pixels.max(-1) < dark_level
+        for c, figure in enumerate(figures):
+            dot = dark & (nearest == c) & (distance[c] <= r)
+            assert dot.sum() >= 4, (c, int(dot.sum()))
+            seen = math.atan2(ys[dot].mean() - figure.y, xs[dot].mean() - figure.x)
+            faced = math.atan2(figure.face_y - figure.y, figure.face_x - figure.x)
+            others = [math.atan2(y - figure.y, x - figure.x)
+                      for x, y in (anchor(slot, size) for slot in slots)
+                      if (x, y) != (figure.face_x, figure.face_y)]
+            half_gap = min(turn(o, faced) for o in others) / 2
+            assert turn(seen, faced) < half_gap, (math.degrees(turn(seen, faced)),
+                                                  math.degrees(half_gap))
+            figures_seen += 1
+    assert figures_seen > 2000

@@ -46,7 +46,7 @@ def test_smoke_study_writes_tables_and_reuses_finished_runs(tmp_path, shapes_cac
     result = run_study(grid, tmp_path, progress=False)
     assert [(r["fusion"], r["seed"]) for r in result["rows"]] == [("concat", 0), ("cmar", 0)]
     text = (tmp_path / "study.md").read_text()
-    assert "oracle (both: ceiling) | 1.000" in text and "Modality ablation" in text
+    assert "oracle (ceiling) | 1.000" in text and "Modality ablation" in text
     assert (tmp_path / "study.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["rows"] == result["rows"]

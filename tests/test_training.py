@@ -41,22 +41,51 @@ def test_smoke_run_writes_every_file(trained_run):
     assert history[-1]["train_caption"] < history[0]["train_caption"]
 
 
-def test_evaluation_scores_the_whole_split_beside_the_floors(trained_run):
-    metrics = evaluate_run(trained_run.run_dir, progress=False)
+@pytest.fixture(scope="module")
+def evaluated(trained_run):
+    return evaluate_run(trained_run.run_dir, progress=False)
+
+
+def test_evaluation_scores_the_whole_split_beside_the_floors(trained_run, evaluated):
+    metrics = evaluated
     run = trained_run.run_dir
     lines = (run / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == metrics["windows"] > 0
     assert set(json.loads(lines[0])) == {"window_id", "context", "reference", "prediction"}
     systems = set(metrics["captions"])
     assert {"model", "copy last caption", "most frequent caption", "nearest neighbour (TF-IDF)",
-            "oracle (both: ceiling)"} <= systems
-    assert metrics["captions"]["oracle (both: ceiling)"]["BLEU-4"] == pytest.approx(1.0)
+            "oracle (ceiling)"} <= systems
+    assert metrics["captions"]["oracle (ceiling)"]["BLEU-4"] == pytest.approx(1.0)
     for group in ("next-frame retrieval", "next-caption retrieval", "image-text alignment",
                   "context sensitivity", "grounding"):
         assert group in metrics["alignment"]
     report = (run / "report.md").read_text()
     assert "| copy last caption |" in report and "prediction:" in report
     assert json.loads((run / "metrics.json").read_text())["split"] == "test"
+
+
+def test_evaluation_reports_intervals_names_lengths_and_image_use(trained_run, evaluated):
+    metrics = evaluated
+    model = metrics["captions"]["model"]
+    low, high = model["95% interval"]["BLEU-4"]
+    assert low <= model["BLEU-4"] <= high
+    low, high = model["95% interval"]["CIDEr"]
+    assert low <= model["CIDEr"] <= high
+    # ShapeStories names every actor with a <gdo charN> tag: the ceiling names them all
+    assert metrics["names"]["oracle (ceiling)"]["F1"] == pytest.approx(1.0)
+    assert metrics["names"]["model"]["names in references"] == \
+        metrics["names"]["oracle (ceiling)"]["names predicted"] > 0
+    lengths = metrics["length and diversity"]
+    assert lengths["most frequent caption"]["most repeated share"] == 1.0
+    assert lengths["oracle (ceiling)"]["words per prediction"] == pytest.approx(
+        lengths["oracle (ceiling)"]["words per reference"])
+    use = metrics["image use"]
+    assert use["place slot chance"] == pytest.approx(1 / 3)  # 4 landmarks: 3 to face
+    assert use["BLEU-4 drop"] == pytest.approx(
+        use["BLEU-4"] - use["BLEU-4, context images blanked"])
+    assert metrics["references"]["cut"] == 0  # ShapeStories captions fit max_tokens
+    report = (trained_run.run_dir / "report.md").read_text()
+    assert "CIDEr-D [95%]" in report and "## Image use" in report and "names F1" in report
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(shapes_cache, tmp_path):

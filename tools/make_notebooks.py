@@ -208,14 +208,16 @@ NOTEBOOKS = {
              "    ids = model.generate(batch, strategy, **options)\n"
              "    print(f\"{strategy:<7}\", decode(tokenizer, ids[0]))\n"
              "print(\"reference\", decode(tokenizer, batch.target_out[0]))"),
-        md("## Scores beside their floors\n\nThe whole split, corpus level. On ShapeStories "
-           "the slot columns say which part of the caption each system gets right: names come "
-           "from the text, places and meetings from the images."),
-        code("from IPython.display import Markdown, display\nfrom cmar.evaluation.run import "
-             "evaluate_run\nfrom cmar.evaluation.report import alignment_table, caption_table\n\n"
+        md("## Scores beside their floors\n\nThe whole split, corpus level, with 95% intervals "
+           "that resample whole stories. On ShapeStories the slot columns say which part of the "
+           "caption each system gets right: names come from the text, places and meetings from "
+           "the images; the image-use table blanks the context images. Every alignment score "
+           "sits beside a floor that learns nothing, on the same candidates, and is flagged when "
+           "that floor already saturates it."),
+        code("from IPython.display import Markdown, display\nfrom cmar.evaluation import "
+             "evaluate_run\nfrom cmar.evaluation.report import render\n\n"
              "metrics = evaluate_run(RUN_DIR, split=SPLIT, progress=False)\n"
-             "display(Markdown(caption_table(metrics)))\n"
-             "display(Markdown(alignment_table(metrics)))"),
+             "display(Markdown(render(metrics)))"),
         md("## Story strips: context, reference, prediction"),
         code("import json\nimport matplotlib.pyplot as plt\nfrom cmar.plots import window_strip\n\n"
              "predictions = {json.loads(line)[\"window_id\"]: json.loads(line)[\"prediction\"]\n"
@@ -231,8 +233,9 @@ NOTEBOOKS = {
              "return_attention=True)\nw = data.datasets[SPLIT].windows[0]\n"
              "story = stories[w.story]\n"
              "if out.attention is None:\n    print(\"this fusion has no attention\")\nelse:\n"
-             "    words = tokenizer.convert_ids_to_tokens(batch.context_tokens[0, 0][batch."
-             "context_mask[0, 0]])\n    maps = out.attention[0, 0].mean(0)  # (L, R)\n"
+             "    words = [decode(tokenizer, [i]) for i in batch.context_tokens[0, 0][batch."
+             "context_mask[0, 0]]]  # one BPE piece each\n"
+             "    maps = out.attention[0, 0].mean(0)  # (L, R)\n"
              "    n = min(6, len(words))\n"
              "    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6))\n"
              "    for i, ax in enumerate(axes):\n"

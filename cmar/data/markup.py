@@ -27,8 +27,17 @@ _SEGMENT_OPEN = re.compile(r"<\s*gdi\s+image\s*(\d+)\s*>", re.IGNORECASE)
 _SEGMENT_CLOSE = re.compile(r"<\s*/\s*gdi\s*>", re.IGNORECASE)
 _TAG = re.compile(r"<\s*(/?)\s*(gdo|gda|gdl)\b([^>]*)>", re.IGNORECASE)
 _WS = re.compile(r"\s+")
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "vs", "e.g", "i.e"}
+# A run of terminators (".", "!", "?", "...", "…"), then any closing quotes or brackets, then
+# whitespace or the end of the text. Whether it really ends the sentence: _ends_sentence.
+_SENTENCE_END = re.compile(r"(?P<stop>[.!?…]+)[\"”’')\]]*(?=\s|$)")
+_ABBREVIATIONS = frozenset({
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "lt", "capt", "col", "gen", "sgt", "rev",
+    "mt", "vs", "etc", "e.g", "i.e",
+})
+_OPENERS = "\"“‘'(["
+_INITIAL = re.compile(r"[A-Z]")  # "J." of "J. Edgar"
+_ACRONYM = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # "U.S" of "U.S.", "L.A" of "L.A."
+_NEXT_WORD = re.compile(r"\s*(\S?)")
 _IMAGE_HEADER = re.compile(r"^\s*#{1,3}\s*Image\s+(\d+)\s*$", re.IGNORECASE | re.MULTILINE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -222,12 +231,44 @@ def parse_boxes(chain_of_thought: str) -> dict[int, dict[str, Box]]:
     return boxes
 
 
+def _ends_sentence(text: str, match: re.Match) -> bool:
+    """Whether the terminator run ``match`` (see ``_SENTENCE_END``) ends a sentence of ``text``.
+
+    It does not when the next word starts with a lowercase letter (``"Wait!" she says.``,
+    ``He hesitates... then leaves.``), nor, for a single ``.``, after a one-letter initial
+    (``J. Edgar``), a title or common abbreviation (``Mr.``, ``Capt.``, ``etc.``, ``e.g.``; the
+    ``_ABBREVIATIONS``), a dotted acronym (``U.S.``, ``L.A.``) or ``No.`` before a digit.
+    """
+    following = _NEXT_WORD.match(text, match.end()).group(1)
+    if following.islower():
+        return False
+    if match.group("stop") != ".":
+        return True  # "!", "?", "?!", an ellipsis: never an abbreviation
+    before = text[: match.start()]
+    word = before.rsplit(maxsplit=1)[-1].lstrip(_OPENERS) if before.strip() else ""
+    if word.lower() in _ABBREVIATIONS or _INITIAL.fullmatch(word) or _ACRONYM.fullmatch(word):
+        return False
+    return not (word.lower() == "no" and following.isdigit())
+
+
 def apply_caption_policy(text: str, policy: str = "first_sentence", max_tokens: int = 32) -> str:
     """The caption a model is trained to produce from a segment's plain text.
 
-    - ``first_sentence`` (default): up to the first ``.``, ``!`` or ``?`` followed by a space or
-      the end (not after ``Mr``, ``Dr``, ``St`` and similar), then capped at ``max_tokens``
-      whitespace-separated words.
+    - ``first_sentence`` (default): the text up to the end of its first sentence, then capped
+      at ``max_tokens`` whitespace-separated words. A sentence ends at ``.``, ``!`` or ``?``
+      (or a run of them: ``?!``, an ellipsis ``...``/``…``), with any closing quotes or
+      brackets after it (``."``, ``!”``, ``?'``, ``.)``) kept, followed by whitespace or the
+      end of the text. It does not end where the next word starts in lowercase (``"Wait!" she
+      says.`` is one sentence; so is ``He pauses... then leaves.``), nor at the ``.`` of a
+      one-letter initial (``J. Edgar``), a title or common abbreviation (Mr, Mrs, Ms, Dr, St,
+      Jr, Sr, Prof, Lt, Capt, Col, Gen, Sgt, Rev, Mt, vs, etc, e.g, i.e), ``No.`` before a
+      digit, or a dotted acronym (``U.S.``, ``L.A.``). The trade-off of that last rule: a
+      sentence that really ends with an acronym or an abbreviation (``...moves to the U.S.
+      They...``, ``...boxes, papers, etc. Tom...``) runs on into the next one; the word cap
+      bounds the damage, and cutting ``the U.S. Marshal arrives.`` down to ``the U.S.`` would
+      be worse. The lowercase rule cannot see a capitalised name after a quote:
+      ``"Coming?" Maria asks.`` stops at ``"Coming?"``. Text with no sentence end is kept
+      whole (then capped).
     - ``max_tokens``: the first ``max_tokens`` words.
     - ``full``: the whole segment.
 
@@ -239,8 +280,7 @@ def apply_caption_policy(text: str, policy: str = "first_sentence", max_tokens: 
         return text
     if policy == "first_sentence":
         for end in _SENTENCE_END.finditer(text):
-            before = text[: end.start()].rsplit(" ", 1)[-1].lower()
-            if before not in _ABBREVIATIONS:
+            if _ends_sentence(text, end):
                 text = text[: end.end()]
                 break
     words = list(re.finditer(r"\S+", text))

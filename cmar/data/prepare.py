@@ -16,7 +16,7 @@ from cmar.data.batches import WindowDataset, make_loader
 from cmar.data.images import ImageStore
 from cmar.data.loading import load_stories
 from cmar.data.story import StoryList
-from cmar.data.tokenizer import train_tokenizer
+from cmar.data.tokenizer import encode, train_tokenizer
 from cmar.data.windows import MODES, make_windows
 
 SPLITS = ("train", "validation", "test")
@@ -65,12 +65,16 @@ class StoryData:
         )
 
     def summary(self) -> dict:
-        """Counts a reader checks first: stories, frames, windows, vocabulary, skipped rows."""
+        """Counts a reader checks first: stories, frames, windows, vocabulary, skipped rows,
+        and how many target captions (one per window) are cut at ``max_tokens``."""
         out = {"source": self.cfg.source, "k": self.cfg.k, "mode": self.cfg.mode,
-               "vocabulary": len(self.tokenizer), "splits": {}}
+               "vocabulary": len(self.tokenizer), "max_tokens": self.cfg.max_tokens,
+               "splits": {}}
         for split, stories in self.stories.items():
             lengths = [len(s) for s in stories] or [0]
             words = [len(c.split()) for s in stories for c in s.captions] or [0]
+            targets = [stories[w.story].captions[w.t] for w in self.datasets[split].windows]
+            tokens = [len(encode(self.tokenizer, c)) for c in targets]
             out["splits"][split] = {
                 "stories": len(stories),
                 "frames": sum(lengths),
@@ -78,6 +82,8 @@ class StoryData:
                 "frames_per_story": f"{min(lengths)}-{max(lengths)} "
                                     f"(mean {statistics.mean(lengths):.1f})",
                 "caption_words_mean": round(statistics.mean(words), 1),
+                "targets": len(targets),
+                "targets_cut": sum(n > self.cfg.max_tokens for n in tokens),
                 "skipped": dict(stories.report.skipped),
                 "rows_read": stories.report.rows,
             }
@@ -94,11 +100,13 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
         if "train" not in stories:
             raise ValueError("without a tokenizer, the train split is needed to train one")
         captions = (c for story in stories["train"] for c in story.captions)
-        tokenizer = train_tokenizer(captions, cfg.min_word_freq, cfg.max_vocab)
+        tokenizer = train_tokenizer(captions, min_frequency=cfg.min_pair_freq,
+                                    vocab_size=cfg.vocab_size)
     data = StoryData(cfg=cfg, tokenizer=tokenizer, stories=stories)
     frame_cache = Path(cfg.cache_dir) / "frames"
     for split, split_stories in stories.items():
-        store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress)
+        store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress,
+                           fit=cfg.image_fit)
         windows = make_windows(split_stories, cfg.k)
         data.datasets[split] = WindowDataset(split_stories, windows, store, tokenizer,
                                              max_tokens=cfg.max_tokens)

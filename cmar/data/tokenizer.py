@@ -1,39 +1,54 @@
-"""Caption tokenizer: a word-level Hugging Face ``tokenizers`` model in PreTrainedTokenizerFast.
+"""Caption tokenizer: a byte-level BPE (Hugging Face ``tokenizers``) in PreTrainedTokenizerFast.
 
-Word level (not BPE) is the documented choice: BLEU and CIDEr are computed on words, so a
-generated token is a word a reader can check, and captions of these datasets have a small
-vocabulary. Words seen fewer than ``min_frequency`` times in the training captions map to
-``[UNK]``. The tokenizer is trained on training captions only and saved with every run.
+Why byte-level BPE: captions of real movie scenes are full of names ("Alex", "José"),
+possessives and contractions ("Tom's", "isn't"), curly quotes and dashes. A word-level
+vocabulary maps every unseen name to ``[UNK]`` and loses case and spacing ("tom' s"), which the
+caption metrics then punish. A byte-level BPE starts from the 256 byte symbols, so any text is
+representable, and merges frequent pairs into larger pieces. Hence:
+
+- exact round trip: ``decode(tokenizer, encode(tokenizer, x)) == x`` for every ``str`` x, case,
+  spacing, punctuation and accents included (no normalizer, no lowercasing);
+- no ``[UNK]``: a word never seen in training is spelt in smaller pieces (down to bytes), so
+  names survive. ``UNK_ID`` stays reserved (other code uses it as a blanked-caption
+  placeholder) but the tokenizer never produces it;
+- a common word is one token, a rare one 2-3 (more for unusual names), so ``data.max_tokens``
+  counts BPE tokens, not words.
+
+The vocabulary knob is ``vocab_size`` (``data.vocab_size``): the size of the whole vocabulary,
+the 256 byte symbols and the 4 special tokens included; training stops merging when it is
+reached, or when no pair is seen at least ``min_frequency`` (``data.min_pair_freq``) times. A
+rarer pair is simply never merged: no word is ever lost. The tokenizer is trained on training
+captions only and saved with every run.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-_SPACE_BEFORE_PUNCT = re.compile(r" ([.,!?;:'])")
 
 
 def train_tokenizer(
-    captions: Iterable[str], min_frequency: int = 1, max_vocab: int = 10000
+    captions: Iterable[str], min_frequency: int = 2, vocab_size: int = 10000
 ) -> PreTrainedTokenizerFast:
-    """Train a lowercase word-level tokenizer (words and punctuation marks are tokens)."""
-    model = Tokenizer(models.WordLevel(unk_token=UNK))
-    model.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    model.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=max_vocab, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+    """Train a byte-level BPE on ``captions``; specials take ids 0-3, then the 256 bytes."""
+    model = Tokenizer(models.BPE())  # no unk_token: every byte is in the vocabulary
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     model.train_from_iterator(captions, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=model, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
+        tokenizer_object=model, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -46,18 +61,36 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
-    """Token ids of a caption, without special tokens."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of a caption, without special tokens.
+
+    A literal "[UNK]" (or "[PAD]" ...) in the text is spelt in bytes like any other text
+    (``split_special_tokens``), so it round-trips instead of becoming a special id.
+    """
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def decode(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:
-    """Ids back to a caption; stops at [EOS], drops special tokens, re-attaches punctuation."""
-    words = []
+    """Ids back to a caption: stops at [EOS], drops [PAD], [BOS] and [UNK], adds no spaces."""
+    kept = []
     for i in ids:
         i = int(i)
-        if i == tokenizer.eos_token_id:
+        if i == EOS_ID:
             break
-        if i in (tokenizer.pad_token_id, tokenizer.bos_token_id):
-            continue
-        words.append(tokenizer.convert_ids_to_tokens(i))
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(words))
+        if i not in (PAD_ID, BOS_ID, UNK_ID):
+            kept.append(i)
+    return tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def target_text(tokenizer: PreTrainedTokenizerFast, text: str, max_tokens: int) -> str:
+    """A caption exactly as the model is trained on it: its first ``max_tokens`` tokens.
+
+    The text itself when it fits, else a prefix of it. A cut can fall inside a multi-byte
+    character (an accent, a curly quote); that half character is dropped, not shown as "�".
+    """
+    ids = encode(tokenizer, text)
+    if len(ids) <= max_tokens:
+        return text
+    cut = decode(tokenizer, ids[:max_tokens])
+    while cut and not text.startswith(cut):  # only a trailing half character can differ
+        cut = cut[:-1]
+    return cut

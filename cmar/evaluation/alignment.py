@@ -1,13 +1,26 @@
-"""Sequence-level alignment scores, each with its chance level or its control beside it.
+"""Sequence-level alignment scores, each beside the floor that learns nothing (and its chance).
 
-- ``next_frame_retrieval``: rank the true next image among ``candidates`` (it and images of
-  other stories' windows) by cosine to the predicted next-frame embedding: R@1, R@5, MRR.
-- ``next_caption_retrieval``: rank the true next caption among ``candidates`` (it and targets
-  of other stories) by the model's length-normalised log-likelihood given the context.
-- ``image_text_alignment``: cosine of each context frame's matched image/text vectors vs
-  shuffled pairs, and the gap.
-- ``context_sensitivity``: caption loss with the true context vs another story's context
-  (near-zero gap: the decoder ignores its input).
+Retrieval (R@1, R@5, MRR; candidates and floors in :mod:`cmar.evaluation.retrieval`), each in
+two variants: candidates from *other* stories (easy: style alone finds the story), and
+candidates from the *same* story, minus the window's context frames ("which of this story's
+frames comes next?"):
+
+- ``next-frame retrieval``: cosine of the predicted next-frame embedding to each candidate
+  frame's encoder embedding. Floors: the last context frame as the prediction, in pixel space
+  (ImageNet-normalised pixels pooled to 16 x 16) and in the encoder's space.
+- ``next-caption retrieval``: the model's length-normalised log-likelihood of each candidate
+  caption given the context. Floors: TF-IDF cosine (IDF fitted on the train split's captions)
+  of each candidate to the k context captions joined, and to the last context caption.
+
+- ``image-text alignment``: cosine of each context frame's matched image/text vectors against
+  a shuffle that pairs every frame's image with the text of a frame of a *different* story.
+- ``context sensitivity``: caption loss with the true context vs the context of a window of
+  another story, drawn over the whole split (near-zero gap: the decoder ignores its input).
+- ``grounding`` (any dataset with entity boxes and an attention fusion):
+  :func:`cmar.evaluation.grounding.grounding_scores`.
+
+A group the split cannot support (one story; fewer than 2 candidates) is
+``{"skipped": reason}``. Every random choice is seeded: two evaluations give the same numbers.
 """
 
 from __future__ import annotations
@@ -19,76 +32,53 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cmar.data.batches import Batch, Collate, pad_targets
+from cmar.evaluation.frames import SplitFrames, frame_vectors
 from cmar.evaluation.grounding import grounding_scores
+from cmar.evaluation.retrieval import (  # noqa: F401  (re-exported: the public names)
+    TfIdf,
+    candidate_index,
+    cosine_scores,
+    cross_story_permutation,
+    other_story,
+    pad_candidates,
+    ranking_scores,
+    ranks,
+    same_story_candidates,
+    usable_candidates,
+    with_floors,
+)
 from cmar.models.story_model import token_nll
 
-
-def ranking_scores(scores: torch.Tensor) -> dict[str, float]:
-    """scores (N, C) with the true candidate in column 0 -> R@1, R@5, MRR (ties count
-    against the true candidate)."""
-    rank = (scores[:, 1:] >= scores[:, :1]).sum(1) + 1  # 1 = best
-    return {"R@1": (rank <= 1).float().mean().item(), "R@5": (rank <= 5).float().mean().item(),
-            "MRR": (1.0 / rank.float()).mean().item(),
-            "chance R@1": 1.0 / scores.shape[1]}
+ONE_STORY = "needs windows of at least two stories"
+GROUPS = ("next-frame retrieval", "next-frame retrieval (same story)", "next-caption retrieval",
+          "next-caption retrieval (same story)", "image-text alignment", "context sensitivity")
 
 
-def candidate_index(story_ids: list[str], candidates: int, seed: int = 0) -> torch.Tensor:
-    """(N, C) indices: column 0 is the row itself, the others rows of *other* stories."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(story_ids)
-    codes = {s: i for i, s in enumerate(dict.fromkeys(story_ids))}
-    story = torch.tensor([codes[s] for s in story_ids])
-    out = torch.empty(n, candidates, dtype=torch.long)
-    for i in range(n):
-        pool = torch.nonzero(story != story[i]).squeeze(1)
-        pick = pool[torch.randperm(len(pool), generator=g)[: candidates - 1]]
-        out[i, 0], out[i, 1:len(pick) + 1] = i, pick
-        if len(pick) < candidates - 1:
-            raise ValueError(f"need {candidates - 1} windows of other stories, have {len(pick)}")
-    return out
-
-
-def usable_candidates(story_ids: list[str], wanted: int) -> int:
-    """``wanted``, or fewer when a small split has fewer windows of other stories."""
-    from collections import Counter
-
-    return min(wanted, len(story_ids) - max(Counter(story_ids).values()) + 1)
-
-
-def next_frame_retrieval(pred: torch.Tensor, true: torch.Tensor, story_ids: list[str],
-                         candidates: int = 100) -> dict[str, float]:
-    index = candidate_index(story_ids, usable_candidates(story_ids, candidates))
-    pred, true = F.normalize(pred, dim=-1), F.normalize(true, dim=-1)
-    scores = torch.einsum("nd,ncd->nc", pred, true[index])
-    return ranking_scores(scores)
-
-
-def image_text_alignment(image: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
-    """image, text (N, d) of the same N frames."""
-    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+def image_text_alignment(image: torch.Tensor, text: torch.Tensor, story_ids: list[str],
+                         seed: int = 0) -> dict:
+    """image, text (N, d) of the same N frames, ``story_ids`` their stories. The control pairs
+    image i with text p[i] of another story (:func:`cross_story_permutation`); when one story
+    holds over half of the frames no such permutation exists and p[i] is drawn per frame among
+    the other stories' frames instead (:func:`other_story`)."""
+    image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
     matched = (image * text).sum(-1).mean().item()
-    shuffled = (image * text.roll(1, 0)).sum(-1).mean().item()
-    return {"matched cosine": matched, "shuffled cosine": shuffled, "gap": matched - shuffled}
+    if len(set(story_ids)) < 2:
+        return {"matched cosine": matched, "skipped": "the shuffle " + ONE_STORY}
+    perm = cross_story_permutation(story_ids, seed)
+    floor = {"name": "shuffled across stories"}
+    if perm is None:
+        perm = other_story(story_ids, seed)
+        floor["note"] = "one story holds over half the frames: drawn with replacement"
+    shuffled = (image * text[perm]).sum(-1).mean().item()
+    return {"matched cosine": matched, "shuffled cosine": shuffled, "gap": matched - shuffled,
+            "floor": {**floor, "cosine": shuffled}}
 
 
-def other_story(story_ids: list[str]) -> torch.Tensor:
-    """For each row, the nearest following row (cyclically) from a different story."""
-    n = len(story_ids)
-    out = []
-    for i in range(n):
-        j = next(((i + r) % n for r in range(1, n) if story_ids[(i + r) % n] != story_ids[i]),
-                 None)
-        if j is None:
-            raise ValueError("context sensitivity needs windows of at least two stories")
-        out.append(j)
-    return torch.tensor(out)
-
-
-def with_context_of(batch: Batch, index: torch.Tensor) -> Batch:
-    """The batch with every window's context replaced by the context of window ``index[i]``."""
-    return dataclasses.replace(batch, context_images=batch.context_images[index],
-                               context_tokens=batch.context_tokens[index],
-                               context_mask=batch.context_mask[index])
+def with_context_of(batch: Batch, other: Batch) -> Batch:
+    """``batch`` with every window's context replaced by the context of ``other``'s window."""
+    return dataclasses.replace(batch, context_images=other.context_images,
+                               context_tokens=other.context_tokens,
+                               context_mask=other.context_mask)
 
 
 def per_window_caption_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -116,55 +106,180 @@ def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
 @torch.no_grad()
 def alignment_scores(model, data, split: str, candidates: int = 100,
                      retrieval_windows: int = 500, batch_size: int = 64,
-                     progress: bool = True) -> dict:
-    """Every score of this module over ``split``."""
+                     progress: bool = True, per_window: dict | None = None,
+                     seed: int = 0) -> dict:
+    """Every score of this module over ``split``, each beside its floor.
+
+    ``per_window``, when given, receives ``{group: (story ids, R@1 hits (0/1) per window)}``
+    for every retrieval group scored, for intervals that resample whole stories.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _alignment_scores(model, data, split, candidates, retrieval_windows, batch_size,
+                                 progress, per_window, seed)
+    finally:
+        model.train(was_training)
+
+
+def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_size, progress,
+                      per_window, seed) -> dict:
     device = next(model.parameters()).device
     dataset = data.datasets[split]
-    preds, trues, images, texts, loss_true, loss_other, ids = [], [], [], [], [], [], []
+    if not len(dataset):
+        return {group: {"skipped": "the split has no window"} for group in GROUPS}
+    frames = SplitFrames.of(dataset)
+    ids = frames.story_ids
+    two_stories = len(set(ids)) >= 2
+    partner = other_story(ids, seed) if two_stories else None
+    collate = Collate(model.pad_id, model.bos_id, model.eos_id)
+    encoded, pixels = frame_vectors(model, data, split, frames, batch_size * 4, device, progress)
+    preds, images, texts, loss_true, loss_other = [], [], [], [], []
     loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
-    for batch in tqdm(loader, desc="alignment scores", disable=not progress):
+    start = 0
+    for batch in tqdm(loader, desc="alignment: windows", disable=not progress):
         batch = batch.to(device)
         out = model(batch)
-        story_ids = [w.rsplit(":", 1)[0] for w in batch.window_ids]
-        other = with_context_of(batch, other_story(story_ids).to(device))
-        loss_true.append(per_window_caption_loss(out.logits, batch))
-        loss_other.append(per_window_caption_loss(model(other).logits, batch))
-        preds.append(out.next_pred)
-        trues.append(out.next_true)
-        images.append(out.encoded.fused.image)
-        texts.append(out.encoded.fused.text)
-        ids += story_ids
-    true_loss, other_loss = torch.cat(loss_true).mean().item(), torch.cat(loss_other).mean().item()
-    scores = {
-        "next-frame retrieval": next_frame_retrieval(
-            torch.cat(preds).cpu(), torch.cat(trues).cpu(), ids, candidates),
-        "image-text alignment": image_text_alignment(torch.cat(images).cpu(),
-                                                               torch.cat(texts).cpu()),
-        "context sensitivity": {"caption loss, true context": true_loss,
-                                "caption loss, other story's context": other_loss,
-                                "gap": other_loss - true_loss},
-        "next-caption retrieval": _caption_retrieval(model, dataset, ids, candidates,
-                                                     retrieval_windows, device),
-    }
+        preds.append(out.next_pred.float().cpu())
+        images.append(out.encoded.fused.image.float().cpu())
+        texts.append(out.encoded.fused.text.float().cpu())
+        loss_true.append(per_window_caption_loss(out.logits, batch).cpu())
+        if partner is not None:
+            rows = partner[start:start + len(batch)].tolist()
+            other = with_context_of(batch, collate([dataset[j] for j in rows]).to(device))
+            loss_other.append(per_window_caption_loss(model(other).logits, batch).cpu())
+        start += len(batch)
+    k = dataset.windows[0].k
+    scores = {}
+
+    def record(group: str, story_ids: list[str], hits: torch.Tensor) -> None:
+        if per_window is not None:
+            per_window[group] = (story_ids, hits)
+
+    # next-frame retrieval, other stories then the same story
+    pred = torch.cat(preds)
+    n_cand = usable_candidates(ids, candidates)
+    other_index = candidate_index(ids, n_cand, seed) if n_cand >= 2 else None
+    if other_index is not None:
+        scores["next-frame retrieval"] = _frame_group(
+            pred, encoded, pixels, frames, frames.target[other_index], None, record,
+            "next-frame retrieval", ids)
+    else:
+        scores["next-frame retrieval"] = {"skipped": ONE_STORY}
+    same = same_story_candidates(frames.lengths, dataset.windows)
+    kept = [i for i, c in enumerate(same) if c is not None]
+    if kept:
+        index, valid = pad_candidates([same[i] for i in kept])
+        story = torch.tensor([dataset.windows[i].story for i in kept])
+        scores["next-frame retrieval (same story)"] = {**_frame_group(
+            pred[kept], encoded, pixels, frames, frames.offsets[story].unsqueeze(1) + index,
+            valid, record, "next-frame retrieval (same story)", [ids[i] for i in kept],
+            torch.tensor(kept)), "windows skipped": len(same) - len(kept)}
+    else:
+        scores["next-frame retrieval (same story)"] = {
+            "skipped": "no story has a frame outside a window's context and target",
+            "windows skipped": len(same)}
+
+    # next-caption retrieval on a seeded sample of windows
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    chosen = chosen[:retrieval_windows]
+    stories = data.stories[split]
+    captions = [c for s in stories for c in s.captions]  # every frame's caption
+    tfidf = TfIdf([c for s in data.stories.get("train", stories) for c in s.captions])
+    ctx = [" ".join(stories[w.story].captions[t] for t in w.context) for w in dataset.windows]
+    pool = pad_targets([c for ids_ in dataset.ids for c in ids_], model.pad_id, model.bos_id,
+                       model.eos_id)[:2]  # every frame's caption as (in, out) token rows
+    pool = tuple(p.to(device) for p in pool)
+    caption = _CaptionGroup(model, dataset, collate, pool, captions, ctx, tfidf, frames, device,
+                            progress, record)
+    if other_index is not None:
+        scores["next-caption retrieval"] = caption.score(
+            "next-caption retrieval", chosen, frames.target[other_index[chosen]], None)
+    else:
+        scores["next-caption retrieval"] = {"skipped": ONE_STORY}
+    rows = [i for i in chosen.tolist() if same[i] is not None]
+    if rows:
+        index, valid = pad_candidates([same[i] for i in rows])
+        story = torch.tensor([dataset.windows[i].story for i in rows])
+        scores["next-caption retrieval (same story)"] = {**caption.score(
+            "next-caption retrieval (same story)", torch.tensor(rows),
+            frames.offsets[story].unsqueeze(1) + index, valid),
+            "windows skipped": len(chosen) - len(rows)}
+    else:
+        scores["next-caption retrieval (same story)"] = {
+            "skipped": "no story has a frame outside a window's context and target",
+            "windows skipped": len(chosen)}
+
+    scores["image-text alignment"] = image_text_alignment(
+        torch.cat(images), torch.cat(texts), [s for s in ids for _ in range(k)], seed)
+    if partner is not None:
+        true_loss = torch.cat(loss_true).mean().item()
+        other_loss = torch.cat(loss_other).mean().item()
+        scores["context sensitivity"] = {
+            "caption loss, true context": true_loss,
+            "caption loss, other story's context": other_loss, "gap": other_loss - true_loss,
+            "floor": {"name": "decoder that ignores its input", "gap": 0.0}}
+    else:
+        scores["context sensitivity"] = {"skipped": ONE_STORY}
     grounding = grounding_scores(model, data, split, batch_size, progress)
     if grounding is not None:
         scores["grounding"] = grounding
     return scores
 
 
-def _caption_retrieval(model, dataset, story_ids, candidates, n_windows, device) -> dict:
-    collate = Collate(model.pad_id, model.bos_id, model.eos_id)
-    target_in, target_out, _ = pad_targets(
-        [dataset.ids[w.story][w.t] for w in dataset.windows], model.pad_id, model.bos_id,
-        model.eos_id)  # (N, L): every window's target, the candidate pool
-    index = candidate_index(story_ids,
-                                      usable_candidates(story_ids, candidates))
-    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n_windows]
-    scores = []
-    for start in range(0, len(chosen), 8):
-        rows = chosen[start:start + 8]
-        batch = collate([dataset[i] for i in rows.tolist()]).to(device)
-        scores.append(next_caption_retrieval(
-            model, batch, target_out.to(device), target_in.to(device),
-            index[rows].to(device)).cpu())
-    return {**ranking_scores(torch.cat(scores)), "windows": len(chosen)}
+def _frame_group(pred, encoded, pixels, frames, index, valid, record, group, story_ids,
+                 rows=None) -> dict:
+    """Next-frame retrieval of windows ``rows`` (all when None) on frame candidates ``index``
+    (N, C), the model beside the last-context-frame floors."""
+    last = frames.last if rows is None else frames.last[rows]
+    model = cosine_scores(pred, encoded, index)
+    record(group, story_ids, (ranks(model, valid) == 1).float())
+    floors = {"last context frame (pixels)": cosine_scores(pixels[last], pixels, index),
+              "last context frame (encoder)": cosine_scores(encoded[last], encoded, index)}
+    return with_floors(ranking_scores(model, valid),
+                       {name: ranking_scores(s, valid) for name, s in floors.items()}, len(index))
+
+
+@dataclasses.dataclass
+class _CaptionGroup:
+    """Next-caption retrieval: the model's likelihood and the TF-IDF floors, same candidates."""
+
+    model: object
+    dataset: object
+    collate: Collate
+    pool: tuple[torch.Tensor, torch.Tensor]  # every frame's caption: (target_in, target_out)
+    captions: list[str]  # every frame's caption text
+    context: list[str]  # every window's context captions, joined
+    tfidf: TfIdf
+    frames: SplitFrames
+    device: object
+    progress: bool
+    record: object
+    group_size: int = 8
+
+    def score(self, group: str, rows: torch.Tensor, index: torch.Tensor, valid) -> dict:
+        """``rows`` (n,) windows, ``index`` (n, C) their candidate frames."""
+        out = []
+        for start in tqdm(range(0, len(rows), self.group_size), desc=group,
+                          disable=not self.progress):
+            part = rows[start:start + self.group_size].tolist()
+            batch = self.collate([self.dataset[i] for i in part]).to(self.device)
+            cand = index[start:start + self.group_size]
+            if valid is not None:  # drop the padding columns no window of this group needs
+                cand = cand[:, :int(valid[start:start + self.group_size].sum(1).max())]
+            s = next_caption_retrieval(self.model, batch, self.pool[1], self.pool[0],
+                                       cand.to(self.device)).float().cpu()
+            out.append(F.pad(s, (0, index.shape[1] - s.shape[1]), value=float("-inf")))
+        model = torch.cat(out)
+        self.record(group, [self.frames.story_ids[i] for i in rows.tolist()],
+                    (ranks(model, valid) == 1).float())
+        last = [self.captions[f] for f in self.frames.last[rows].tolist()]
+        floors = {
+            "TF-IDF cosine to the context captions":
+                self.tfidf.scores([self.context[i] for i in rows.tolist()], self.captions, index),
+            "TF-IDF cosine to the last context caption":
+                self.tfidf.scores(last, self.captions, index),
+        }
+        return with_floors(ranking_scores(model, valid),
+                           {name: ranking_scores(s, valid) for name, s in floors.items()},
+                           len(rows))

@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 
 from cmar.config import load_config
 from cmar.data import decode, load_tokenizer, prepare_data
-from cmar.data.tokenizer import UNK_ID
+from cmar.data.tokenizer import UNK_ID, target_text
 from cmar.evaluation import alignment
+from cmar.evaluation.bootstrap import mean_with_interval
+from cmar.evaluation.captions import caption_section, image_use, reference_names, score_system
 from cmar.evaluation.floors import all_floors, windows_text
-from cmar.evaluation.metrics import caption_scores, exact_match
 from cmar.evaluation.report import write_report
 from cmar.evaluation.slots import slot_accuracy
 from cmar.models import load_model
@@ -85,34 +86,96 @@ def generate_captions(model, data, split: str, strategy: str = "greedy", beam_si
     return out
 
 
+def _place_chance(cfg) -> float:
+    """Chance of the place slot on ShapeStories: the actor faces one of the other landmarks."""
+    from cmar.data import Knobs
+    from cmar.data.prepare import shapestories_options
+
+    options = shapestories_options(cfg.data)
+    return 1.0 / (Knobs.from_difficulty(options["difficulty"], **options["knobs"]).n_landmarks - 1)
+
+
 def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | None = None,
-                 beam_size: int | None = None, progress: bool = True) -> dict:
-    """Score a run on ``split`` (default: the config's eval.split) and write its reports."""
+                 beam_size: int | None = None, progress: bool = True,
+                 meteor: bool | None = None, tokenizer: str | None = None,
+                 bootstrap: int | None = None) -> dict:
+    """Score a run on ``split`` and write metrics.json, predictions.jsonl and report.md.
+
+    Unset arguments come from the run's ``eval`` config (``split``, ``strategy``,
+    ``beam_size``, ``meteor``, ``tokenizer``: the metrics' python or ptb tokenizer,
+    ``bootstrap``: resamples of the 95% intervals, 0 for none). References are the target
+    captions exactly as the model was trained on them (cut at ``data.max_tokens`` tokens), and
+    every floor's captions pass through the same cut, so all systems face one text pipeline.
+    """
     run_dir = Path(run_dir)
-    cfg, tokenizer, model = load_run(run_dir)
+    cfg, tok, model = load_run(run_dir)
     ev = cfg.eval
     split, strategy = split or ev.split, strategy or ev.strategy
     beam_size = beam_size or ev.beam_size
+    meteor = ev.meteor if meteor is None else meteor
+    tokenizer = tokenizer or ev.tokenizer
+    bootstrap = ev.bootstrap if bootstrap is None else bootstrap
     model.to(device_for())
-    data = run_data(cfg, tokenizer, model, ("train", split), progress)
+    data = run_data(cfg, tok, model, ("train", split), progress)
     texts = windows_text(data, split)
-    references = {wid: [target] for wid, _, target in texts}
+
+    def as_trained(text: str) -> str:
+        return target_text(tok, text, cfg.data.max_tokens)
+
+    references = {wid: [as_trained(target)] for wid, _, target in texts}
     predictions = generate_captions(model, data, split, strategy, beam_size, ev.batch_size,
                                     progress)
-    systems = {"model": predictions, **all_floors(data, split)}
-    captions = {name: {**caption_scores(p, references), "exact": exact_match(p, references)}
-                for name, p in systems.items()}
+    floors = {name: {wid: as_trained(c) for wid, c in p.items()}
+              for name, p in all_floors(data, split, progress).items()}
+    systems = {"model": predictions, **floors}
+    stories = {s.story_id: s for s in data.stories[split]}
+    names = reference_names(stories, references, [*data.stories["train"], *stories.values()])
     metrics = {"run": str(run_dir), "split": split, "strategy": strategy,
                "beam_size": beam_size if strategy == "beam" else None,
-               "windows": len(references), "captions": captions,
-               "alignment": alignment.alignment_scores(model, data, split, ev.candidates,
-                                             ev.retrieval_windows, ev.batch_size, progress)}
+               "windows": len(references), "stories": len(stories),
+               "references": {"max_tokens": cfg.data.max_tokens,
+                              "cut": sum(references[w][0] != t for w, _, t in texts),
+                              "scored against": "the captions as trained"},
+               "metric tokenizer": tokenizer,
+               **caption_section(systems, references, names, tokenizer, meteor, bootstrap,
+                                 progress)}
     if cfg.data.source == "shapestories":
-        metrics["slots"] = {name: slot_accuracy(p, references) for name, p in systems.items()}
+        blanked = generate_captions(model, data, split, strategy, beam_size, ev.batch_size,
+                                    progress, blank_input="images")
+        slots = {name: slot_accuracy(p, references) for name, p in systems.items()}
+        metrics["slots"] = slots
+        blanked_scores = score_system(blanked, references, tokenizer, resamples=0)
+        metrics["image use"] = image_use(
+            metrics["captions"]["model"], blanked_scores,
+            {**slots, "model, context images blanked": slot_accuracy(blanked, references)},
+            _place_chance(cfg))
+    per_window: dict = {}
+    metrics["alignment"] = alignment.alignment_scores(
+        model, data, split, ev.candidates, ev.retrieval_windows, ev.batch_size, progress,
+        per_window=per_window)
+    metrics["main alignment score"] = _main_alignment_interval(metrics["alignment"],
+                                                               per_window, bootstrap)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(run_dir / "predictions.jsonl", "w") as f:
-        for wid, context, target in texts:
-            f.write(json.dumps({"window_id": wid, "context": context, "reference": target,
+        for wid, context, _ in texts:
+            f.write(json.dumps({"window_id": wid, "context": context,
+                                "reference": references[wid][0],
                                 "prediction": predictions[wid]}) + "\n")
     write_report(run_dir / "report.md", metrics, texts, predictions, ev.examples)
     return metrics
+
+
+MAIN_ALIGNMENT = ("next-caption retrieval (same story)", "next-caption retrieval")
+
+
+def _main_alignment_interval(scores: dict, per_window: dict, resamples: int) -> str | None:
+    """Adds the 95% interval of the main alignment score's R@1 (the first group of
+    MAIN_ALIGNMENT the split allows), resampling stories, to its group; returns the group."""
+    for group in MAIN_ALIGNMENT:
+        if group in per_window and "skipped" not in scores.get(group, {"skipped": 1}):
+            story_ids, hits = per_window[group]
+            result = mean_with_interval(story_ids, hits.float().numpy(), resamples)
+            if result is not None:
+                scores[group]["R@1 95% interval"] = result["95% interval"]
+            return group
+    return None

@@ -28,9 +28,10 @@ class CaptionDecoder(Decoding, nn.Module):
     """Base: token embedding, output layer and the special ids decoding needs."""
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int = 4, n_layers: int = 1,
-                 dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
+                 dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
+                 unk_id: int = 3):
         super().__init__()
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = pad_id, bos_id, eos_id, unk_id
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, vocab_size)

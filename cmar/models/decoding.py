@@ -32,16 +32,17 @@ def reorder(state: State, index: torch.Tensor, static: tuple[str, ...] = ()) -> 
 
 class Decoding:
     """Mixin: ``generate`` over ``init_state`` / ``step``. Needs ``pad_id``, ``bos_id``,
-    ``eos_id`` attributes."""
+    ``eos_id`` and ``unk_id`` attributes."""
 
     pad_id: int
     bos_id: int
     eos_id: int
+    unk_id: int
 
     def _scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities with [PAD] and [BOS] never generated."""
+        """Log-probabilities with [PAD], [BOS] and [UNK] never generated."""
         logits = logits.float()
-        logits[:, [self.pad_id, self.bos_id]] = float("-inf")
+        logits[:, [self.pad_id, self.bos_id, self.unk_id]] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 
     @torch.no_grad()

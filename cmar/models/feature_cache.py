@@ -3,7 +3,9 @@
 With ``model.freeze_image_encoder`` the backbone's output for a frame never changes, so
 ``attach_feature_cache`` runs it once over every frame of each split and swaps the split's
 image store for a :class:`FeatureStore` over a float16 ``.npy`` file. The file name is a hash
-of the encoder config, the image transform and the frames' bytes, so any change recomputes.
+of the encoder config, the image transform, the frame size and fit (``data.image_fit``) and the
+frames' bytes, so any change recomputes. The feature store keeps the image store's frame
+geometry (original sizes, fit), so entity boxes still map into the frame (grounding).
 Only the trainable projection and position embedding of the encoder run per batch.
 """
 
@@ -29,10 +31,10 @@ from cmar.data.images import (
 
 class FeatureStore:
     """Same ``frames(story, ts)`` interface as ImageStore, returning float16 features
-    (len(ts), C, h, w)."""
+    (len(ts), C, h, w); ``fit_box`` too, through the image store's frame geometry."""
 
-    def __init__(self, array: np.ndarray, offsets: np.ndarray):
-        self.array, self.offsets = array, offsets
+    def __init__(self, array: np.ndarray, offsets: np.ndarray, geometry=None):
+        self.array, self.offsets, self.geometry = array, offsets, geometry
 
     def __len__(self) -> int:
         return len(self.array)
@@ -41,9 +43,18 @@ class FeatureStore:
         index = [int(self.offsets[story]) + t for t in ts]
         return torch.from_numpy(np.ascontiguousarray(self.array[index]))
 
+    @property
+    def image_size(self) -> int | None:
+        return None if self.geometry is None else self.geometry.image_size
+
+    def fit_box(self, story: int, t: int, box):
+        """Like :meth:`ImageStore.fit_box` (None without the frames' geometry)."""
+        return None if self.geometry is None else self.geometry.fit_box(story, t, box)
+
 
 def cache_key(encoder_name: str, pretrained: bool, store: ImageStore, weights_digest: str) -> str:
     spec = {"encoder": encoder_name, "pretrained": pretrained, "size": store.image_size,
+            "fit": getattr(store, "fit", "squash"),
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "frames": len(store),
             "weights": weights_digest}
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode())
@@ -87,7 +98,8 @@ def compute_features(backbone: torch.nn.Module, store: ImageStore, path: Path,
         out.flush()
         del out
         os.replace(partial, path)  # atomic: a crash never leaves a half-written cache
-    return FeatureStore(np.load(path, mmap_mode="r"), store.offsets)
+    return FeatureStore(np.load(path, mmap_mode="r"), store.offsets,
+                        getattr(store, "geometry", None))
 
 
 def attach_feature_cache(data, model, cache_dir: str | Path, device="cpu",
