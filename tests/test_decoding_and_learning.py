@@ -28,8 +28,9 @@ def overfit(cfg, data, batch, decoder, steps=150):
     model = build_model(cfg.model, data.tokenizer, cfg.data)
     # The byte-level BPE vocabulary holds ~300 tokens ShapeStories never uses (the 256 byte
     # symbols among them); from a uniform start their probability mass slows a 150-step fit
-    # of the RNN decoders several-fold. So the output bias starts at the log frequency of the
-    # training tokens (add-one smoothed), the usual output-layer initialisation.
+    # of the RNN decoders several-fold. So this fit starts the output bias at the training
+    # tokens' log frequency (add-one smoothed). Training does not: on the demo (one seed) it
+    # gave BLEU-4 0.574 against 0.624 without it, after a faster start.
     eos = data.tokenizer.eos_token_id
     ids = [i for story in data.datasets["train"].ids for caption in story for i in caption + [eos]]
     counts = torch.bincount(torch.tensor(ids), minlength=len(data.tokenizer)).float() + 1

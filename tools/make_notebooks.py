@@ -94,7 +94,9 @@ NOTEBOOKS = {
              "for w in c.split())\nprint(words.most_common(15))"),
         md("## Windows and the target shift\n\nEvery frame t >= k of a story is a target, its "
            "context frames t-k .. t-1. The decoder reads `target_in` (`[BOS]` + the caption) and "
-           "must predict `target_out` (the caption + `[EOS]`), the same tokens shifted by one."),
+           "must predict `target_out` (the caption + `[EOS]`), the same tokens shifted by one. "
+           "Tokens are byte-level BPE pieces: `Ġ` marks the space before a word, and a word the "
+           "training captions never saw is spelt in smaller pieces, never `[UNK]`."),
         code("from cmar.data import decode\n\nbatch = next(iter(data.loader(\"train\", "
              "shuffle=False, num_workers=0)))\n"
              "for name, value in batch.__dict__.items():\n"
@@ -153,8 +155,9 @@ NOTEBOOKS = {
            "looks among the image regions, averaged over CMAR rounds. Untrained, it is close to "
            "uniform; notebook 04 draws it after training."),
         code("import matplotlib.pyplot as plt\nfrom cmar.plots import attention_overlay\n\n"
-             "story = data.stories[\"train\"][0]\nwords = data.tokenizer.convert_ids_to_tokens("
-             "batch.context_tokens[0, 0][batch.context_mask[0, 0]])\n"
+             "from cmar.data import decode\n\nstory = data.stories[\"train\"][0]\n"
+             "words = [decode(data.tokenizer, [i]) for i in batch.context_tokens[0, 0][batch."
+             "context_mask[0, 0]]]  # one BPE piece each\n"
              "if enc.fused.attention is None:\n    print(f\"{FUSION} has no attention to draw\")\n"
              "else:\n    maps = enc.fused.attention[0].mean(0)  # (L, R) for frame 1 of window 0\n"
              "    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))\n"

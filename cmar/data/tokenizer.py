@@ -12,7 +12,12 @@ representable, and merges frequent pairs into larger pieces. Hence:
   names survive. ``UNK_ID`` stays reserved (other code uses it as a blanked-caption
   placeholder) but the tokenizer never produces it;
 - a common word is one token, a rare one 2-3 (more for unusual names), so ``data.max_tokens``
-  counts BPE tokens, not words.
+  counts BPE tokens, not words;
+- one token per word wherever it stands: :func:`encode` puts a space before the text (and
+  :func:`decode` takes exactly that space off again), so the first word of a caption is the
+  same token as the word inside a sentence ("Dot walks" and "meets Dot" share ``ĠDot``). Without
+  it, a name the decoder must copy from the context captions would be a different token at
+  the start of its caption, and the model would have to learn every name twice.
 
 The vocabulary knob is ``vocab_size`` (``data.vocab_size``): the size of the whole vocabulary,
 the 256 byte symbols and the 4 special tokens included; training stops merging when it is
@@ -32,6 +37,7 @@ from transformers import PreTrainedTokenizerFast
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+PREFIX = " "  # put before every text, so a first word is the same token as anywhere else
 
 
 def train_tokenizer(
@@ -45,7 +51,7 @@ def train_tokenizer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    model.train_from_iterator(captions, trainer=trainer)
+    model.train_from_iterator((PREFIX + c for c in captions), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=model, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
         clean_up_tokenization_spaces=False,
@@ -66,7 +72,17 @@ def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     A literal "[UNK]" (or "[PAD]" ...) in the text is spelt in bytes like any other text
     (``split_special_tokens``), so it round-trips instead of becoming a special id.
     """
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return tokenizer(PREFIX + text, add_special_tokens=False,
+                     split_special_tokens=True)["input_ids"]
+
+
+def token_spans(tokenizer: PreTrainedTokenizerFast, text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets in ``text`` of each token of ``encode(tokenizer, text)``
+    (a token's leading space included, so a word's first token starts just before it)."""
+    enc = tokenizer(PREFIX + text, add_special_tokens=False, split_special_tokens=True,
+                    return_offsets_mapping=True)
+    shift = len(PREFIX)
+    return [(max(0, a - shift), max(0, b - shift)) for a, b in enc["offset_mapping"]]
 
 
 def decode(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:
@@ -78,7 +94,8 @@ def decode(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:
             break
         if i not in (PAD_ID, BOS_ID, UNK_ID):
             kept.append(i)
-    return tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    text = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return text.removeprefix(PREFIX)  # the space encode() put there
 
 
 def target_text(tokenizer: PreTrainedTokenizerFast, text: str, max_tokens: int) -> str:

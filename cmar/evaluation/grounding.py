@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from cmar.data.batches import Batch
 from cmar.data.markup import Box, Mention
 from cmar.data.story import Story
-from cmar.data.tokenizer import encode
+from cmar.data.tokenizer import token_spans
 
 
 @torch.no_grad()
@@ -72,29 +72,13 @@ def grounding_scores(model, data, split: str, batch_size: int = 64,
 
 
 def token_position(tokenizer, text: str, start: int, end: int) -> int | None:
-    """Index, in ``encode(tokenizer, text)``, of the first token of ``text[start:end]``.
-
-    Works for any tokenizer: word level (one token per word, lowercased or not) and byte-level
-    BPE, where a word may be several tokens and the space before a word belongs to that word's
-    token (``"Tom meets Ann"`` -> ``Tom``, ``Ġmeets``, ``ĠAnn``: Ann is token 2, and
-    ``encode("Tom meets ")`` would count a trailing space token). It reads the fast tokenizer's
-    character offsets and picks the first token whose span overlaps ``[start, end)``; if those
-    are unavailable or tokenize differently from :func:`encode`, it counts the tokens of the
-    text before the mention with its trailing blanks dropped. None when no token covers it.
-    """
-    ids = encode(tokenizer, text)
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                        split_special_tokens=True)
-    except (TypeError, ValueError, NotImplementedError):
-        enc = None
-    if enc is not None and list(enc["input_ids"]) == list(ids):
-        for i, (first, last) in enumerate(enc["offset_mapping"]):
-            if first < end and last > start:
-                return i
-        return None
-    position = len(encode(tokenizer, text[:start].rstrip()))
-    return position if position < len(ids) else None
+    """Index, in ``encode(tokenizer, text)``, of the first token of ``text[start:end]``: a word
+    may be several BPE tokens, and the space before it belongs to its first token
+    (:func:`cmar.data.tokenizer.token_spans`). None when no token covers it."""
+    for i, (first, last) in enumerate(token_spans(tokenizer, text)):
+        if first < end and last > start:
+            return i
+    return None
 
 
 class MentionTargets:
