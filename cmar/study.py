@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 
 from cmar.config import Config, load_config
+from cmar.evaluation.report import SHOWN
 
 FUSIONS = ("concat", "cross", "cmar")
 DECODERS = ("lstm", "gru", "transformer")
@@ -183,7 +184,8 @@ def markdown(rows: list[dict], ablations: dict[str, dict]) -> str:
         mode_rows = [r for r in rows if r["mode"] == mode]
         table = [e for e in summarise(rows) if e["mode"] == mode]
         lines = [f"### `{mode}` mode: test split, mean ± sd over seeds",
-                 "| fusion | decoder | seeds | " + " | ".join(METRICS) + " |",
+                 "| fusion | decoder | seeds | " + " | ".join(SHOWN.get(m, m) for m in METRICS)
+                 + " |",
                  "|---|---|---|" + "---|" * len(METRICS)]
         for e in table:
             lines.append(f"| {e['fusion']} | {e['decoder']} | {e['seeds']} | " + " | ".join(
@@ -204,13 +206,13 @@ def markdown(rows: list[dict], ablations: dict[str, dict]) -> str:
             lines.append(f"| {fusion} | {n} | {_fmt(mean, sd)} | {versus} |")
         floors = mode_rows[0]["floors"]  # the same windows for every run of a mode
         lines += ["", "Floors and the oracle on the same windows:", "",
-                  "| system | BLEU-4 | CIDEr |", "|---|---|---|"]
+                  "| system | BLEU-4 | CIDEr-D |", "|---|---|---|"]
         lines += [f"| {name} | {s['BLEU-4']:.3f} | {s['CIDEr']:.3f} |"
                   for name, s in floors.items()]
         if mode in ablations:
             best = ablations[mode]
             lines += ["", f"Modality ablation of the best run, `{Path(best['run']).name}` "
-                      "(no retraining):", "", "| input | BLEU-4 | CIDEr |", "|---|---|---|"]
+                      "(no retraining):", "", "| input | BLEU-4 | CIDEr-D |", "|---|---|---|"]
             lines += [f"| {name} | {s['BLEU-4']:.3f} | {s['CIDEr']:.3f} |"
                       for name, s in best["scores"].items()]
         parts.append("\n".join(lines))
@@ -243,7 +245,7 @@ def plot(rows: list[dict], path: str | Path, key: str = "BLEU-4") -> Path:
                 ax.axhline(floors[name][key], linestyle="--", color="0.3", alpha=0.4 + 0.2 * i,
                            label=f"{name}: {floors[name][key]:.3f}")
         ax.set_title(f"{mode} mode ({entries[0]['seeds']} seeds)")
-        ax.set_ylabel(f"{key} (test)")
+        ax.set_ylabel(f"{SHOWN.get(key, key)} (test)")
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """Training writes a complete run folder, resumes exactly, and stops loudly on NaN."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -86,6 +87,25 @@ def test_evaluation_reports_intervals_names_lengths_and_image_use(trained_run, e
     assert metrics["references"]["cut"] == 0  # ShapeStories captions fit max_tokens
     report = (trained_run.run_dir / "report.md").read_text()
     assert "CIDEr-D [95%]" in report and "## Image use" in report and "names F1" in report
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and the PTB tokenizer need Java")
+def test_cmar_evaluate_flags_ask_for_meteor_and_the_ptb_tokenizer(trained_run, capsys):
+    # after the tests that read this run's report: these flags rewrite it
+    run = str(trained_run.run_dir)
+    assert main(["evaluate", run, "--meteor", "--tokenizer", "ptb", "--bootstrap", "0"]) == 0
+    metrics = json.loads((trained_run.run_dir / "metrics.json").read_text())
+    model = metrics["captions"]["model"]
+    assert metrics["metric tokenizer"] == "ptb" and 0.0 < model["METEOR"] <= 1.0
+    assert metrics["captions"]["oracle (ceiling)"]["METEOR"] == pytest.approx(1.0, abs=1e-3)
+    assert "95% interval" not in model  # --bootstrap 0: no intervals
+    out = capsys.readouterr().out
+    assert "| METEOR |" in out and "ptb tokenizer" in out
+
+
+def test_cmar_evaluate_names_a_missing_run_folder(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "no run folder at" in capsys.readouterr().err
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(shapes_cache, tmp_path):

@@ -77,7 +77,7 @@ def image_use(model: dict, blanked: dict, slots: dict | None, place_chance: floa
     images blanked, the drop, and the place slot (which only the images decide on
     ShapeStories) beside its chance level."""
     out = {"BLEU-4": model.get("BLEU-4"), "BLEU-4, context images blanked": blanked.get("BLEU-4"),
-           "CIDEr": model.get("CIDEr"), "CIDEr, context images blanked": blanked.get("CIDEr")}
+           "CIDEr-D": model.get("CIDEr"), "CIDEr-D, context images blanked": blanked.get("CIDEr")}
     if out["BLEU-4"] is not None and out["BLEU-4, context images blanked"] is not None:
         out["BLEU-4 drop"] = out["BLEU-4"] - out["BLEU-4, context images blanked"]
     if slots is not None:
