@@ -9,10 +9,10 @@ import torch
 
 from cmar.data.windows import Window
 from cmar.evaluation.alignment import _frame_group, alignment_scores, image_text_alignment
+from cmar.evaluation.floors import TfIdf
 from cmar.evaluation.frames import SplitFrames
 from cmar.evaluation.retrieval import (
     SATURATED,
-    TfIdf,
     candidate_index,
     cross_story_permutation,
     other_story,

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cmar.data.batches import Batch, Collate, pad_targets
+from cmar.evaluation.floors import TfIdf
 from cmar.evaluation.frames import SplitFrames, frame_vectors
 from cmar.evaluation.grounding import grounding_scores
 from cmar.evaluation.retrieval import (  # noqa: F401  (re-exported: the public names)
-    TfIdf,
     candidate_index,
     cosine_scores,
     cross_story_permutation,

@@ -46,34 +46,58 @@ def most_frequent(data: StoryData, split: str) -> dict[str, str]:
     return {wid: caption for wid, _, _ in windows_text(data, split)}
 
 
-def _tfidf(texts: list[str], vocab: dict[str, int], idf: torch.Tensor) -> torch.Tensor:
-    """Sparse (len(texts), V) L2-normalised TF-IDF rows."""
-    rows, cols, vals = [], [], []
-    for i, text in enumerate(texts):
-        counts = Counter(w for w in _WORD.findall(text.lower()) if w in vocab)
-        weights = {vocab[w]: c * idf[vocab[w]].item() for w, c in counts.items()}
-        norm = math.sqrt(sum(v * v for v in weights.values())) or 1.0
-        for j, v in weights.items():
-            rows.append(i)
-            cols.append(j)
-            vals.append(v / norm)
-    return torch.sparse_coo_tensor([rows, cols], vals, (len(texts), len(vocab)),
-                                   check_invariants=True).coalesce()
+class TfIdf:
+    """TF-IDF over lower-cased words, the IDF of each word fitted on ``documents``; the one
+    text-similarity every floor that reads text uses (here and in the alignment floors)."""
+
+    def __init__(self, documents: list[str]):
+        counts = Counter(w for text in documents for w in set(_WORD.findall(text.lower())))
+        self.vocab = {w: i for i, w in enumerate(sorted(counts))}
+        self.idf = torch.tensor([math.log((1 + len(documents)) / (1 + counts[w])) + 1
+                                 for w in self.vocab])
+
+    def matrix(self, texts: list[str]) -> torch.Tensor:
+        """Sparse (len(texts), V) L2-normalised TF-IDF rows."""
+        rows, cols, vals = [], [], []
+        for i, text in enumerate(texts):
+            counts = Counter(w for w in _WORD.findall(text.lower()) if w in self.vocab)
+            weights = {self.vocab[w]: c * self.idf[self.vocab[w]].item()
+                       for w, c in counts.items()}
+            norm = math.sqrt(sum(v * v for v in weights.values())) or 1.0
+            for j, v in weights.items():
+                rows.append(i)
+                cols.append(j)
+                vals.append(v / norm)
+        return torch.sparse_coo_tensor([rows, cols], vals, (len(texts), len(self.vocab)),
+                                       check_invariants=True).coalesce()
+
+    def scores(self, queries: list[str], keys: list[str], index: torch.Tensor,
+               chunk: int = 256) -> torch.Tensor:
+        """(N, C) cosine of query text i with key texts ``index[i]``."""
+        if not self.vocab:
+            return torch.zeros(index.shape)
+        key_matrix = self.matrix(keys)  # (F, V) sparse
+        out = []
+        for start in range(0, len(queries), chunk):
+            query = self.matrix(queries[start:start + chunk]).to_dense()  # (c, V)
+            part = index[start:start + chunk]
+            rows = torch.arange(len(part)).unsqueeze(1).expand_as(part)
+            sims = torch.sparse.mm(key_matrix, query.T)  # (F, c)
+            out.append(sims[part, rows])
+        return torch.cat(out)
 
 
 def nearest_neighbour(data: StoryData, split: str, chunk: int = 512) -> dict[str, str]:
     """Target of the most similar training context (TF-IDF over the k context captions)."""
     train = windows_text(data, "train")
     train_texts = [" ".join(context) for _, context, _ in train]
-    documents = Counter(w for text in train_texts for w in set(_WORD.findall(text.lower())))
-    vocab = {w: i for i, w in enumerate(sorted(documents))}
-    idf = torch.tensor([math.log((1 + len(train_texts)) / (1 + documents[w])) + 1 for w in vocab])
-    train_matrix = _tfidf(train_texts, vocab, idf)  # (N_train, V)
+    tfidf = TfIdf(train_texts)
+    train_matrix = tfidf.matrix(train_texts)  # (N_train, V)
     queries = windows_text(data, split)
     out = {}
     for start in range(0, len(queries), chunk):
         part = queries[start:start + chunk]
-        query = _tfidf([" ".join(c) for _, c, _ in part], vocab, idf).to_dense()  # (c, V)
+        query = tfidf.matrix([" ".join(c) for _, c, _ in part]).to_dense()  # (c, V)
         best = torch.sparse.mm(train_matrix, query.T).argmax(0)  # (c,)
         for (wid, _, _), j in zip(part, best.tolist(), strict=True):
             out[wid] = train[j][2]

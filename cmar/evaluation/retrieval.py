@@ -20,13 +20,10 @@ A floor is a scorer that learns nothing, ranked on exactly the model's candidate
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import torch
 import torch.nn.functional as F
-
-from cmar.evaluation.floors import _WORD, _tfidf
 
 SATURATED = 0.9  # floor R@1 at or above which a retrieval score measures nothing
 
@@ -148,36 +145,6 @@ def cosine_scores(queries: torch.Tensor, keys: torch.Tensor, index: torch.Tensor
     queries, keys = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
     return torch.cat([torch.einsum("nd,ncd->nc", queries[i:i + chunk], keys[index[i:i + chunk]])
                       for i in range(0, len(index), chunk)])
-
-
-class TfIdf:
-    """TF-IDF over words (as the caption floors), the IDF of each word fitted on ``documents``
-    (one caption each)."""
-
-    def __init__(self, documents: list[str]):
-        counts = Counter(w for text in documents for w in set(_WORD.findall(text.lower())))
-        self.vocab = {w: i for i, w in enumerate(sorted(counts))}
-        self.idf = torch.tensor([math.log((1 + len(documents)) / (1 + counts[w])) + 1
-                                 for w in self.vocab])
-
-    def matrix(self, texts: list[str]) -> torch.Tensor:
-        """Sparse (len(texts), V) L2-normalised rows."""
-        return _tfidf(texts, self.vocab, self.idf)
-
-    def scores(self, queries: list[str], keys: list[str], index: torch.Tensor,
-               chunk: int = 256) -> torch.Tensor:
-        """(N, C) cosine of query text i with key texts ``index[i]``."""
-        if not self.vocab:
-            return torch.zeros(index.shape)
-        key_matrix = self.matrix(keys)  # (F, V) sparse
-        out = []
-        for start in range(0, len(queries), chunk):
-            query = self.matrix(queries[start:start + chunk]).to_dense()  # (c, V)
-            part = index[start:start + chunk]
-            rows = torch.arange(len(part)).unsqueeze(1).expand_as(part)
-            sims = torch.sparse.mm(key_matrix, query.T)  # (F, c)
-            out.append(sims[part, rows])
-        return torch.cat(out)
 
 
 def with_floors(model: dict, floors: dict[str, dict], windows: int) -> dict:
