@@ -134,7 +134,6 @@ def test_train_and_evaluate_score_against_the_text_as_trained(prose_copy, tmp_pa
     assert lengths["words per prediction"] < 25
     names = metrics["names"]["model"]
     assert names["names in references"] > 0  # Tom, Mrs. Alvarez, J. Edgar, Renée ...
-    assert 0.0 <= names["F1"] <= 1.0
     grounding = metrics["alignment"]["grounding"]  # boxes through the letterbox geometry
     assert grounding["mentions"] > 0 and 0 < grounding["floor"]["accuracy"] < 1
     report = (tmp_path / cfg.name / "report.md").read_text()

@@ -50,10 +50,13 @@ def _without_possessive(tokens: str) -> str:
     return re.sub(r"'s\b", "", tokens).strip()
 
 
-def names_in(text: str, known: set[str]) -> set[str]:
-    """The known names that occur in ``text`` as whole words."""
-    words = f" {_without_possessive(simple_tokenize(text))} "
-    return {name for name in known if f" {name} " in words}
+def names_in(text: str, known: set[str], longest: int = 4) -> set[str]:
+    """The known names that occur in ``text`` as whole words (names of up to ``longest``
+    words: every run of that many words of the text is looked up, not every known name)."""
+    words = _without_possessive(simple_tokenize(text)).split()
+    runs = {" ".join(words[i:i + n]) for n in range(1, longest + 1)
+            for i in range(len(words) - n + 1)}
+    return runs & known
 
 
 def name_scores(predictions: dict[str, str], reference_names: dict[str, set[str]],
@@ -61,8 +64,9 @@ def name_scores(predictions: dict[str, str], reference_names: dict[str, set[str]
     """Micro precision, recall and F1 of the character names in ``predictions``;
     ``reference_names`` maps each window id to the names its reference frame tags."""
     true_pos = predicted = expected = 0
+    longest = max((len(name.split()) for name in known), default=1)
     for key, prediction in predictions.items():
-        said, wanted = names_in(prediction, known), reference_names.get(key, set())
+        said, wanted = names_in(prediction, known, longest), reference_names.get(key, set())
         true_pos += len(said & wanted)
         predicted += len(said)
         expected += len(wanted)
