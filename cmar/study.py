@@ -4,7 +4,8 @@ and the oracle, plus modality ablations of the best model. ``cmar study``.
 
 Runs are cached by folder: a run whose ``metrics.json`` exists and whose saved config equals
 the requested one is read back, not retrained, so an interrupted study continues where it
-stopped and two processes can share a grid (``--only-mode``).
+stopped and two processes can share a grid (``--only-mode``). ``runs_dir`` is left out of
+that comparison: a run folder copied into another study is the same run.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def cells(grid: Grid) -> list[tuple[str, str, str, int]]:
 
 def _cached(run_dir: Path, cfg: Config) -> dict | None:
     metrics, saved = run_dir / "metrics.json", run_dir / "config.yaml"
-    if metrics.exists() and saved.exists() and load_config(saved) == cfg:
+    if not (metrics.exists() and saved.exists()):
+        return None
+    if dataclasses.replace(load_config(saved), runs_dir=cfg.runs_dir) == cfg:
         return json.loads(metrics.read_text())
     return None
 

@@ -3,6 +3,7 @@ summary is the mean and sample spread of the rows."""
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -59,6 +60,13 @@ def test_smoke_study_writes_tables_and_reuses_finished_runs(tmp_path, shapes_cac
     again = run_study(grid, tmp_path, ablate=False, progress=False)
     assert checkpoint.stat().st_mtime_ns == stamp  # read back, not retrained
     assert again["rows"] == result["rows"]
+
+    moved = tmp_path / "moved"  # a run folder copied into another study is read back too
+    shutil.copytree(tmp_path / "next-cmar-gru-s0", moved / "next-cmar-gru-s0")
+    only_cmar = dataclasses.replace(grid, fusions=("cmar",))
+    copied = run_study(only_cmar, moved, ablate=False, progress=False)
+    assert (moved / "next-cmar-gru-s0" / "best.pt").stat().st_mtime_ns == stamp
+    assert copied["rows"][0]["BLEU-4"] == result["rows"][1]["BLEU-4"]
 
     changed = dataclasses.replace(grid, fusions=("cmar",), epochs=2)
     run_study(changed, tmp_path, ablate=False, progress=False)
