@@ -8,6 +8,7 @@ Timings are reported as median and spread over repeats, never asserted in unit t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -227,6 +228,95 @@ def bench_decode_images(data: StoryData, split: str = "train", repeats: int = 3)
             "images_per_s_min": round(min(rates), 1), "images_per_s_max": round(max(rates), 1)}
 
 
+def _timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def _output_tokens(ids, pad_id: int) -> float:
+    return round(float((ids != pad_id).sum(1).float().mean()), 1)
+
+
+def bench_decoders(model_cfg, data_cfg, tokenizer, batch, beam_size: int = 5,
+                   max_len: int = 32, repeats: int = 3) -> list[dict]:
+    """Greedy and batched beam windows/s of every registered decoder (untrained, seeded), on
+    the same windows and captions of up to ``max_len`` tokens."""
+    import torch
+
+    from cmar.models import DECODERS, build_model
+
+    rows = []
+    for kind in DECODERS:
+        torch.manual_seed(0)
+        model = build_model(dataclasses.replace(model_cfg, decoder=kind), tokenizer,
+                            data_cfg).eval()
+        greedy, greedy_rates, ids = _windows_per_s(
+            lambda m=model: m.generate(batch, max_len=max_len), len(batch), repeats)
+        beam, beam_rates, _ = _windows_per_s(
+            lambda m=model: m.generate(batch, "beam", max_len=max_len, beam_size=beam_size),
+            len(batch), repeats)
+        rows.append({"decoder": kind, "greedy_windows_per_s": round(greedy, 1),
+                     "beam_windows_per_s": round(beam, 1),
+                     "spread": {"greedy": [round(r, 1) for r in greedy_rates],
+                                "beam": [round(r, 1) for r in beam_rates]},
+                     "greedy_output_tokens": _output_tokens(ids, model.pad_id)})
+    return rows
+
+
+def bench_cache(decoder, memory, memory_mask, what: str, beam_size: int = 5,
+                max_len: int = 32, repeats: int = 3) -> dict:
+    """The Transformer decoder generating with its cache against re-running the prefix at
+    every step, greedy and beam, timed in alternation (cached, then re-run, each repeat)
+    so both see the same machine; the ratio of each repeat, and whether outputs match."""
+    import torch
+
+    decoder.eval()
+    result = {"what": what, "windows": memory.shape[0], "memory": memory.shape[1],
+              "d_model": memory.shape[-1], "vocab": decoder.out.out_features,
+              "max_len": max_len, "beam_size": beam_size, "repeats": repeats}
+    identical = True
+    for strategy in ("greedy", "beam"):
+        def generate(use_cache: bool, strategy=strategy):
+            decoder.use_cache = use_cache
+            return decoder.generate(memory, memory_mask, strategy, max_len=max_len,
+                                    beam_size=beam_size)
+
+        times = {True: [], False: []}
+        outputs = {True: generate(True), False: generate(False)}  # warm-up
+        for _ in range(repeats):
+            for use_cache in (True, False):
+                seconds, outputs[use_cache] = _timed(lambda u=use_cache: generate(u))
+                times[use_cache].append(seconds)
+        identical &= torch.equal(outputs[True], outputs[False])
+        ratios = [u / c for c, u in zip(times[True], times[False], strict=True)]
+        result[strategy] = {
+            "cached_windows_per_s": round(memory.shape[0] / statistics.median(times[True]), 1),
+            "uncached_windows_per_s": round(memory.shape[0] / statistics.median(times[False]),
+                                            1),
+            **median_spread(ratios, "ratio"),
+            "output_tokens": _output_tokens(outputs[True], decoder.pad_id)}
+    decoder.use_cache = True
+    result["identical_outputs"] = identical
+    return result
+
+
+def storyreasoning_sized_decoder(vocab: int = 8000, d_model: int = 256, n_heads: int = 4,
+                                 windows: int = 16, memory: int = 250, seed: int = 0):
+    """An untrained Transformer decoder and a random memory at the sizes of the
+    ``storyreasoning`` preset: vocabulary ~8k, d 256, a memory of ~250 entries (3 frames of
+    7 x 7 regions and up to 64 tokens each, plus the story states)."""
+    import torch
+
+    from cmar.models.decoders import TransformerDecoder
+
+    torch.manual_seed(seed)
+    decoder = TransformerDecoder(vocab, d_model, n_heads, dropout=0.0, max_len=65)
+    g = torch.Generator().manual_seed(seed)
+    return (decoder, torch.randn(windows, memory, d_model, generator=g),
+            torch.ones(windows, memory, dtype=torch.bool))
+
+
 # --- one command per target, a table each ---------------------------------------------------
 
 TARGETS = ("data", "loader", "train", "decode", "metrics", "memory", "cost")
@@ -242,7 +332,7 @@ def run_target(target: str, config: str = "default", overrides: list[str] = (),
                batches: int = 50, repeats: int = 3, workers=(0, 2), beam: int = 5,
                batch_size: int = 64, checkpoint: str | None = None,
                workloads=("demo",), out_dir: str | Path = "runs/bench",
-               keep_data: bool = False) -> dict:
+               keep_data: bool = False, max_len: int = 32) -> dict:
     """Run one benchmark; its result as a dict (also written to ``out_dir/TARGET.json``)."""
     import torch
 
@@ -275,6 +365,17 @@ def run_target(target: str, config: str = "default", overrides: list[str] = (),
                                       num_workers=0)))
         result.update(bench_decode(model, batch, beam_size=beam, repeats=repeats))
         result["model"] = checkpoint or "untrained (random weights)"
+        result["decoders"] = bench_decoders(cfg.model, cfg.data, data.tokenizer, batch,
+                                            beam_size=beam, max_len=max_len, repeats=repeats)
+        transformer = build_model(dataclasses.replace(cfg.model, decoder="transformer"),
+                                  data.tokenizer, cfg.data).eval()
+        with torch.no_grad():
+            encoded = transformer.encode(batch)
+        result["cache"] = [
+            bench_cache(transformer.decoder, encoded.memory, encoded.memory_mask,
+                        f"{config} preset", beam, max_len, repeats),
+            bench_cache(*storyreasoning_sized_decoder(), "storyreasoning-sized", beam,
+                        max_len + 1, repeats)]
     elif target == "metrics":
         result.update(bench_metrics(repeats=repeats))
     elif target == "cost":

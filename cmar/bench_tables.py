@@ -16,6 +16,24 @@ def _spread(row: dict, key: str) -> str:
     return f"{row[key + '_median']} ({row[key + '_min']}-{row[key + '_max']})"
 
 
+def _decoders_table(r: dict) -> str:
+    return _rows(["decoder (untrained)", "greedy windows/s", "runs",
+                  f"beam {r['beam_size']} windows/s", "runs", "greedy tokens"],
+                 [[d["decoder"], d["greedy_windows_per_s"], d["spread"]["greedy"],
+                   d["beam_windows_per_s"], d["spread"]["beam"], d["greedy_output_tokens"]]
+                  for d in r["decoders"]])
+
+
+def _cache_line(c: dict) -> str:
+    g, b = c["greedy"], c["beam"]
+    return (f"cached / uncached: {g['ratio_median']}x ({g['ratio_min']}-{g['ratio_max']}) "
+            f"greedy, {b['ratio_median']}x ({b['ratio_min']}-{b['ratio_max']}) beam "
+            f"{c['beam_size']} (target >= 5x); Transformer decoder, {c['what']}: d "
+            f"{c['d_model']}, vocabulary {c['vocab']}, memory {c['memory']}, {c['windows']} "
+            f"windows, up to {c['max_len']} tokens ({g['output_tokens']} generated); "
+            f"identical outputs: {c['identical_outputs']}")
+
+
 def render(result: dict) -> str:
     """The table ``cmar bench`` prints for one result of :func:`run_target`."""
     target = result["target"]
@@ -65,6 +83,10 @@ def render(result: dict) -> str:
         body += (f"\nbatched / per-window: {r['batched_over_per_window']}x (target >= 5x); "
                  f"identical outputs: {r['identical_outputs']}; {r['windows']} windows, "
                  f"model: {r['model']}")
+        if "decoders" in r:
+            body += "\n\n" + _decoders_table(r)
+        for c in r.get("cache", []):
+            body += "\n" + _cache_line(c)
     elif target == "metrics":
         body = _rows(["what", "seconds, median (min-max)"],
                      [[f"caption_scores on {result['items']} predictions",

@@ -56,11 +56,12 @@ class ModelConfig:
     cmar_rounds: int = 2  # CMAR refinement rounds (text->image then image->text each)
     story_encoder: str = "gru"  # over the k fused frames: "gru" | "lstm" | "transformer"
     decoder: str = "lstm"  # "lstm" | "gru" | "transformer"
-    decoder_layers: int = 1  # layers of the decoder (and of Transformer encoders)
+    encoder_layers: int = 1  # layers of the text encoder and of the story encoder
+    decoder_layers: int = 1  # layers of the caption decoder
     memory_tokens: bool = True  # decoder memory also holds every context frame's fused words
     memory_regions: bool = True  # ... and every context frame's fused image regions
     dropout: float = 0.1  # dropout inside every part
-    temperature: float = 0.1  # InfoNCE temperature of the alignment and next-frame losses
+    infonce_temperature: float = 0.1  # of the alignment and next-frame InfoNCE losses
 
 
 @dataclass
@@ -103,7 +104,8 @@ class Config:
 
 
 # old key -> its new name: an old config gets a clear error, not just "unknown key"
-RENAMED = {"data.min_word_freq": "data.min_pair_freq", "data.max_vocab": "data.vocab_size"}
+RENAMED = {"data.min_word_freq": "data.min_pair_freq", "data.max_vocab": "data.vocab_size",
+           "model.temperature": "model.infonce_temperature"}
 
 
 def _build(cls, values: dict[str, Any], where: str):

@@ -1,6 +1,8 @@
 """The benchmarks run and report what they claim (no timing is asserted: speed is measured by
 `cmar bench`, not by tests)."""
 
+import json
+
 from cmar.bench import bench_cost, bench_metrics
 from cmar.config import load_config
 from cmar.data import prepare_data
@@ -95,12 +97,29 @@ def test_every_target_renders_a_table(tmp_path, shapes_cache):
     expected = {"data": "DataLoader, 0 workers", "decode": "identical outputs: True",
                 "cost": "cmar"}
     for target, options in (("data", {"batches": 2, "workers": (0,)}),
-                            ("decode", {"batch_size": 4}), ("cost", {})):
+                            ("decode", {"batch_size": 4, "max_len": 4}), ("cost", {})):
         result = run_target(target, "smoke", sets, repeats=1, out_dir=tmp_path, **options)
         table = render(result)
         assert table.startswith(f"cmar bench {target}") and expected[target] in table
         assert "{" not in table  # a table, not a JSON dump
         assert (tmp_path / f"{target}.json").exists()
+    decoders = [row["decoder"] for row in result_of(tmp_path, "decode")["decoders"]]
+    assert decoders == ["lstm", "gru", "transformer"]
+    cache = result_of(tmp_path, "decode")["cache"]
+    assert [c["what"] for c in cache] == ["smoke preset", "storyreasoning-sized"]
+    assert [c["vocab"] for c in cache][1] == 8000 and cache[1]["max_len"] == 5
+    assert all(c["identical_outputs"] for c in cache)
+    assert table_of(tmp_path, "decode").count("cached / uncached: ") == 2
+
+
+def result_of(folder, target):
+    return json.loads((folder / f"{target}.json").read_text())
+
+
+def table_of(folder, target):
+    from cmar.bench import render
+
+    return render(result_of(folder, target))
 
 
 def test_train_bench_reports_the_spread_of_every_pass_and_the_cache_speedup(tmp_path,

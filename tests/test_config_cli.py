@@ -24,6 +24,24 @@ def test_unknown_keys_are_errors_not_silently_ignored():
         load_config("no-such-preset")
 
 
+def test_old_keys_name_their_replacement():
+    with pytest.raises(KeyError, match="model.temperature was renamed to model.infonce_temperat"):
+        load_config("smoke", ["model.temperature=0.2"])
+
+
+def test_encoder_and_decoder_depths_are_set_apart():
+    from model_helpers import tiny_model
+
+    deep_decoder = tiny_model(decoder="transformer", decoder_layers=2)
+    deep_encoders = tiny_model(decoder="transformer", text_encoder="transformer",
+                               story_encoder="transformer", encoder_layers=3)
+    assert len(deep_decoder.decoder.blocks) == 2
+    assert len(deep_decoder.text_encoder.encoder.rnn.all_weights) == 1  # GRU of one layer
+    assert len(deep_encoders.decoder.blocks) == 1
+    assert len(deep_encoders.text_encoder.encoder.layers.layers) == 3
+    assert len(deep_encoders.story_encoder.encoder.layers.layers) == 3
+
+
 def test_saved_config_reads_back_identically(tmp_path):
     cfg = load_config("smoke", ["data.k=2"])
     save_config(cfg, tmp_path / "config.yaml")

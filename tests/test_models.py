@@ -117,11 +117,25 @@ def test_generated_ids_end_at_eos_and_respect_max_len():
                 assert len(row) == 9 and PAD not in row
 
 
-def test_cached_memory_attention_equals_multihead_attention():
-    decoder = tiny_model(decoder="gru").decoder.eval()
+def test_attention_module_equals_torch_multihead_attention():
+    from cmar.models.attention import Attention
+
     g = torch.Generator().manual_seed(0)
+    attention = Attention(32, 4).eval()
+    reference = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    with torch.no_grad():  # the same projections, packed the way torch packs them
+        reference.in_proj_weight.copy_(torch.cat([attention.query.weight, attention.key.weight,
+                                                  attention.value.weight]))
+        reference.in_proj_bias.copy_(torch.cat([attention.query.bias, attention.key.bias,
+                                                attention.value.bias]))
+        reference.out_proj.weight.copy_(attention.out.weight)
+        reference.out_proj.bias.copy_(attention.out.bias)
     states, memory = torch.randn(3, 5, 32, generator=g), torch.randn(3, 9, 32, generator=g)
     mask = torch.arange(9) < torch.tensor([[9], [4], [1]])
-    fast = decoder._read(states, *decoder._keys_values(memory), mask)
-    reference, _ = decoder.attend(states, memory, memory, key_padding_mask=~mask)
-    assert torch.allclose(fast, reference, atol=1e-5)
+    ours = attention(states, *attention.keys_values(memory), mask)
+    theirs, _ = reference(states, memory, memory, key_padding_mask=~mask)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    causal = attention(memory, *attention.keys_values(memory), causal=True)
+    upper = torch.ones(9, 9, dtype=torch.bool).triu(1)
+    assert torch.allclose(causal, reference(memory, memory, memory, attn_mask=upper)[0],
+                          atol=1e-5)

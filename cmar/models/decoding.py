@@ -6,7 +6,14 @@ A decoder only supplies (see :class:`CaptionDecoder` in ``decoders.py``)::
     step(tokens, state) -> logits, state          tokens (N,), logits (N, V)
 
 Beam search runs all windows and all beams as one batch of N = B * beam rows; reordering
-beams is one ``index_select`` on every state tensor that changes (the memory never does).
+beams is one ``index_select`` on every state tensor that changes. State entries whose name
+starts with ``memory`` (the memory, its mask, its projected keys and values) are the same for
+every beam of a window and are never copied again. Each step takes the 2 x beam best
+continuations of every window: those ending in [EOS] among the beam best join a pool of
+finished captions (:class:`FinishedPool`), the beam best that did not end stay live, so a
+finished caption never takes a live beam's place. A window stops when no live beam can beat
+its finished ones under the length penalty.
+
 Every strategy returns token ids (B, T), T <= max_len, ending with [EOS] (unless cut at
 max_len) and padded after it.
 """
@@ -19,15 +26,58 @@ import torch.nn.functional as F
 State = dict[str, torch.Tensor]
 
 
-# Beam reordering only permutes the beams of one window, and these entries are the same for
-# every beam of a window, so they are expanded once and never copied again.
-STATIC = ("memory", "memory_mask", "keys", "values")
+def reorder(state: State, index: torch.Tensor, keep_memory: bool = False) -> State:
+    """Pick rows ``index`` of every state tensor (all are batch-first); with ``keep_memory``,
+    entries named ``memory...`` are left as they are (they are equal across a window's beams).
+    """
+    return {key: value if keep_memory and key.startswith("memory")
+            else value.index_select(0, index) for key, value in state.items()}
 
 
-def reorder(state: State, index: torch.Tensor, static: tuple[str, ...] = ()) -> State:
-    """Pick rows ``index`` of every state tensor (all are batch-first), except ``static``."""
-    return {key: value if key in static else value.index_select(0, index)
-            for key, value in state.items()}
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016): a caption's score is
+    its summed log-probability divided by this."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+class FinishedPool:
+    """The ``size`` best finished captions of each window, ranked by length-normalised score.
+
+    scores (B, size) normalised, -inf for an empty place; tokens (B, size, max_len).
+    """
+
+    def __init__(self, batch: int, size: int, max_len: int, alpha: float, pad_id: int,
+                 device: torch.device):
+        self.size, self.max_len, self.alpha, self.pad_id = size, max_len, alpha, pad_id
+        self.scores = torch.full((batch, size), float("-inf"), device=device)
+        self.tokens = torch.full((batch, size, max_len), pad_id, dtype=torch.long, device=device)
+
+    def add(self, tokens: torch.Tensor, scores: torch.Tensor, where: torch.Tensor) -> None:
+        """Offer captions tokens (B, C, L) with summed log-probabilities scores (B, C); only
+        those ``where`` (B, C) is True count. All have length L."""
+        length = tokens.shape[-1]
+        normed = (scores / length_penalty(length, self.alpha)).masked_fill(~where, float("-inf"))
+        tokens = F.pad(tokens, (0, self.max_len - length), value=self.pad_id)
+        scores = torch.cat([self.scores, normed], dim=1)  # old ones first: they win ties
+        self.scores, keep = scores.topk(self.size, dim=1)
+        self.tokens = torch.cat([self.tokens, tokens], dim=1).gather(
+            1, keep[..., None].expand(-1, -1, self.max_len))
+
+    def beyond_reach(self, live: torch.Tensor, length: int) -> torch.Tensor:
+        """(B,) True where the pool is full and no live beam, scores ``live`` (B, beam) after
+        ``length`` tokens, can end above its worst caption. A live score only falls as the
+        caption grows, so the most it can reach normalised is at the length the penalty
+        helps most: ``max_len`` when alpha > 0, the very next token otherwise."""
+        best_length = self.max_len if self.alpha > 0 else min(length + 1, self.max_len)
+        bound = live.max(dim=1).values / length_penalty(best_length, self.alpha)
+        worst = self.scores[:, -1]
+        return (worst > float("-inf")) & (bound <= worst)
+
+    def best(self) -> torch.Tensor:
+        """(B, T) the best caption of each window, T its longest length."""
+        best = self.tokens[:, 0]
+        width = int((best != self.pad_id).sum(1).max().clamp(min=1))
+        return best[:, :width]
 
 
 class Decoding:
@@ -101,28 +151,32 @@ class Decoding:
         rows = torch.arange(batch, device=device)
         state = reorder(state, rows.repeat_interleave(beam))  # (B * beam, ...)
         tokens = torch.full((batch * beam,), self.bos_id, dtype=torch.long, device=device)
-        scores = torch.zeros(batch, beam, device=device)
+        scores = torch.zeros(batch, beam, device=device)  # summed log-probabilities, live beams
         scores[:, 1:] = float("-inf")  # all beams start identical: keep one
-        finished = torch.zeros(batch * beam, dtype=torch.bool, device=device)
-        lengths = torch.zeros(batch * beam, device=device)
         history = torch.empty(batch * beam, 0, dtype=torch.long, device=device)
-        for _ in range(max_len):
+        pool = FinishedPool(batch, beam, max_len, alpha, self.pad_id, device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        contender = torch.arange(2 * beam, device=device) < beam  # the beam best of 2 x beam
+        for length in range(1, max_len + 1):
             logits, state = self.step(tokens, state)
             logp = self._scores(logits)  # (B * beam, V)
             vocab = logp.shape[-1]
-            logp[finished] = float("-inf")  # a finished beam only continues with [PAD] ...
-            logp[finished, self.pad_id] = 0.0  # ... at no cost
             total = (scores.view(-1, 1) + logp).view(batch, beam * vocab)
-            scores, best = total.topk(beam, dim=1)  # (B, beam)
-            source = (rows[:, None] * beam + best // vocab).view(-1)
-            tokens = (best % vocab).view(-1)
-            state = reorder(state, source, STATIC)
-            history = torch.cat([history[source], tokens[:, None]], dim=1)
-            finished, lengths = finished[source], lengths[source]
-            lengths += (~finished).float()
-            finished |= tokens == self.eos_id
-            if finished.all():
+            best_scores, best = total.topk(2 * beam, dim=1)  # (B, 2 beam), best first
+            source = rows[:, None] * beam + best // vocab  # the beam each one continues
+            new = best % vocab
+            ends = new == self.eos_id
+            captions = torch.cat([history[source], new[..., None]], dim=-1)  # (B, 2 beam, L)
+            pool.add(captions, best_scores, ends & contender & ~done[:, None])
+            live = torch.argsort(ends.to(torch.uint8), dim=1, stable=True)[:, :beam]
+            scores = best_scores.gather(1, live)  # the beam best that did not end, in order
+            pick = source.gather(1, live).view(-1)
+            tokens = new.gather(1, live).view(-1)
+            state = reorder(state, pick, keep_memory=True)
+            history = torch.cat([history[pick], tokens[:, None]], dim=1)
+            done |= pool.beyond_reach(scores, length)
+            if done.all():
                 break
-        penalty = ((5.0 + lengths) / 6.0) ** alpha  # GNMT length penalty
-        pick = (scores.view(-1) / penalty).view(batch, beam).argmax(1)
-        return history.view(batch, beam, -1)[rows, pick]
+        else:  # max_len reached: the live beams are cut there and compete as they are
+            pool.add(history.view(batch, beam, -1), scores, ~done[:, None].expand(-1, beam))
+        return pool.best()

@@ -53,6 +53,25 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return codes
 
 
+class SinusoidalPositions(nn.Module):
+    """Position codes for any length: ``positions(length, start=0)`` -> (length, d_model),
+    the codes of positions start .. start + length - 1. The table starts at ``max_len`` rows
+    and grows when a longer sequence comes (the codes of a position never change), so no
+    caption is too long for it."""
+
+    def __init__(self, d_model: int, max_len: int = 128):
+        super().__init__()
+        self.d_model = d_model
+        self.register_buffer("table", sinusoidal_positions(max_len, d_model), persistent=False)
+
+    def forward(self, length: int, start: int = 0) -> torch.Tensor:
+        end = start + length
+        if end > self.table.shape[0]:
+            grown = sinusoidal_positions(max(end, 2 * self.table.shape[0]), self.d_model)
+            self.table = grown.to(self.table)
+        return self.table[start:end]
+
+
 @SEQUENCE_ENCODERS.register("transformer")
 class TransformerEncoder(nn.Module):
     """Pre-norm Transformer encoder with sinusoidal positions and a key padding mask."""
@@ -60,15 +79,14 @@ class TransformerEncoder(nn.Module):
     def __init__(self, d_model: int, n_layers: int = 1, dropout: float = 0.1, n_heads: int = 4,
                  max_len: int = 512):
         super().__init__()
-        self.register_buffer("positions", sinusoidal_positions(max_len, d_model),
-                             persistent=False)
+        self.positions = SinusoidalPositions(d_model, max_len)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, 2 * d_model, dropout,
                                            batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.positions[: x.shape[1]]
+        x = x + self.positions(x.shape[1])
         return self.norm(self.layers(x, src_key_padding_mask=~mask))  # (N, L, d)
 
 

@@ -99,15 +99,15 @@ class StoryModel(nn.Module):
                 cfg.image_encoder, d_model=d, image_size=image_size,
                 freeze=cfg.freeze_image_encoder, pretrained=cfg.pretrained),
             "text_encoder": lambda: TextEncoder(vocab_size, d, cfg.text_encoder,
-                                                cfg.decoder_layers, drop, cfg.n_heads, pad_id),
+                                                cfg.encoder_layers, drop, cfg.n_heads, pad_id),
             "fusion": lambda: FUSIONS.build(cfg.fusion, d_model=d, n_heads=cfg.n_heads,
                                             rounds=cfg.cmar_rounds, dropout=drop, budget=budget),
-            "story_encoder": lambda: StoryEncoder(d, cfg.story_encoder, cfg.decoder_layers, drop,
+            "story_encoder": lambda: StoryEncoder(d, cfg.story_encoder, cfg.encoder_layers, drop,
                                                   cfg.n_heads),
             "decoder": lambda: DECODERS.build(cfg.decoder, vocab_size=vocab_size, d_model=d,
                                               n_heads=cfg.n_heads, n_layers=cfg.decoder_layers,
                                               dropout=drop, pad_id=pad_id, bos_id=bos_id,
-                                              eos_id=eos_id),
+                                              eos_id=eos_id, max_len=max_len),
             "next_frame": lambda: NextFrameHead(d, drop),
         }
         for part in PARTS:
@@ -156,7 +156,7 @@ class StoryModel(nn.Module):
         # The target of the next-frame loss (already encoded in grounded mode).
         _, next_true = enc.target or self.image_encoder(batch.target_image)
         next_pred = self.next_frame(enc.summary)
-        tau = self.cfg.temperature
+        tau = self.cfg.infonce_temperature
         losses = {"caption": caption, "align": info_nce(enc.fused.image, enc.fused.text, tau),
                   "next": info_nce(next_pred, next_true, tau)}
         attention = enc.fused.attention
