@@ -24,8 +24,7 @@ class DataConfig:
     mode: str = "next"  # "next": context only; "grounded": also the target frame's image
     images_column: str = "images"  # column with the list of frame images
     captions_column: str | None = None  # list-of-captions column; None = StoryReasoning markup
-    caption_policy: str = "first_sentence"  # "first_sentence" | "max_tokens" | "full"
-    max_caption_tokens: int = 32  # word cap applied by the caption policy
+    caption_policy: str = "first_sentence"  # "first_sentence" | "full" (see max_tokens)
     image_size: int = 64  # frames are resized to image_size x image_size
     image_fit: str = "letterbox"  # "letterbox" (pads: keeps all characters) | center_crop | squash
     val_fraction: float = 0.1  # share of train stories carved out as validation (by story)
@@ -38,7 +37,7 @@ class DataConfig:
     shapestories_knobs: dict = field(default_factory=dict)  # ShapeStories: Knobs overrides
     min_pair_freq: int = 2  # BPE: a pair seen fewer times is never merged (no word is lost)
     vocab_size: int = 10000  # BPE vocabulary size, incl. the 256 byte symbols and 4 specials
-    max_tokens: int = 40  # BPE-token cap of every caption fed to or produced by the model
+    max_tokens: int = 40  # the caption length: BPE tokens kept of every caption, in or out
     batch_size: int = 32  # windows per batch
     num_workers: int = 2  # DataLoader worker processes
     cache_dir: str = "data"  # generated data, downloaded copies and decoded-frame caches
@@ -106,6 +105,9 @@ class Config:
 # old key -> its new name: an old config gets a clear error, not just "unknown key"
 RENAMED = {"data.min_word_freq": "data.min_pair_freq", "data.max_vocab": "data.vocab_size",
            "model.temperature": "model.infonce_temperature"}
+# old key -> what replaced it
+REPLACED = {"data.max_caption_tokens":
+            "data.max_tokens, the one caption length (in BPE tokens: a word is 1-3 of them)"}
 
 
 def _build(cls, values: dict[str, Any], where: str):
@@ -114,6 +116,8 @@ def _build(cls, values: dict[str, Any], where: str):
         old = f"{where}.{key}".strip(".")
         if old in RENAMED:
             raise KeyError(f"{old} was renamed to {RENAMED[old]}")
+        if old in REPLACED:
+            raise KeyError(f"{old} was removed; use {REPLACED[old]}")
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise KeyError(f"unknown config key(s) {unknown} in {where or 'config'}; "

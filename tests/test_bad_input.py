@@ -178,7 +178,7 @@ def test_any_image_mode_size_or_caption_length_loads_and_batches_or_is_skipped(s
         datasets.Dataset.from_dict(rows, features=features).to_parquet(
             str(Path(folder) / "train-0.parquet"))
         stories = load_stories(folder, "train", captions_column="captions", val_fraction=0,
-                               test_fraction=0, max_caption_tokens=32, progress=False)
+                               test_fraction=0, progress=False)
     expected = [f"s{i}" for i, frames in enumerate(stories_spec)
                 if len(frames) >= 2 and all(kind in GOOD for (kind, _), _ in frames)]
     assert sorted(s.story_id for s in stories) == expected
@@ -190,7 +190,7 @@ def test_any_image_mode_size_or_caption_length_loads_and_batches_or_is_skipped(s
     if not stories:
         return
     for story in stories:
-        assert all(1 <= len(c.split()) <= 32 for c in story.captions)
+        assert all(c.split() for c in story.captions)  # the length is cut in tokens, below
     tokenizer = train_tokenizer(c for s in stories for c in s.captions)
     store = ImageStore(stories, 16, progress=False)
     dataset = WindowDataset(stories, make_windows(stories, 1), store, tokenizer, max_tokens=40)

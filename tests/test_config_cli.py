@@ -27,6 +27,8 @@ def test_unknown_keys_are_errors_not_silently_ignored():
 def test_old_keys_name_their_replacement():
     with pytest.raises(KeyError, match="model.temperature was renamed to model.infonce_temperat"):
         load_config("smoke", ["model.temperature=0.2"])
+    with pytest.raises(KeyError, match="data.max_caption_tokens was removed; use data.max_tok"):
+        load_config("smoke", ["data.max_caption_tokens=20"])
 
 
 def test_encoder_and_decoder_depths_are_set_apart():

@@ -74,17 +74,10 @@ def test_parse_boxes_reads_every_table_and_skips_rows_without_four_numbers():
 TEXT = "Dr. Smith walks in. He sits down and waits for a very long time."
 
 
-@pytest.mark.parametrize(
-    "policy,max_tokens,expected",
-    [
-        ("first_sentence", 32, "Dr. Smith walks in."),
-        ("first_sentence", 2, "Dr. Smith"),
-        ("max_tokens", 6, "Dr. Smith walks in. He sits"),
-        ("full", 3, TEXT),
-    ],
-)
-def test_caption_policies(policy, max_tokens, expected):
-    caption = apply_caption_policy(TEXT, policy, max_tokens)
+@pytest.mark.parametrize("policy,expected", [("first_sentence", "Dr. Smith walks in."),
+                                             ("full", TEXT)])
+def test_caption_policies(policy, expected):
+    caption = apply_caption_policy(TEXT, policy)
     assert caption == expected
     assert TEXT.startswith(caption)  # a prefix, so mention offsets stay valid
 
@@ -132,24 +125,23 @@ FIRST_SENTENCES = [
 
 @pytest.mark.parametrize("text,expected", FIRST_SENTENCES)
 def test_first_sentence_on_movie_prose(text, expected):
-    caption = apply_caption_policy(text, "first_sentence", 32)
+    caption = apply_caption_policy(text, "first_sentence")
     assert caption == expected
     assert text.startswith(caption)
 
 
-def test_first_sentence_without_an_end_is_the_whole_text_capped():
+def test_first_sentence_without_an_end_is_the_whole_text():
     words = ("The camera pans across rows of empty seats while rain drums on the roof of the "
              "old theatre and a single usher sweeps the aisle").split()
     text = " ".join(words)
-    assert apply_caption_policy(text, "first_sentence", 32) == text
-    assert apply_caption_policy(text, "first_sentence", 5) == " ".join(words[:5])
+    assert apply_caption_policy(text, "first_sentence") == text
 
 
 def test_first_sentence_is_a_prefix_so_mentions_keep_their_offsets():
     story = ('<gdi image1> <gdo char1>J. Edgar</gdo> tells <gdo char2>Mrs. Hale</gdo>, '
              '"Stay here." <gdo char2>She</gdo> nods. </gdi>')
     (seg,) = parse_segments(story)
-    caption = apply_caption_policy(seg.text, "first_sentence", 32)
+    caption = apply_caption_policy(seg.text, "first_sentence")
     assert caption == 'J. Edgar tells Mrs. Hale, "Stay here."'
     kept = [m for m in seg.mentions if m.start < len(caption)]
     assert [caption[m.start:m.end] for m in kept] == ["J. Edgar", "Mrs. Hale"]
@@ -158,6 +150,8 @@ def test_first_sentence_is_a_prefix_so_mentions_keep_their_offsets():
 def test_unknown_caption_policy_names_the_choices():
     with pytest.raises(ValueError, match="first_sentence"):
         apply_caption_policy(TEXT, "last_sentence")
+    with pytest.raises(ValueError, match="use 'full'; every caption is cut at data.max_tokens"):
+        apply_caption_policy(TEXT, "max_tokens")
 
 
 words = st.lists(st.from_regex(r"[A-Za-z][a-z]{0,6}[.,]?", fullmatch=True), min_size=1, max_size=6)

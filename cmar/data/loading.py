@@ -212,7 +212,6 @@ def load_stories(
     captions_column: str | None = None,
     id_column: str = "story_id",
     caption_policy: str = "first_sentence",
-    max_caption_tokens: int = 32,
     min_frames: int = 2,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
@@ -230,7 +229,7 @@ def load_stories(
         images_column: column holding the list of frame images.
         captions_column: column holding the list of captions; ``None`` means the
             StoryReasoning schema (captions parsed from the ``story`` markup).
-        caption_policy / max_caption_tokens: see :func:`cmar.data.apply_caption_policy`.
+        caption_policy: see :func:`cmar.data.apply_caption_policy`.
         min_frames: stories with fewer frames are skipped (``too_short``).
         val_fraction / test_fraction / split_seed: how missing splits are carved from train.
         limit: keep at most this many rows of the split (after carving), for quick runs.
@@ -271,7 +270,7 @@ def load_stories(
             report.skip("duplicate_story_id", story_id)
             continue
         story = _validate_row(row, story_id, report, markup, images_column, captions_column,
-                              caption_policy, max_caption_tokens, min_frames)
+                              caption_policy, min_frames)
         if story is not None:
             story.images = RowImages(image_rows, i, images_column, len(story))
             seen.add(story_id)
@@ -301,7 +300,6 @@ def _validate_row(
     images_column: str,
     captions_column: str | None,
     caption_policy: str,
-    max_caption_tokens: int,
     min_frames: int,
 ) -> Story | None:
     """One row -> Story, or None after recording why it was skipped."""
@@ -354,7 +352,7 @@ def _validate_row(
             return None
         texts = [_WS.sub(" ", text).strip() for text in texts]
 
-    captions = [apply_caption_policy(text, caption_policy, max_caption_tokens) for text in texts]
+    captions = [apply_caption_policy(text, caption_policy) for text in texts]
     if any(not caption for caption in captions):
         empty = [t + 1 for t, caption in enumerate(captions) if not caption]
         report.skip("empty_caption", story_id, f"frames {empty}")

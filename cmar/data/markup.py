@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the original image
 
-CAPTION_POLICIES = ("first_sentence", "max_tokens", "full")
+CAPTION_POLICIES = ("first_sentence", "full")
 
 _SEGMENT_OPEN = re.compile(r"<\s*gdi\s+image\s*(\d+)\s*>", re.IGNORECASE)
 _SEGMENT_CLOSE = re.compile(r"<\s*/\s*gdi\s*>", re.IGNORECASE)
@@ -251,11 +251,13 @@ def _ends_sentence(text: str, match: re.Match) -> bool:
     return not (word.lower() == "no" and following.isdigit())
 
 
-def apply_caption_policy(text: str, policy: str = "first_sentence", max_tokens: int = 32) -> str:
-    """The caption a model is trained to produce from a segment's plain text.
+def apply_caption_policy(text: str, policy: str = "first_sentence") -> str:
+    """The caption a model is trained to produce from a segment's plain text. Its length is
+    bounded later, in tokens: every caption is cut at ``data.max_tokens`` BPE tokens, the one
+    caption-length setting.
 
-    - ``first_sentence`` (default): the text up to the end of its first sentence, then capped
-      at ``max_tokens`` whitespace-separated words. A sentence ends at ``.``, ``!`` or ``?``
+    - ``first_sentence`` (default): the text up to the end of its first sentence. A sentence
+      ends at ``.``, ``!`` or ``?``
       (or a run of them: ``?!``, an ellipsis ``...``/``…``), with any closing quotes or
       brackets after it (``."``, ``!”``, ``?'``, ``.)``) kept, followed by whitespace or the
       end of the text. It does not end where the next word starts in lowercase (``"Wait!" she
@@ -264,26 +266,23 @@ def apply_caption_policy(text: str, policy: str = "first_sentence", max_tokens: 
       Jr, Sr, Prof, Lt, Capt, Col, Gen, Sgt, Rev, Mt, vs, etc, e.g, i.e), ``No.`` before a
       digit, or a dotted acronym (``U.S.``, ``L.A.``). The trade-off of that last rule: a
       sentence that really ends with an acronym or an abbreviation (``...moves to the U.S.
-      They...``, ``...boxes, papers, etc. Tom...``) runs on into the next one; the word cap
+      They...``, ``...boxes, papers, etc. Tom...``) runs on into the next one; the token cap
       bounds the damage, and cutting ``the U.S. Marshal arrives.`` down to ``the U.S.`` would
       be worse. The lowercase rule cannot see a capitalised name after a quote:
       ``"Coming?" Maria asks.`` stops at ``"Coming?"``. Text with no sentence end is kept
-      whole (then capped).
-    - ``max_tokens``: the first ``max_tokens`` words.
-    - ``full``: the whole segment.
+      whole.
+    - ``full``: the whole segment (the first N tokens of it: ``full`` with
+      ``data.max_tokens=N``).
 
     The result is always a prefix of ``text``, so mention offsets stay valid.
     """
+    if policy == "max_tokens":
+        raise ValueError("caption policy 'max_tokens' is gone: use 'full'; every caption is "
+                         "cut at data.max_tokens BPE tokens")
     if policy not in CAPTION_POLICIES:
         raise ValueError(f"unknown caption policy {policy!r}; choose one of {CAPTION_POLICIES}")
-    if policy == "full":
-        return text
     if policy == "first_sentence":
         for end in _SENTENCE_END.finditer(text):
             if _ends_sentence(text, end):
-                text = text[: end.end()]
-                break
-    words = list(re.finditer(r"\S+", text))
-    if max_tokens > 0 and len(words) > max_tokens:
-        text = text[: words[max_tokens - 1].end()]
+                return text[: end.end()]
     return text

@@ -38,7 +38,7 @@ def load_split(cfg: DataConfig, split: str, progress: bool = True) -> StoryList:
     extra = shapestories_options(cfg)
     return load_stories(
         cfg.source, split, images_column=cfg.images_column, captions_column=cfg.captions_column,
-        caption_policy=cfg.caption_policy, max_caption_tokens=cfg.max_caption_tokens,
+        caption_policy=cfg.caption_policy,
         min_frames=cfg.k + 1, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
         split_seed=cfg.split_seed, limit=cfg.limit, cache_dir=cfg.cache_dir, progress=progress,
         **extra,
