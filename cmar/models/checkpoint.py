@@ -1,9 +1,16 @@
 """Saving and loading a StoryModel: a plain dict of tensors and numbers, written atomically,
-read back with ``torch.load(..., weights_only=True)`` (no pickled code is ever executed)."""
+read back with ``torch.load(..., weights_only=True)`` (no pickled code is ever executed).
+
+A frozen pretrained backbone (``freeze_image_encoder`` with ``pretrained``) never changes in
+training, so a checkpoint names it instead of storing it: where its weights come from and a
+hash of them. Loading rebuilds it from the same source and refuses a different hash. At the
+``storyreasoning`` preset's size that is 44 MB less in every checkpoint (ResNet-18).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,19 +19,47 @@ import torch
 from cmar.config import ModelConfig
 from cmar.models.story_model import StoryModel
 
+FROZEN_BACKBONE = "image_encoder.backbone"  # the part a checkpoint may name, not store
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short SHA-1 over the names and values of a module's parameters and buffers."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def named_weights(model: StoryModel) -> dict[str, dict]:
+    """The frozen pretrained parts of ``model``: part -> {"source", "sha1"}."""
+    cfg = model.cfg
+    if not (cfg.freeze_image_encoder and cfg.pretrained):
+        return {}
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(cfg.image_encoder).DEFAULT
+    return {FROZEN_BACKBONE: {"source": f"torchvision {cfg.image_encoder} {weights}",
+                              "sha1": weights_digest(model.image_encoder.backbone)}}
+
 
 def save_model(model: StoryModel, path: str | Path, extra: dict | None = None,
-               keep_previous: bool = False) -> None:
+               keep_previous: bool = False, frozen_weights: bool = False) -> None:
     """Write the model's config, constructor arguments and weights to ``path`` atomically
     (temp file, fsync, rename); ``keep_previous`` first moves the old file to ``<path>.prev``.
+    A frozen pretrained backbone is named, not stored, unless ``frozen_weights``.
 
     A model built with custom ``components=`` saves its weights, but rebuilding it needs the
     same components passed to :func:`load_model`.
     """
+    named = {} if frozen_weights else named_weights(model)
+    state = {key: value for key, value in model.state_dict().items()
+             if not any(key.startswith(part + ".") for part in named)}
     payload = {
         "model_config": dataclasses.asdict(model.cfg),
         "init_args": dict(model.init_args),
-        "state_dict": model.state_dict(),
+        "state_dict": state,
+        "named_weights": named,
         "extra": extra or {},
     }
     path = Path(path)
@@ -60,7 +95,19 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"{path} is not a cmar checkpoint")
     cfg = ModelConfig(**payload["model_config"])
-    cfg.pretrained = False  # the saved weights replace any download
+    named = payload.get("named_weights", {})
+    cfg.pretrained = bool(named)  # stored weights replace any download; named ones need it
     model = StoryModel(cfg, **payload["init_args"], components=components)
-    model.load_state_dict(payload["state_dict"])
+    for part, spec in named.items():
+        found = weights_digest(model.get_submodule(part))
+        if found != spec["sha1"]:
+            raise CheckpointError(
+                f"{path} was trained with {spec['source']} of hash {spec['sha1']}, but those "
+                f"loaded now hash to {found}: the weights file under $TORCH_HOME changed. "
+                "Put the original file back, or retrain.")
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    missing = [k for k in missing if not any(k.startswith(part + ".") for part in named)]
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit the model it describes: missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}")
     return model, payload["extra"]
