@@ -4,11 +4,10 @@ rebuilds it from the same weights file and refuses one that changed."""
 import pytest
 import torch
 import torchvision
+from model_helpers import random_batch, tiny_model
 
 from cmar.models import load_model, save_model
 from cmar.models.checkpoint import CheckpointError
-
-from model_helpers import random_batch, tiny_model
 
 
 @pytest.fixture
