@@ -24,8 +24,15 @@ def test_cached_features_give_the_same_logits(frozen, tmp_path):
     attach_feature_cache(data, model, tmp_path, progress=False)
     assert isinstance(data.datasets["train"].store, FeatureStore)
     features = next(iter(data.loader("train", shuffle=False)))
-    assert features.context_images.shape[2] == 128  # backbone channels, not RGB
+    assert features.context_images is None and features.target_image is None
+    assert features.context_features.shape[2] == 128  # backbone channels, under their name
+    assert set(features.frames()) == {"context_features", "target_features"}
+    assert set(images.frames()) == {"context_images", "target_image"}
     assert torch.allclose(model(images).logits, model(features).logits, atol=2e-2)
+    for mode in ("next", "grounded"):  # the target frame, as input or next-frame target
+        model.mode = mode
+        assert torch.allclose(model(images).losses["next"], model(features).losses["next"],
+                              atol=2e-2)
 
 
 def test_cache_is_computed_once_and_keyed_by_weights(frozen, tmp_path, monkeypatch):

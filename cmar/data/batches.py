@@ -2,10 +2,12 @@
 
 A :class:`Batch` of B windows with k context frames, image side S:
 
-- ``context_images``  float (B, k, 3, S, S): frames t-k .. t-1, normalised (or, with a frozen
-  image encoder's feature cache, its backbone features (B, k, C, h, w))
+- ``context_images``  float (B, k, 3, S, S): frames t-k .. t-1, normalised
 - ``target_image``    float (B, 3, S, S): frame t. In ``next`` mode a model may use it only as
   the target of the next-frame loss; in ``grounded`` mode it is also an input.
+- ``context_features`` float (B, k, C, h, w) and ``target_features`` (B, C, h, w): the same
+  frames as a frozen backbone's features, read from the feature cache. A batch holds either
+  the images or the features, the other pair is None.
 - ``context_tokens``  long (B, k, Lc) and ``context_mask`` bool (B, k, Lc): captions t-k .. t-1
 - ``target_in``       long (B, Lt): ``[BOS] w1 .. wn``, the decoder input (target shifted right)
 - ``target_out``      long (B, Lt): ``w1 .. wn [EOS]``, what each position must predict
@@ -26,17 +28,21 @@ from cmar.data.story import Story
 from cmar.data.tokenizer import encode
 from cmar.data.windows import Window, window_id
 
+FRAME_FIELDS = ("context_images", "target_image", "context_features", "target_features")
+
 
 @dataclass
 class Batch:
-    context_images: torch.Tensor
-    target_image: torch.Tensor
+    context_images: torch.Tensor | None
+    target_image: torch.Tensor | None
     context_tokens: torch.Tensor
     context_mask: torch.Tensor
     target_in: torch.Tensor
     target_out: torch.Tensor
     target_mask: torch.Tensor
     window_ids: list[str]
+    context_features: torch.Tensor | None = None
+    target_features: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         moved = {
@@ -51,7 +57,13 @@ class Batch:
 
     def rows(self, index: slice) -> Batch:
         """The windows ``index`` (a slice) of this batch, as a batch."""
-        return Batch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Batch(**{f.name: None if value is None else value[index]
+                        for f in fields(self) for value in [getattr(self, f.name)]})
+
+    def frames(self) -> dict[str, torch.Tensor]:
+        """The frame tensors this batch holds, by field name (images or features)."""
+        return {name: getattr(self, name) for name in FRAME_FIELDS
+                if getattr(self, name) is not None}
 
 
 class WindowDataset(Dataset):
@@ -74,9 +86,12 @@ class WindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         w = self.windows[i]
         frames = self.store.frames(w.story, range(w.t - w.k, w.t + 1))  # (k + 1, 3, S, S)
+        if getattr(self.store, "holds", "images") == "features":  # (k + 1, C, h, w)
+            pair = {"context_features": frames[:-1], "target_features": frames[-1]}
+        else:
+            pair = {"context_images": frames[:-1], "target_image": frames[-1]}
         return {
-            "context_images": frames[:-1],
-            "target_image": frames[-1],
+            **pair,
             "context_ids": [self.ids[w.story][c] for c in w.context],
             "target_ids": self.ids[w.story][w.t],
             "window_id": window_id(self.story_ids[w.story], w.t),
@@ -107,9 +122,13 @@ class Collate:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.transform = image_transform()
 
-    def _frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 images are normalised; cached CNN features (float) pass through as float32."""
-        return self.transform(frames) if frames.dtype == torch.uint8 else frames.float()
+    def _frames(self, items: list[dict], name: str) -> torch.Tensor | None:
+        """The stacked frames ``name`` of the items: images normalised, cached features as
+        float32; None when the items hold the other kind."""
+        if name not in items[0]:
+            return None
+        frames = torch.stack([item[name] for item in items])
+        return self.transform(frames) if name.endswith(("images", "image")) else frames.float()
 
     def __call__(self, items: list[dict]) -> Batch:
         b, k = len(items), len(items[0]["context_ids"])
@@ -119,8 +138,7 @@ class Collate:
         target_in, target_out, target_mask = pad_targets(
             [it["target_ids"] for it in items], self.pad_id, self.bos_id, self.eos_id)
         return Batch(
-            context_images=self._frames(torch.stack([it["context_images"] for it in items])),
-            target_image=self._frames(torch.stack([it["target_image"] for it in items])),
+            **{name: self._frames(items, name) for name in FRAME_FIELDS},
             context_tokens=context_tokens,
             context_mask=context_tokens != self.pad_id,
             target_in=target_in,

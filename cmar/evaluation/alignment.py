@@ -77,6 +77,7 @@ def image_text_alignment(image: torch.Tensor, text: torch.Tensor, story_ids: lis
 def with_context_of(batch: Batch, other: Batch) -> Batch:
     """``batch`` with every window's context replaced by the context of ``other``'s window."""
     return dataclasses.replace(batch, context_images=other.context_images,
+                               context_features=other.context_features,
                                context_tokens=other.context_tokens,
                                context_mask=other.context_mask)
 

@@ -60,8 +60,8 @@ def blank(batch, what: str | None):
     if what is None:
         return batch
     if what == "images":
-        return dataclasses.replace(batch, context_images=torch.zeros_like(batch.context_images),
-                                   target_image=torch.zeros_like(batch.target_image))
+        return dataclasses.replace(batch, **{name: torch.zeros_like(frames)
+                                             for name, frames in batch.frames().items()})
     if what == "captions":
         tokens = torch.full_like(batch.context_tokens[..., :1], UNK_ID)
         return dataclasses.replace(batch, context_tokens=tokens,

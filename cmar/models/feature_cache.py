@@ -27,11 +27,14 @@ from cmar.data.images import (
     ensure_disk_space,
     image_transform,
 )
+from cmar.processes import publish, temporary_path
 
 
 class FeatureStore:
     """Same ``frames(story, ts)`` interface as ImageStore, returning float16 features
     (len(ts), C, h, w); ``fit_box`` too, through the image store's frame geometry."""
+
+    holds = "features"  # batches carry them as context_features / target_features
 
     def __init__(self, array: np.ndarray, offsets: np.ndarray, geometry=None):
         self.array, self.offsets, self.geometry = array, offsets, geometry

@@ -46,8 +46,11 @@ class _GridEncoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` (N, 3, S, S), or backbone features (N, C, h, w) from a feature cache."""
-        features = images if images.shape[1] != 3 else self.backbone(images)  # (N, C, h, w)
+        """``images`` (N, 3, S, S) -> regions (N, R, d) and their mean (N, d)."""
+        return self.from_features(self.backbone(images))
+
+    def from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same from the backbone's features (N, C, h, w), e.g. from a feature cache."""
         regions = features.flatten(2).transpose(1, 2)  # (N, R, C)
         regions = self.norm(self.project(regions) + self.position)  # (N, R, d)
         return regions, regions.mean(dim=1)

@@ -120,9 +120,19 @@ class StoryModel(nn.Module):
         counts["total"] = count_parameters(self)
         return counts
 
+    def encode_frames(self, images: torch.Tensor | None, features: torch.Tensor | None,
+                      flat: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regions (N, R, d) and a vector (N, d) of frames given as images (N, 3, S, S) or
+        as cached backbone features (N, C, h, w), whichever is not None; ``flat``: the
+        frames come as (B, k, ...) and N = B * k."""
+        if features is not None:
+            return self.image_encoder.from_features(features.flatten(0, 1) if flat else features)
+        return self.image_encoder(images.flatten(0, 1) if flat else images)
+
     def encode(self, batch, return_attention: bool = False) -> Encoded:
         b, k = batch.context_tokens.shape[:2]
-        regions, image = self.image_encoder(batch.context_images.flatten(0, 1))  # (B*k, R, d)
+        regions, image = self.encode_frames(batch.context_images, batch.context_features,
+                                            flat=True)  # (B*k, R, d), (B*k, d)
         mask = batch.context_mask.flatten(0, 1)  # (B*k, Lc)
         tokens, text = self.text_encoder(batch.context_tokens.flatten(0, 1), mask)
         fused = self.fusion(regions, image, tokens, text, mask, return_attention)
@@ -141,7 +151,7 @@ class StoryModel(nn.Module):
             masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device))
         target = None
         if self.mode == "grounded":  # the target frame's image joins the memory
-            target = self.image_encoder(batch.target_image)
+            target = self.encode_frames(batch.target_image, batch.target_features)
             target_regions = target[0]  # (B, R, d)
             parts.append(target_regions + kinds[3])
             masks.append(torch.ones(target_regions.shape[:2], dtype=torch.bool,
@@ -154,7 +164,8 @@ class StoryModel(nn.Module):
         per_token = token_nll(logits, batch.target_out)  # (B, L)
         caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
         # The target of the next-frame loss (already encoded in grounded mode).
-        _, next_true = enc.target or self.image_encoder(batch.target_image)
+        _, next_true = enc.target or self.encode_frames(batch.target_image,
+                                                         batch.target_features)
         next_pred = self.next_frame(enc.summary)
         tau = self.cfg.infonce_temperature
         losses = {"caption": caption, "align": info_nce(enc.fused.image, enc.fused.text, tau),
