@@ -66,11 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = train(None, resume_dir=args.resume)
     else:
         cfg = load_config(args.config, args.overrides)
-        if args.overwrite:
-            import shutil
-
-            shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)
-        run_dir = train(cfg)
+        run_dir = train(cfg, overwrite=args.overwrite)
     if int(os.environ.get("RANK", 0)) == 0:  # one line, not one per process
         print(f"run folder: {run_dir}")
     return 0

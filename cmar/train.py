@@ -5,9 +5,11 @@ loss = caption cross-entropy + w_align * InfoNCE(image, text of each context fra
 
 Runs unchanged on one CPU, one GPU, or many processes through Hugging Face Accelerate
 (``accelerate launch`` or ``torchrun``: Accelerate reads the process group from the
-environment). Only the main process writes the run folder. Each epoch's data order comes from
-(seed, epoch) alone, and ``last.pt`` holds the optimiser, scheduler and random states, so a
-resumed run ends with the same weights as an uninterrupted one.
+environment). Only the main process writes the run folder and decides whether it may (one
+answer for every process, see :mod:`cmar.processes`); it also builds the data caches first,
+while the others wait and then read them. Each epoch's data order comes from (seed, epoch)
+alone, and ``last.pt`` holds the optimiser, scheduler, gradient-scaler and random states (those
+of every process), so a resumed run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from cmar.data import load_tokenizer, prepare_data, save_tokenizer
 from cmar.guards import StopRequest, check_first_step, largest_windows
 from cmar.models import build_model, load_model, save_model
 from cmar.plots import plot_loss_curves
+from cmar.processes import decide_on_main, gather, main_process_first, rank
 
 TERMS = ("caption", "align", "next")
 
@@ -47,6 +51,20 @@ def _rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _this_process(saved: list | dict) -> dict:
+    """This process's entry of what a checkpoint holds for every process (random states,
+    partial loss sums; a list in rank order).
+
+    A checkpoint written before these were saved per process holds one dict; one written by
+    fewer processes gives the extra processes the main process's entry (a resume is exact
+    only with the same number of processes).
+    """
+    if isinstance(saved, dict):
+        return saved
+    index = rank()
+    return saved[index] if index < len(saved) else saved[0]
 
 
 def _set_rng_state(state: dict) -> None:
@@ -73,10 +91,11 @@ def warmup_cosine(total_steps: int, warmup: float):
 
 
 class Trainer:
-    """Trains ``cfg`` into ``runs_dir/name`` (or continues it with ``resume=True``)."""
+    """Trains ``cfg`` into ``runs_dir/name`` (or continues it with ``resume=True``;
+    ``overwrite=True`` deletes a run already there first)."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, overwrite: bool = False):
         self.run_dir = Path(run_dir or Path(cfg.runs_dir) / cfg.name)
         if resume:
             cfg = load_config(self.run_dir / "config.yaml")
@@ -92,20 +111,22 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "fp16" if amp else "no",
                                        cpu=cpu_group)
         self.main = self.accelerator.is_main_process
-        if self.main and not resume and (self.run_dir / "history.json").exists():
-            raise FileExistsError(f"{self.run_dir} holds a run already: continue it with "
-                                  "--resume, or pick another name with --set name=...")
+        decide_on_main(lambda: self._check_run_dir(resume, overwrite))
         seed_everything(cfg.seed)
         tokenizer = load_tokenizer(self.run_dir / "tokenizer") if resume else None
-        self.data = prepare_data(cfg.data, tokenizer=tokenizer, splits=("train", "validation"),
-                                 progress=progress and self.main)
-        self.tokenizer = self.data.tokenizer
-        self.model = build_model(cfg.model, self.tokenizer, cfg.data)
-        if cfg.model.freeze_image_encoder:
-            from cmar.models.feature_cache import attach_feature_cache
+        with main_process_first():  # the main process builds the caches, the others read them
+            self.data = prepare_data(cfg.data, tokenizer=tokenizer,
+                                     splits=("train", "validation"),
+                                     progress=progress and self.main)
+            self.tokenizer = self.data.tokenizer
+            self.model = build_model(cfg.model, self.tokenizer, cfg.data)
+            if cfg.model.freeze_image_encoder:
+                from cmar.models.feature_cache import attach_feature_cache
 
-            attach_feature_cache(self.data, self.model, Path(cfg.data.cache_dir) / "features",
-                                 device=self.accelerator.device, progress=progress and self.main)
+                attach_feature_cache(self.data, self.model,
+                                     Path(cfg.data.cache_dir) / "features",
+                                     device=self.accelerator.device,
+                                     progress=progress and self.main)
         # Batches per epoch over all processes: Accelerate steps a prepared scheduler once per
         # process at every optimiser step, so the schedule is written for one process.
         batches = math.ceil(len(self.data.datasets["train"]) / cfg.data.batch_size)
@@ -127,6 +148,15 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
             save_config(cfg, self.run_dir / "config.yaml")  # last: marks a resumable folder
+
+    def _check_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """On the main process only (see :func:`cmar.processes.decide_on_main`): delete the
+        run folder if asked, refuse to train over a run already there."""
+        if overwrite and not resume:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if not resume and (self.run_dir / "history.json").exists():
+            raise FileExistsError(f"{self.run_dir} holds a run already: continue it with "
+                                  "--resume, or pick another name with --set name=...")
 
     # -- one epoch --------------------------------------------------------------------------
     def _loader(self, split: str, epoch: int = 0):
@@ -161,8 +191,9 @@ class Trainer:
             part, self.partial = self.partial, None
             for _ in range(part["steps"]):
                 next(batches)
-            sums, seen, steps, earlier = part["sums"], part["seen"], part["steps"], part["seconds"]
-            _set_rng_state(part["rng"])
+            seen, steps, earlier = part["seen"], part["steps"], part["seconds"]
+            sums = _this_process(part["sums"])
+            _set_rng_state(_this_process(part["rng"]))
         start = time.perf_counter() - earlier
         bar = tqdm(batches, desc=f"epoch {epoch}/{self.cfg.train.epochs}", initial=steps,
                    total=self.steps_per_epoch, disable=not (self.progress and self.main),
@@ -191,8 +222,8 @@ class Trainer:
             if self._stop_requested():
                 bar.close()
                 self._save(epoch - 1, improved=False, partial={
-                    "epoch": epoch, "steps": steps, "sums": sums, "seen": seen,
-                    "seconds": time.perf_counter() - start, "rng": _rng_state()})
+                    "epoch": epoch, "steps": steps, "sums": gather(sums), "seen": seen,
+                    "seconds": time.perf_counter() - start, "rng": gather(_rng_state())})
                 raise KeyboardInterrupt
         seconds = time.perf_counter() - start
         means = self._mean_over_processes(sums, steps)
@@ -284,6 +315,7 @@ class Trainer:
     def _save(self, epoch: int, improved: bool, partial: dict | None = None) -> None:
         """Checkpoint after ``epoch`` complete epochs (and ``partial``: steps of the next)."""
         self.accelerator.wait_for_everyone()
+        rng = gather(_rng_state())  # every process's, in rank order
         if not self.main:
             return
         model = self.accelerator.unwrap_model(self.model)
@@ -294,8 +326,10 @@ class Trainer:
                        extra={"epoch": epoch, self.cfg.train.select: self.best})
         state = {"epoch": epoch, "best": self.best, "history": self.history,
                  "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+                 "scheduler": self.scheduler.state_dict(), "rng": rng,
                  "partial": partial}
+        if self.accelerator.scaler is not None:  # fp16: the loss scale it has learned
+            state["scaler"] = self.accelerator.scaler.state_dict()
         save_model(model, self.run_dir / "last.pt", extra=state, keep_previous=True)
         if partial is None:
             self._write_history()
@@ -306,35 +340,58 @@ class Trainer:
         if self.history:
             plot_loss_curves(self.history, self.run_dir / "loss_curves.png")
 
-    def _restore(self) -> None:
+    def _pick_checkpoint(self, loaded: list) -> Path | None:
+        """On the main process only: the checkpoint to resume from (``last.pt``, or
+        ``last.pt.prev`` when ``last.pt`` cannot be read), or None before the first one.
+        What it read is left in ``loaded``, so the main process does not read it twice."""
         from cmar.models.checkpoint import CheckpointError
 
         if not any((self.run_dir / name).exists() for name in ("last.pt", "last.pt.prev")):
             # stopped before its first checkpoint: the seeded start is the same as a fresh run's
             print(f"{self.run_dir} has no checkpoint yet: starting from epoch 1", flush=True)
-            return
+            return None
+        path = self.run_dir / "last.pt"
         try:
-            model, state = load_model(self.run_dir / "last.pt")
+            loaded.append(load_model(path))
         except CheckpointError as error:  # e.g. the disk filled up or the copy was cut short
-            previous = self.run_dir / "last.pt.prev"
-            if not previous.exists():
+            path = self.run_dir / "last.pt.prev"
+            if not path.exists():
                 raise
-            print(f"warning: {error} Resuming from the previous checkpoint, {previous}.",
+            print(f"warning: {error} Resuming from the previous checkpoint, {path}.",
                   flush=True)
-            model, state = load_model(previous)
+            loaded.append(load_model(path))
+        return path
+
+    def _restore(self) -> None:
+        loaded: list = []
+        path = decide_on_main(lambda: self._pick_checkpoint(loaded))  # one choice for all
+        if path is None:
+            return
+        model, state = loaded[0] if loaded else load_model(path)
         self.accelerator.unwrap_model(self.model).load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         self.history, self.best = state["history"], state["best"]
         self.start_epoch = state["epoch"] + 1
         self.partial = state.get("partial")
-        _set_rng_state(state["rng"])
+        saved = state["rng"]
+        if self.main and isinstance(saved, list) and len(saved) != self.accelerator.num_processes:
+            print(f"warning: {path} was written by {len(saved)} processes, resumed by "
+                  f"{self.accelerator.num_processes}: the random states cannot all be "
+                  "restored, so the run will not end exactly as an uninterrupted one",
+                  flush=True)
+        _set_rng_state(_this_process(saved))
         if self.main:  # a run killed after its checkpoint but before history.json
             self._write_history()
 
 
-def train(cfg: Config, resume_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Train (or resume) a run; returns its folder."""
-    trainer = Trainer(cfg, run_dir=resume_dir, resume=resume_dir is not None, progress=progress)
+def train(cfg: Config, resume_dir: str | Path | None = None, progress: bool = True,
+          overwrite: bool = False) -> Path:
+    """Train (or resume) a run; returns its folder. ``overwrite`` deletes a run already in the
+    folder first (on the main process, before any process reads it)."""
+    trainer = Trainer(cfg, run_dir=resume_dir, resume=resume_dir is not None, progress=progress,
+                      overwrite=overwrite)
     trainer.fit()
     return trainer.run_dir

@@ -24,7 +24,6 @@ through the same :func:`fit_geometry` that resized the image, so the two cannot 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from cmar.data.markup import Box
 from cmar.data.story import Story, decode_image
+from cmar.processes import publish, temporary_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,9 +119,9 @@ def _fingerprint(stories: list[Story], image_size: int, fit: str = "letterbox") 
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    partial = path.with_suffix(".partial.npy")
+    partial = temporary_path(path)
     np.save(partial, array)
-    os.replace(partial, path)  # atomic: readers never see half a file
+    publish(partial, path)  # atomic: readers never see half a file
 
 
 class FrameGeometry:
@@ -176,7 +176,7 @@ class ImageStore:
             array = np.empty(shape, dtype=np.uint8)
         else:  # written straight to disk: a large split never has to fit in memory
             ensure_disk_space(path.parent, int(np.prod(shape)), "the decoded-frame cache")
-            partial = path.with_suffix(".partial.npy")
+            partial = temporary_path(path)  # this process's own: two never write one file
             array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
         sizes = np.empty((total, 2), dtype=np.int32)
         frames = (data for s in stories for data in s.images)
@@ -193,7 +193,7 @@ class ImageStore:
             _save_atomically(sizes_path, sizes)  # before the frames: frames imply sizes
             array.flush()
             del array
-            os.replace(partial, path)  # atomic: readers never see half a file
+            publish(partial, path)  # atomic: readers never see half a file
             self.array = np.load(path, mmap_mode="r")
 
     def __len__(self) -> int:

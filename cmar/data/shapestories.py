@@ -34,6 +34,7 @@ from cmar.data.shapes_world import (
     stand_point,
     verb_for,
 )
+from cmar.processes import publish, temporary_path
 
 FEATURES = datasets.Features(
     {
@@ -188,21 +189,21 @@ def shapestories_on_disk(
     folder = Path(cache_dir) / "shapestories" / f"n{n_stories}-seed{seed}-{digest}"
     if (folder / "state.json").exists():
         return folder
-    partial = folder.with_name(folder.name + ".partial")
-    scratch = folder.with_name(folder.name + ".arrow")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(scratch, ignore_errors=True)
+    # Everything is written inside a folder of this process's own (two processes generating
+    # at once never meet), then renamed into place whole: a reader finds a complete dataset
+    # or none, never half of one.
+    work = temporary_path(folder)
     # Streamed to an Arrow file 50 stories at a time: memory stays bounded at any size
     # (4,000 stories at 224 px are about 5 GB of PNG bytes).
     dataset = datasets.Dataset.from_generator(
-        _stories, features=FEATURES, cache_dir=str(scratch), writer_batch_size=50,
+        _stories, features=FEATURES, cache_dir=str(work / "arrow"), writer_batch_size=50,
         gen_kwargs={"n_stories": n_stories, "seed": seed, "knobs": settings})
     # small shards: save_to_disk holds about one shard in memory while writing it
-    dataset.save_to_disk(str(partial), max_shard_size="100MB")
+    dataset.save_to_disk(str(work / "dataset"), max_shard_size="100MB")
     del dataset
-    shutil.rmtree(scratch, ignore_errors=True)
-    (partial / "shapestories.json").write_text(key)
-    partial.rename(folder)  # atomic: a crash never leaves a half-written cache behind
+    (work / "dataset" / "shapestories.json").write_text(key)
+    publish(work / "dataset", folder)
+    shutil.rmtree(work, ignore_errors=True)
     return folder
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +90,7 @@ def compute_features(backbone: torch.nn.Module, store: ImageStore, path: Path,
         shape = backbone(transform(store.frames(0, [0])).to(device)).shape[1:]
         ensure_disk_space(path.parent, 2 * len(store) * int(np.prod(shape)),
                           "the CNN feature cache")
-        partial = path.with_name(path.stem + ".partial.npy")
+        partial = temporary_path(path)  # this process's own: two never write one file
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
                                         shape=(len(store), *shape))
         for start in tqdm(range(0, len(store), batch_size), desc="caching CNN features",
@@ -100,7 +99,7 @@ def compute_features(backbone: torch.nn.Module, store: ImageStore, path: Path,
             out[start:start + len(frames)] = backbone(transform(frames).to(device)).cpu().numpy()
         out.flush()
         del out
-        os.replace(partial, path)  # atomic: a crash never leaves a half-written cache
+        publish(partial, path)  # atomic: a crash never leaves a half-written cache
     return FeatureStore(np.load(path, mmap_mode="r"), store.offsets,
                         getattr(store, "geometry", None))
 
