@@ -229,8 +229,13 @@ def bench_decode_images(data: StoryData, split: str = "train", repeats: int = 3)
 
 
 def _timed(fn) -> tuple[float, object]:
+    """Seconds ``fn()`` took (its GPU work included) and its result."""
+    import torch
+
     start = time.perf_counter()
     result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start, result
 
 
