@@ -67,7 +67,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 10  # passes over the training windows
     lr: float = 2e-3  # peak AdamW learning rate
-    weight_decay: float = 0.01  # AdamW weight decay
+    weight_decay: float = 0.01  # AdamW weight decay, on weight matrices only (cmar.optim)
     warmup: float = 0.05  # share of all steps spent warming the learning rate up
     grad_clip: float = 1.0  # max gradient norm (0 turns clipping off)
     w_align: float = 0.1  # weight of the image-text alignment InfoNCE (0 turns it off)
@@ -75,6 +75,8 @@ class TrainConfig:
     amp: bool = True  # mixed precision (bf16 where supported, else fp16) on CUDA only
     select: str = "val_caption"  # history key that picks the best checkpoint (lower is better)
     patience: int = 0  # stop after this many epochs without improvement (0: never)
+    log_every: int = 25  # steps between host syncs: loss shown, NaN check, stop agreed
+    save_frozen_weights: bool = False  # store a frozen pretrained backbone in checkpoints
 
 
 @dataclass

@@ -31,6 +31,7 @@ from cmar.config import Config, load_config, save_config
 from cmar.data import load_tokenizer, prepare_data, save_tokenizer
 from cmar.guards import StopRequest, check_first_step, largest_windows
 from cmar.models import build_model, load_model, save_model
+from cmar.optim import parameter_groups
 from cmar.plots import plot_loss_curves
 from cmar.processes import decide_on_main, gather, main_process_first, rank
 
@@ -131,8 +132,8 @@ class Trainer:
         # process at every optimiser step, so the schedule is written for one process.
         batches = math.ceil(len(self.data.datasets["train"]) / cfg.data.batch_size)
         self.steps_per_epoch = math.ceil(batches / self.accelerator.num_processes)
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
-                                      weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.train.weight_decay),
+                                      lr=cfg.train.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(batches * cfg.train.epochs, cfg.train.warmup))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
@@ -181,74 +182,102 @@ class Trainer:
         return flag
 
     def _train_epoch(self, epoch: int) -> dict:
+        """One epoch. The loss terms stay on the device; every ``train.log_every`` steps (and
+        at the end) they come to the host in one transfer, are checked for NaN and added up,
+        and several processes agree on whether to stop (one collective)."""
         self.model.train()
         sums = {term: 0.0 for term in (*TERMS, "total")}
-        seen, steps, earlier = 0, 0, 0.0
-        batches = iter(self._loader("train", epoch))
+        seen, seen_last, steps, earlier = 0, 0, 0, 0.0
+        loader = self._loader("train", epoch)
         if self.partial is not None and self.partial["epoch"] == epoch:
-            # finish an epoch stopped part-way: skip the batches it had done (the order depends
-            # on (seed, epoch) only), then take back its sums and random state
+            # finish an epoch stopped part-way: the order depends on (seed, epoch) only, so the
+            # sampler skips the batches it had done (without loading them); then take back its
+            # sums, windows and random state
             part, self.partial = self.partial, None
-            for _ in range(part["steps"]):
-                next(batches)
-            seen, steps, earlier = part["seen"], part["steps"], part["seconds"]
-            sums = _this_process(part["sums"])
+            loader = self.accelerator.skip_first_batches(loader, part["steps"])
+            steps, earlier, seen_last = part["steps"], part["seconds"], part.get("seen_last", 0)
+            sums, seen = _this_process(part["sums"]), _this_process(part["seen"])
             _set_rng_state(_this_process(part["rng"]))
         start = time.perf_counter() - earlier
-        bar = tqdm(batches, desc=f"epoch {epoch}/{self.cfg.train.epochs}", initial=steps,
+        bar = tqdm(loader, desc=f"epoch {epoch}/{self.cfg.train.epochs}", initial=steps,
                    total=self.steps_per_epoch, disable=not (self.progress and self.main),
                    leave=False)
+        alone = self.accelerator.num_processes == 1
+        pending: list[torch.Tensor] = []  # (terms,) per step since the last sync, on the device
         for step, batch in enumerate(bar, start=steps + 1):
             losses = self._losses(batch)
-            total = losses["total"]
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"loss is {total.item()} at epoch {epoch}, step {step} (global step "
-                    f"{(epoch - 1) * self.steps_per_epoch + step}); terms: "
-                    + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                    + ". Lower train.lr or check the input data.")
             self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(total)
+            self.accelerator.backward(losses["total"])
             if self.cfg.train.grad_clip > 0:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            for term, value in losses.items():
-                sums[term] += value.item()
+            pending.append(torch.stack([losses[term].detach() for term in sums]))
             steps += 1
-            seen += int(self.accelerator.gather_for_metrics(torch.ones(len(batch),
-                        device=self.accelerator.device)).sum().item())
-            bar.set_postfix(loss=f"{total.item():.3f}")
+            last = self.accelerator.gradient_state.end_of_dataloader
+            if last and not alone:
+                # the last batch may repeat windows to even out the processes: count it once
+                seen_last = int(self.accelerator.gather_for_metrics(
+                    torch.ones(len(batch), device=self.accelerator.device)).sum().item())
+            else:
+                seen += len(batch)
+            if not (last or steps % self.cfg.train.log_every == 0
+                    or (alone and self.stop.requested)):
+                continue
+            self._add_pending(pending, sums, epoch, step, bar)
+            pending = []
             if self._stop_requested():
                 bar.close()
                 self._save(epoch - 1, improved=False, partial={
-                    "epoch": epoch, "steps": steps, "sums": gather(sums), "seen": seen,
-                    "seconds": time.perf_counter() - start, "rng": gather(_rng_state())})
+                    "epoch": epoch, "steps": steps, "sums": gather(sums), "seen": gather(seen),
+                    "seen_last": seen_last, "seconds": time.perf_counter() - start,
+                    "rng": gather(_rng_state())})
                 raise KeyboardInterrupt
         seconds = time.perf_counter() - start
-        means = self._mean_over_processes(sums, steps)
+        totals = self._sum_over_processes([*sums.values(), steps, seen])
+        seen = int(totals[-1]) + seen_last
+        means = {term: value / totals[-2] for term, value in zip(sums, totals, strict=False)}
         return {**{f"train_{k}": v for k, v in means.items()}, "windows_seen": seen,
                 "train_seconds": round(seconds, 2), "windows_per_s": round(seen / seconds, 1),
                 "lr": self.scheduler.get_last_lr()[0]}
 
-    def _mean_over_processes(self, sums: dict, steps: int) -> dict:
-        values = torch.tensor([*sums.values(), steps], dtype=torch.float64,
-                              device=self.accelerator.device)
-        values = self.accelerator.reduce(values, reduction="sum")
-        return {k: float(v / values[-1]) for k, v in zip(sums, values[:-1], strict=False)}
+    def _add_pending(self, pending: list[torch.Tensor], sums: dict, epoch: int, step: int,
+                     bar) -> None:
+        """Bring the loss terms of the steps ``step - len(pending) + 1 .. step`` to the host
+        (one transfer), stop on a NaN or infinite one naming its step, and add them up."""
+        rows = torch.stack(pending).double().cpu().tolist()  # (steps, terms)
+        first = step - len(rows) + 1
+        for offset, row in enumerate(rows):
+            if not all(math.isfinite(value) for value in row):
+                at = first + offset
+                raise FloatingPointError(
+                    f"loss is {row[-1]} at epoch {epoch}, step {at} (global step "
+                    f"{(epoch - 1) * self.steps_per_epoch + at}); terms: "
+                    + ", ".join(f"{k}={v:.4g}" for k, v in zip(sums, row, strict=True))
+                    + ". Lower train.lr or check the input data.")
+            for term, value in zip(sums, row, strict=True):
+                sums[term] += value
+        bar.set_postfix(loss=f"{rows[-1][-1]:.3f}")
+
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        """Each value summed over the processes (one collective; itself in one process)."""
+        if self.accelerator.num_processes == 1:
+            return [float(v) for v in values]
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
     @torch.no_grad()
     def validate(self) -> dict:
         """Every loss term over the whole validation split: the mean of the per-batch values,
-        as in training."""
+        as in training (brought to the host once)."""
         self.model.eval()
-        sums = {term: 0.0 for term in (*TERMS, "total")}
-        steps = 0
-        for batch in self._loader("validation"):
-            for term, value in self._losses(batch).items():
-                sums[term] += value.item()
-            steps += 1
-        return {f"val_{k}": v for k, v in self._mean_over_processes(sums, steps).items()}
+        terms = (*TERMS, "total")
+        rows = [torch.stack([losses[term] for term in terms])
+                for losses in map(self._losses, self._loader("validation"))]
+        values = torch.stack(rows).double().sum(0).tolist() if rows else [0.0] * len(terms)
+        totals = self._sum_over_processes([*values, len(rows)])
+        return {f"val_{term}": total / totals[-1]
+                for term, total in zip(terms, totals, strict=False)}
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> list[dict]:
@@ -323,14 +352,16 @@ class Trainer:
         # writes best.pt again, instead of trusting a last.pt whose best was never saved
         if improved and partial is None:
             save_model(model, self.run_dir / "best.pt",
-                       extra={"epoch": epoch, self.cfg.train.select: self.best})
+                       extra={"epoch": epoch, self.cfg.train.select: self.best},
+                       frozen_weights=self.cfg.train.save_frozen_weights)
         state = {"epoch": epoch, "best": self.best, "history": self.history,
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": rng,
                  "partial": partial}
         if self.accelerator.scaler is not None:  # fp16: the loss scale it has learned
             state["scaler"] = self.accelerator.scaler.state_dict()
-        save_model(model, self.run_dir / "last.pt", extra=state, keep_previous=True)
+        save_model(model, self.run_dir / "last.pt", extra=state, keep_previous=True,
+                   frozen_weights=self.cfg.train.save_frozen_weights)
         if partial is None:
             self._write_history()
 

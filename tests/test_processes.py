@@ -136,7 +136,8 @@ root = Path(sys.argv[1])
 
 def trainer(name):
     cfg = load_config("smoke", [f"runs_dir={root / name}", f"data.cache_dir={root / 'cache'}",
-                                "data.n_stories=24", "data.batch_size=8", "train.epochs=2"])
+                                "data.n_stories=24", "data.batch_size=8", "train.epochs=2",
+                                "train.log_every=1"])  # processes agree to stop at any step
     made = Trainer(cfg, progress=False)
     torch.manual_seed(100 + rank())  # each process draws its own dropout masks from here on
     return made
@@ -162,6 +163,12 @@ try:
 except KeyboardInterrupt:
     pass
 at_stop = torch.get_rng_state()
+if rank() == 0:  # the main process wrote last.pt before it raised (building a model to read
+    from cmar.models import load_model  # it draws random numbers: after at_stop)
+
+    partial = load_model(root / "stopped" / "smoke" / "last.pt")[1]["partial"]
+    if partial["steps"] != 2:
+        raise SystemExit(f"stopped after {partial['steps']} steps of epoch 1, not 2")
 resumed = Trainer(None, run_dir=root / "stopped" / "smoke", resume=True, progress=False)
 if not torch.equal(torch.get_rng_state(), at_stop):
     raise SystemExit(f"process {rank()} did not get its own random state back")

@@ -175,3 +175,63 @@ def test_two_cpu_processes_under_torchrun_write_one_run_and_see_every_window(sha
     windows = len(prepare_data(single.data, splits=("train",), progress=False).datasets["train"])
     assert [row["windows_seen"] for row in history] == [windows, windows]
     assert history[1]["train_caption"] < history[0]["train_caption"]  # it learned, lr > 0
+
+
+def test_a_resumed_epoch_skips_the_done_batches_without_loading_them(shapes_cache, tmp_path,
+                                                                     monkeypatch):
+    from cmar.data.batches import WindowDataset
+
+    cfg = smoke(shapes_cache, tmp_path, "train.epochs=1", "train.log_every=1")
+    stopping = Trainer(cfg, progress=False)
+    real_step = stopping.scheduler.step
+
+    def step_then_stop(*args, **kwargs):  # Ctrl-C during the third step
+        real_step(*args, **kwargs)
+        stopping.stop.requested = stopping.scheduler.scheduler.last_epoch >= 3
+
+    monkeypatch.setattr(stopping.scheduler, "step", step_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        stopping.fit()
+    monkeypatch.undo()
+    resumed = Trainer(None, run_dir=tmp_path / "smoke", resume=True, progress=False)
+    train_set = resumed.data.datasets["train"]
+    loaded = []
+    real_item = WindowDataset.__getitem__
+
+    def counting(self, i):
+        if self is train_set:
+            loaded.append(i)
+        return real_item(self, i)
+
+    monkeypatch.setattr(WindowDataset, "__getitem__", counting)
+    history = resumed.fit()
+    batch = cfg.data.batch_size
+    memory_check = batch  # one step on the largest windows before training goes on
+    assert len(loaded) == len(train_set) - 3 * batch + memory_check
+    assert history[-1]["windows_seen"] == len(train_set)
+
+
+def test_the_loop_syncs_with_the_host_once_per_logging_interval(shapes_cache, tmp_path,
+                                                                monkeypatch):
+    """Device-to-host transfers made by cmar's own code during an epoch (torch's optimiser
+    reads its step counters, which live on the host, and is not counted)."""
+    import sys
+
+    cfg = smoke(shapes_cache, tmp_path, "train.epochs=1", "train.log_every=1000")
+    trainer = Trainer(cfg, progress=False)
+    syncs = []
+    for name in ("item", "tolist", "cpu", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "/cmar/" in caller.replace("\\", "/"):
+                syncs.append(f"{_name} in {caller.rsplit('/', 1)[-1]}")
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    row = trainer._train_epoch(1)
+    monkeypatch.undo()
+    assert trainer.steps_per_epoch > 5
+    assert syncs == ["cpu in train.py", "tolist in train.py"], syncs  # once, not 7 per step
+    assert row["windows_seen"] == len(trainer.data.datasets["train"])

@@ -33,8 +33,10 @@ class _GridEncoder(nn.Module):
                 p.requires_grad_(False)
         self.freeze = freeze
         self.project = nn.Linear(channels, d_model)
-        with torch.no_grad():
-            h, w = self.backbone(torch.zeros(1, 3, image_size, image_size)).shape[-2:]
+        was_training = self.backbone.training
+        with torch.no_grad():  # in eval mode: a 1 x 1 map of one frame breaks BatchNorm's
+            h, w = self.backbone.eval()(torch.zeros(1, 3, image_size, image_size)).shape[-2:]
+        self.backbone.train(was_training)
         self.n_regions = h * w
         self.position = nn.Parameter(torch.randn(1, self.n_regions, d_model) * 0.02)
         self.norm = nn.LayerNorm(d_model)
