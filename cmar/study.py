@@ -70,7 +70,11 @@ def _cached(run_dir: Path, cfg: Config) -> dict | None:
     metrics, saved = run_dir / "metrics.json", run_dir / "config.yaml"
     if not (metrics.exists() and saved.exists()):
         return None
-    if dataclasses.replace(load_config(saved), runs_dir=cfg.runs_dir) == cfg:
+    try:
+        previous = load_config(saved)
+    except (KeyError, ValueError):  # written by an older cmar (a renamed key): train it again
+        return None
+    if dataclasses.replace(previous, runs_dir=cfg.runs_dir) == cfg:
         return json.loads(metrics.read_text())
     return None
 

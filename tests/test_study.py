@@ -68,6 +68,13 @@ def test_smoke_study_writes_tables_and_reuses_finished_runs(tmp_path, shapes_cac
     assert (moved / "next-cmar-gru-s0" / "best.pt").stat().st_mtime_ns == stamp
     assert copied["rows"][0]["BLEU-4"] == result["rows"][1]["BLEU-4"]
 
+    config = tmp_path / "next-concat-gru-s0" / "config.yaml"  # as an older cmar wrote it
+    config.write_text(config.read_text().replace("infonce_temperature", "temperature"))
+    stale = run_study(dataclasses.replace(grid, fusions=("concat",)), tmp_path, ablate=False,
+                      progress=False)
+    assert stale["rows"][0]["fusion"] == "concat"  # trained again, not a crash
+    assert "infonce_temperature" in config.read_text()
+
     changed = dataclasses.replace(grid, fusions=("cmar",), epochs=2)
     run_study(changed, tmp_path, ablate=False, progress=False)
     assert checkpoint.stat().st_mtime_ns != stamp  # another config: trained again
