@@ -26,6 +26,7 @@ from cmar.data.images import (
     ensure_disk_space,
     image_transform,
 )
+from cmar.models.checkpoint import weights_digest
 from cmar.processes import publish, temporary_path
 
 
@@ -61,14 +62,6 @@ def cache_key(encoder_name: str, pretrained: bool, store: ImageStore, weights_di
             "weights": weights_digest}
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(store.array[:: max(1, len(store) // 64)]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _weights_digest(backbone: torch.nn.Module) -> str:
-    digest = hashlib.sha1()
-    for name, tensor in sorted(backbone.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -113,7 +106,7 @@ def attach_feature_cache(data, model, cache_dir: str | Path, device="cpu",
     if not model.cfg.freeze_image_encoder:
         raise ValueError("the feature cache needs model.freeze_image_encoder=true")
     backbone = model.image_encoder.backbone
-    weights = _weights_digest(backbone)
+    weights = weights_digest(backbone)
     for dataset in data.datasets.values():
         store = dataset.store
         if isinstance(store, FeatureStore):
