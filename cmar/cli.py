@@ -60,13 +60,17 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cmar.processes import leave_process_group
     from cmar.train import train
 
-    if args.resume:
-        run_dir = train(None, resume_dir=args.resume)
-    else:
-        cfg = load_config(args.config, args.overrides)
-        run_dir = train(cfg, overwrite=args.overwrite)
+    try:
+        if args.resume:
+            run_dir = train(None, resume_dir=args.resume)
+        else:
+            cfg = load_config(args.config, args.overrides)
+            run_dir = train(cfg, overwrite=args.overwrite)
+    finally:
+        leave_process_group()  # under torchrun: every process leaves the group before exiting
     if int(os.environ.get("RANK", 0)) == 0:  # one line, not one per process
         print(f"run folder: {run_dir}")
     return 0

@@ -42,6 +42,15 @@ def _group():
     return None
 
 
+def leave_process_group() -> None:
+    """End this process's part in a running process group (a process that exits with gloo's
+    threads still alive may abort with SIGABRT instead of exiting 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     """This process's rank (0 without a process group)."""
     dist = _group()

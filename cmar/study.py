@@ -74,9 +74,15 @@ def _cached(run_dir: Path, cfg: Config) -> dict | None:
         previous = load_config(saved)
     except (KeyError, ValueError):  # written by an older cmar (a renamed key): train it again
         return None
-    if dataclasses.replace(previous, runs_dir=cfg.runs_dir) == cfg:
-        return json.loads(metrics.read_text())
-    return None
+    if dataclasses.replace(previous, runs_dir=cfg.runs_dir) != cfg:
+        return None
+    from cmar.models.checkpoint import CheckpointError, load_model
+
+    try:  # the ablations load its weights: an older checkpoint format is trained again too
+        load_model(run_dir / "best.pt")
+    except CheckpointError:
+        return None
+    return json.loads(metrics.read_text())
 
 
 def row_of(metrics: dict) -> dict:

@@ -106,10 +106,11 @@ def test_every_target_renders_a_table(tmp_path, shapes_cache):
     decoders = [row["decoder"] for row in result_of(tmp_path, "decode")["decoders"]]
     assert decoders == ["lstm", "gru", "transformer"]
     cache = result_of(tmp_path, "decode")["cache"]
-    assert [c["what"] for c in cache] == ["smoke preset", "storyreasoning-sized"]
-    assert [c["vocab"] for c in cache][1] == 8000 and cache[1]["max_len"] == 5
+    assert [c["what"] for c in cache] == ["smoke preset"] + ["storyreasoning-sized"] * 2
+    assert [c["windows"] for c in cache][1:] == [16, 64]
+    assert cache[1]["vocab"] == 8000 and cache[1]["max_len"] == 5
     assert all(c["identical_outputs"] for c in cache)
-    assert table_of(tmp_path, "decode").count("cached / uncached: ") == 2
+    assert table_of(tmp_path, "decode").count("cached / uncached: ") == 3
 
 
 def result_of(folder, target):

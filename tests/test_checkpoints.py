@@ -7,7 +7,7 @@ import torchvision
 from model_helpers import random_batch, tiny_model
 
 from cmar.models import load_model, save_model
-from cmar.models.checkpoint import CheckpointError
+from cmar.models.checkpoint import CHECKPOINT_FORMAT, CheckpointError
 
 
 @pytest.fixture
@@ -71,3 +71,18 @@ def test_trainable_or_random_backbones_are_stored(tmp_path):
         saved = torch.load(tmp_path / "m.pt", weights_only=True)
         assert saved["named_weights"] == {}
         assert "image_encoder.backbone.0.weight" in saved["state_dict"]
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_a_sentence(tmp_path):
+    path = tmp_path / "best.pt"
+    save_model(tiny_model(), path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == CHECKPOINT_FORMAT
+    del payload["format"]  # as cmar wrote checkpoints before formats were numbered
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="older cmar .*format 1.*Train the run again"):
+        load_model(path)
+    payload["format"] = CHECKPOINT_FORMAT + 1
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="newer cmar"):
+        load_model(path)

@@ -6,7 +6,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
+from cmar.models.checkpoint import CHECKPOINT_FORMAT
 from cmar.study import GRIDS, cells, markdown, paired_differences, run_study, summarise
 
 
@@ -74,6 +76,14 @@ def test_smoke_study_writes_tables_and_reuses_finished_runs(tmp_path, shapes_cac
                       progress=False)
     assert stale["rows"][0]["fusion"] == "concat"  # trained again, not a crash
     assert "infonce_temperature" in config.read_text()
+
+    older = tmp_path / "next-concat-gru-s0" / "best.pt"  # weights an older cmar wrote
+    payload = torch.load(older, weights_only=True)
+    del payload["format"]
+    torch.save(payload, older)
+    run_study(dataclasses.replace(grid, fusions=("concat",)), tmp_path, ablate=False,
+              progress=False)
+    assert torch.load(older, weights_only=True)["format"] == CHECKPOINT_FORMAT  # trained again
 
     changed = dataclasses.replace(grid, fusions=("cmar",), epochs=2)
     run_study(changed, tmp_path, ablate=False, progress=False)

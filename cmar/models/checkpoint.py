@@ -20,6 +20,10 @@ from cmar.config import ModelConfig
 from cmar.models.story_model import StoryModel
 
 FROZEN_BACKBONE = "image_encoder.backbone"  # the part a checkpoint may name, not store
+# Raised when parameter names or the stored fields change, so that an older checkpoint is
+# refused with a sentence instead of a missing-key dump. 2: the decoders' own attention
+# modules and model.infonce_temperature (issue 13).
+CHECKPOINT_FORMAT = 2
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -56,6 +60,7 @@ def save_model(model: StoryModel, path: str | Path, extra: dict | None = None,
     state = {key: value for key, value in model.state_dict().items()
              if not any(key.startswith(part + ".") for part in named)}
     payload = {
+        "format": CHECKPOINT_FORMAT,
         "model_config": dataclasses.asdict(model.cfg),
         "init_args": dict(model.init_args),
         "state_dict": state,
@@ -94,6 +99,13 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
                               f"{error}. The file is truncated or corrupt.") from error
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"{path} is not a cmar checkpoint")
+    written = payload.get("format", 1)
+    if written != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} was written by {'an older' if written < CHECKPOINT_FORMAT else 'a newer'} "
+            f"cmar (checkpoint format {written}; this one reads format {CHECKPOINT_FORMAT}), "
+            "whose parameters have other names. Train the run again with this version "
+            "(cmar train --config RUN/config.yaml --overwrite).")
     cfg = ModelConfig(**payload["model_config"])
     named = payload.get("named_weights", {})
     cfg.pretrained = bool(named)  # stored weights replace any download; named ones need it
