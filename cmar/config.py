@@ -61,6 +61,11 @@ class ModelConfig:
     memory_regions: bool = True  # ... and every context frame's fused image regions
     dropout: float = 0.1  # dropout inside every part
     infonce_temperature: float = 0.1  # of the alignment and next-frame InfoNCE losses
+    learn_temperature: bool = False  # learn both temperatures (log scale, from the one above)
+    next_target: str = "shared"  # next-frame target: "shared" (its gradient trains the image
+    #                              encoder too) | "detached" (a fixed target: stop-gradient)
+    next_negatives: str = "batch"  # "batch": the next frames of the batch's other windows |
+    #                                "story": also the window's own context frames
 
 
 @dataclass

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from cmar.data.images import ImageStore, image_transform
 from cmar.data.story import Story
 from cmar.data.tokenizer import encode
-from cmar.data.windows import Window, window_id
+from cmar.data.windows import Window, window_frame, window_id
 
 FRAME_FIELDS = ("context_images", "target_image", "context_features", "target_features")
 
@@ -59,6 +59,24 @@ class Batch:
         """The windows ``index`` (a slice) of this batch, as a batch."""
         return Batch(**{f.name: None if value is None else value[index]
                         for f in fields(self) for value in [getattr(self, f.name)]})
+
+    def frame_ids(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A number for every frame of the batch, equal where two windows hold the same frame
+        of the same story (overlapping windows): context (B, k) and target (B,), long. A
+        window id that is not ``"<story_id>:<t>"`` (a batch built by hand) shares no frame."""
+        numbers: dict[tuple[str, int], int] = {}
+        context, target = [], []
+        for wid in self.window_ids:
+            try:
+                story, t = window_frame(wid)
+            except ValueError:
+                story, t = f"window {wid}", k
+            context.append([numbers.setdefault((story, f), len(numbers))
+                            for f in range(t - k, t)])
+            target.append(numbers.setdefault((story, t), len(numbers)))
+        device = self.context_tokens.device
+        return (torch.tensor(context, device=device).view(len(self), k),
+                torch.tensor(target, device=device))
 
     def frames(self) -> dict[str, torch.Tensor]:
         """The frame tensors this batch holds, by field name (images or features)."""

@@ -22,6 +22,12 @@ def window_id(story_id: str, t: int) -> str:
     return f"{story_id}:{t}"
 
 
+def window_frame(wid: str) -> tuple[str, int]:
+    """The story id and target frame of a :func:`window_id`: ``"<id>:<t>"`` -> (id, t)."""
+    story_id, t = wid.rsplit(":", 1)
+    return story_id, int(t)
+
+
 @dataclass(frozen=True)
 class Window:
     """One training example: ``story`` indexes the story list, ``t`` is the target frame."""

@@ -20,6 +20,7 @@ import numpy as np
 from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 from pycocoevalcap.cider.cider import Cider
 
+from cmar.data.windows import window_frame
 from cmar.evaluation.metrics import tokenized
 
 _TINY, _SMALL = 1e-15, 1e-9  # pycocoevalcap's guards against 0/0
@@ -89,7 +90,7 @@ def caption_intervals(predictions: dict[str, str], references: dict[str, list[st
     """95% intervals of corpus BLEU-4 and CIDEr-D, resampling stories (window ids are
     ``"<story_id>:<t>"``); None with fewer than two stories or ``resamples`` 0."""
     keys = sorted(predictions)
-    story_ids = [key.rsplit(":", 1)[0] for key in keys]
+    story_ids = [window_frame(key)[0] for key in keys]
     if len(set(story_ids)) < 2 or resamples < 1:
         return None
     res, gts = tokenized(predictions, references, tokenizer)

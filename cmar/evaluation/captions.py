@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from cmar.data.windows import window_frame
 from cmar.evaluation.bootstrap import caption_intervals
 from cmar.evaluation.metrics import caption_scores, exact_match
 from cmar.evaluation.text_stats import (
@@ -30,9 +31,9 @@ def reference_names(stories: dict, references: dict[str, list[str]],
     from another story must be recognised, to count against its precision)."""
     wanted = {}
     for wid, refs in references.items():
-        story_id, t = wid.rsplit(":", 1)
+        story_id, t = window_frame(wid)
         story = stories[story_id]
-        mentions = story.mentions[int(t)] if story.mentions else ()
+        mentions = story.mentions[t] if story.mentions else ()
         wanted[wid] = character_names(mentions, refs[0])
     known = {name for story in known_from for t, caption in enumerate(story.captions)
              for name in character_names(story.mentions[t] if story.mentions else (), caption)}

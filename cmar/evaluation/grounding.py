@@ -26,6 +26,7 @@ from cmar.data.batches import Batch
 from cmar.data.markup import Box, Mention
 from cmar.data.story import Story
 from cmar.data.tokenizer import token_spans
+from cmar.data.windows import window_frame
 
 
 @torch.no_grad()
@@ -153,8 +154,8 @@ def grounding_hits(attention: torch.Tensor, batch: Batch,
     hits = mentions = 0
     chance = 0.0
     for row, wid in enumerate(batch.window_ids):
-        story_id, t = wid.rsplit(":", 1)
-        for j, frame in enumerate(range(int(t) - k, int(t))):
+        story_id, t = window_frame(wid)
+        for j, frame in enumerate(range(t - k, t)):
             for position, box in targets.frame(story_id, frame):
                 if position >= length or not bool(batch.context_mask[row, j, position]):
                     continue

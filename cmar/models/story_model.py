@@ -18,6 +18,7 @@ InfoNCE, next-frame InfoNCE); the trainer weights them. ``components=`` replaces
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,8 @@ from cmar.models.fusion import FusedFrame
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
 
+NEXT_TARGETS = ("shared", "detached")
+NEXT_NEGATIVES = ("batch", "story")
 PARTS = ("image_encoder", "text_encoder", "fusion", "story_encoder", "decoder", "next_frame")
 MEMORY_KINDS = 4  # story state, caption token, context-frame region, target-frame region
 
@@ -50,11 +53,27 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Symmetric InfoNCE: row i of a (N, d) must match row i of b (N, d) among all N rows."""
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature  # (N, N)
-    labels = torch.arange(len(a), device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor = 0.1,
+             ids: torch.Tensor | None = None, extra: torch.Tensor | None = None,
+             extra_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of a (N, d) must match row i of b (N, d).
+
+    a -> b: row i of ``a`` picks its match among the N rows of ``b`` and, when given, the E
+    rows of ``extra`` (E, d), negatives only. b -> a: row i of ``b`` picks among the N rows of
+    ``a``. ``ids`` (N,) names the item of each pair and ``extra_ids`` (E,) that of each extra
+    row: a candidate other than the match that is the same item (one frame in two overlapping
+    windows) is not a negative, so it is left out instead of pushed away.
+    """
+    candidates = b if extra is None else torch.cat([b, extra])
+    logits = F.normalize(a, dim=-1) @ F.normalize(candidates, dim=-1).T / temperature
+    n = len(a)
+    labels = torch.arange(n, device=a.device)
+    if ids is not None:
+        every = ids if extra is None else torch.cat([ids, extra_ids])
+        duplicate = ids[:, None] == every[None, :]  # (N, N + E)
+        duplicate[labels, labels] = False
+        logits = logits.masked_fill(duplicate, float("-inf"))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :n].T, labels)) / 2
 
 
 @dataclass
@@ -114,6 +133,23 @@ class StoryModel(nn.Module):
             setattr(self, part, components.get(part) or builders[part]())
         self.frame_position = nn.Embedding(max_frames, d)  # which context frame a token is from
         self.memory_kind = nn.Embedding(MEMORY_KINDS, d)
+        if cfg.next_target not in NEXT_TARGETS:
+            raise ValueError(f"model.next_target must be one of {NEXT_TARGETS}, "
+                             f"got {cfg.next_target!r}")
+        if cfg.next_negatives not in NEXT_NEGATIVES:
+            raise ValueError(f"model.next_negatives must be one of {NEXT_NEGATIVES}, "
+                             f"got {cfg.next_negatives!r}")
+        if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
+            start = math.log(1 / cfg.infonce_temperature)
+            self.infonce_log_scale = nn.Parameter(torch.full((2,), start))
+
+    def temperatures(self) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """The temperatures of the alignment and next-frame InfoNCE losses: the configured
+        one, or the learned ones (never below 0.01, as in CLIP)."""
+        if not self.cfg.learn_temperature:
+            return self.cfg.infonce_temperature, self.cfg.infonce_temperature
+        scale = self.infonce_log_scale.clamp(max=math.log(100)).exp()
+        return 1 / scale[0], 1 / scale[1]
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {part: count_parameters(getattr(self, part)) for part in PARTS}
@@ -167,14 +203,29 @@ class StoryModel(nn.Module):
         _, next_true = enc.target or self.encode_frames(batch.target_image,
                                                          batch.target_features)
         next_pred = self.next_frame(enc.summary)
-        tau = self.cfg.infonce_temperature
-        losses = {"caption": caption, "align": info_nce(enc.fused.image, enc.fused.text, tau),
-                  "next": info_nce(next_pred, next_true, tau)}
+        losses = {"caption": caption, **self.contrastive_losses(batch, enc, next_pred, next_true)}
         attention = enc.fused.attention
         if attention is not None:
             b, k = batch.context_tokens.shape[:2]
             attention = attention.view(b, k, *attention.shape[1:])
         return ModelOutput(logits, losses, next_pred, next_true, attention, enc)
+
+    def contrastive_losses(self, batch, enc: Encoded, next_pred: torch.Tensor,
+                           next_true: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The alignment InfoNCE over the batch's context frames (image i with caption i) and
+        the next-frame InfoNCE (prediction i with the encoded frame k+1 of window i); a frame
+        that two overlapping windows share is never its own negative."""
+        context_ids, target_ids = batch.frame_ids(batch.context_tokens.shape[1])
+        context_ids = context_ids.flatten()  # (B*k,) the order of enc.fused
+        align_tau, next_tau = self.temperatures()
+        align = info_nce(enc.fused.image, enc.fused.text, align_tau, context_ids)
+        context = enc.fused.image  # (B*k, d) the context frames, in the target's space
+        if self.cfg.next_target == "detached":
+            next_true, context = next_true.detach(), context.detach()
+        story = self.cfg.next_negatives == "story"
+        following = info_nce(next_pred, next_true, next_tau, target_ids,
+                             context if story else None, context_ids if story else None)
+        return {"align": align, "next": following}
 
     @torch.no_grad()
     def generate(self, batch, strategy: str = "greedy", max_len: int | None = None,
