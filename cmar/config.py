@@ -66,6 +66,9 @@ class ModelConfig:
     #                              encoder too) | "detached" (a fixed target: stop-gradient)
     next_negatives: str = "batch"  # "batch": the next frames of the batch's other windows |
     #                                "story": also the window's own context frames
+    w_ground: float = 0.0  # weight of the grounding loss: the fusion's word-to-region
+    #                        attention at a character's name pulled onto the regions of its box
+    #                        (needs boxes in chain_of_thought and a cmar or cross fusion; 0: off)
 
 
 @dataclass

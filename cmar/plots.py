@@ -6,14 +6,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-TERMS = ("total", "caption", "align", "next")
+TERMS = ("total", "caption", "align", "next", "ground")  # "ground" only where a run has it
 
 
 def loss_curves_figure(history: list[dict]):
     """One panel per loss term, train and validation loss against the epoch."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.2), squeeze=False)
-    for ax, term in zip(axes[0], TERMS, strict=True):
+    terms = [t for t in TERMS if history and f"train_{t}" in history[0]] or list(TERMS[:4])
+    fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
+    for ax, term in zip(axes[0], terms, strict=True):
         for split, style in (("train", "o-"), ("val", "s--")):
             key = f"{split}_{term}"
             if all(key in row for row in history):

@@ -35,7 +35,7 @@ from cmar.optim import parameter_groups
 from cmar.plots import plot_loss_curves
 from cmar.processes import decide_on_main, gather, main_process_first, rank
 
-TERMS = ("caption", "align", "next")
+TERMS = ("caption", "align", "next")  # the loss terms of every run, then "ground" if asked
 
 
 def seed_everything(seed: int) -> None:
@@ -101,7 +101,8 @@ class Trainer:
         if resume:
             cfg = load_config(self.run_dir / "config.yaml")
         self.cfg, self.progress = cfg, progress
-        selectable = [f"{split}_{term}" for split in ("val", "train") for term in (*TERMS, "total")]
+        self.terms = (*TERMS, *(("ground",) if cfg.model.w_ground > 0 else ()), "total")
+        selectable = [f"{split}_{term}" for split in ("val", "train") for term in self.terms]
         if cfg.train.select not in selectable:
             raise ValueError(f"train.select must be one of {selectable}, got {cfg.train.select!r}")
         amp = cfg.train.amp and torch.cuda.is_available()
@@ -118,7 +119,8 @@ class Trainer:
         with main_process_first():  # the main process builds the caches, the others read them
             self.data = prepare_data(cfg.data, tokenizer=tokenizer,
                                      splits=("train", "validation"),
-                                     progress=progress and self.main)
+                                     progress=progress and self.main,
+                                     boxes=cfg.model.w_ground > 0)
             self.tokenizer = self.data.tokenizer
             self.model = build_model(cfg.model, self.tokenizer, cfg.data)
             if cfg.model.freeze_image_encoder:
@@ -171,6 +173,8 @@ class Trainer:
         losses = dict(out.losses)
         losses["total"] = (losses["caption"] + t.w_align * losses["align"]
                            + t.w_next * losses["next"])
+        if "ground" in self.terms:
+            losses["total"] = losses["total"] + self.cfg.model.w_ground * losses["ground"]
         return losses
 
     def _stop_requested(self) -> bool:
@@ -186,7 +190,7 @@ class Trainer:
         at the end) they come to the host in one transfer, are checked for NaN and added up,
         and several processes agree on whether to stop (one collective)."""
         self.model.train()
-        sums = {term: 0.0 for term in (*TERMS, "total")}
+        sums = {term: 0.0 for term in self.terms}
         seen, seen_last, steps, earlier = 0, 0, 0, 0.0
         loader = self._loader("train", epoch)
         if self.partial is not None and self.partial["epoch"] == epoch:
@@ -271,7 +275,7 @@ class Trainer:
         """Every loss term over the whole validation split: the mean of the per-batch values,
         as in training (brought to the host once)."""
         self.model.eval()
-        terms = (*TERMS, "total")
+        terms = self.terms
         rows = [torch.stack([losses[term] for term in terms])
                 for losses in map(self._losses, self._loader("validation"))]
         values = torch.stack(rows).double().sum(0).tolist() if rows else [0.0] * len(terms)

@@ -13,13 +13,9 @@ from transformers import PreTrainedTokenizerFast
 
 from cmar.data import ImageStore, WindowDataset, load_stories, make_loader, make_windows
 from cmar.data.images import fit_box
+from cmar.data.mentions import MentionTargets, region_overlaps, token_position
 from cmar.data.tokenizer import encode, train_tokenizer
-from cmar.evaluation.grounding import (
-    MentionTargets,
-    grounding_scores,
-    region_overlaps,
-    token_position,
-)
+from cmar.evaluation.grounding import grounding_scores
 from cmar.models.feature_cache import FeatureStore
 
 WIDE = (575, 240)  # a StoryReasoning-sized frame

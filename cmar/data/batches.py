@@ -14,6 +14,9 @@ A :class:`Batch` of B windows with k context frames, image side S:
 - ``target_mask``     bool (B, Lt): True on real positions of ``target_out``; padding is False
   and must be ignored by the loss (``target_out`` holds ``[PAD]`` there)
 - ``window_ids``      list of B strings ``"<story_id>:<t>"``
+- ``context_boxes``   float (B, k, Lc, 4), only from ``prepare_data(..., boxes=True)``: at the
+  first token of each character's name in a context caption, that character's box in the
+  frame (x1, y1, x2, y2, frame pixels); NaN at every other token (:mod:`cmar.data.mentions`)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cmar.data.images import ImageStore, image_transform
+from cmar.data.mentions import MentionTargets
 from cmar.data.story import Story
 from cmar.data.tokenizer import encode
 from cmar.data.windows import Window, window_frame, window_id
@@ -43,6 +47,7 @@ class Batch:
     window_ids: list[str]
     context_features: torch.Tensor | None = None
     target_features: torch.Tensor | None = None
+    context_boxes: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         moved = {
@@ -88,15 +93,17 @@ class WindowDataset(Dataset):
     """Item i is window i: its frames (uint8, from the ImageStore) and caption token ids.
 
     Captions are tokenized once here, images decoded once in the store; ``__getitem__`` only
-    indexes.
+    indexes. With ``mentions`` (grounding supervision), an item also carries the boxes of the
+    characters its context captions name, worked out once per frame on first use.
     """
 
     def __init__(self, stories: list[Story], windows: list[Window], store: ImageStore,
-                 tokenizer, max_tokens: int = 40):
+                 tokenizer, max_tokens: int = 40, mentions: MentionTargets | None = None):
         self.story_ids = [s.story_id for s in stories]  # not the stories: workers stay light
         self.windows = windows
         self.store = store
         self.ids = [[encode(tokenizer, c)[:max_tokens] for c in s.captions] for s in stories]
+        self.mentions = mentions
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -108,12 +115,18 @@ class WindowDataset(Dataset):
             pair = {"context_features": frames[:-1], "target_features": frames[-1]}
         else:
             pair = {"context_images": frames[:-1], "target_image": frames[-1]}
-        return {
+        item = {
             **pair,
             "context_ids": [self.ids[w.story][c] for c in w.context],
             "target_ids": self.ids[w.story][w.t],
             "window_id": window_id(self.story_ids[w.story], w.t),
         }
+        if self.mentions is not None:  # [(token position, box), ...] per context frame
+            item["context_boxes"] = [
+                [(p, box) for p, box in self.mentions.frame(self.story_ids[w.story], c)
+                 if p < len(self.ids[w.story][c])]  # a name cut off with its caption: none
+                for c in w.context]
+        return item
 
 
 def _pad(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +176,21 @@ class Collate:
             target_out=target_out,
             target_mask=target_mask,
             window_ids=[it["window_id"] for it in items],
+            context_boxes=_boxes(items, context_tokens.shape[-1]),
         )
+
+
+def _boxes(items: list[dict], length: int) -> torch.Tensor | None:
+    """The items' ``context_boxes`` as (B, k, Lc, 4), NaN where a token names no one."""
+    if "context_boxes" not in items[0]:
+        return None
+    k = len(items[0]["context_boxes"])
+    boxes = torch.full((len(items), k, length, 4), float("nan"))
+    for row, item in enumerate(items):
+        for j, frame in enumerate(item["context_boxes"]):
+            for position, box in frame:
+                boxes[row, j, position] = torch.tensor(box, dtype=torch.float)
+    return boxes
 
 
 def make_loader(dataset: WindowDataset, tokenizer, batch_size: int = 32, shuffle: bool = False,

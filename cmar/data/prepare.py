@@ -15,6 +15,7 @@ from cmar.config import DataConfig
 from cmar.data.batches import WindowDataset, make_loader
 from cmar.data.images import ImageStore
 from cmar.data.loading import load_stories
+from cmar.data.mentions import MentionTargets
 from cmar.data.story import StoryList
 from cmar.data.tokenizer import encode, train_tokenizer
 from cmar.data.windows import MODES, make_windows
@@ -91,8 +92,10 @@ class StoryData:
 
 
 def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLITS,
-                 progress: bool = True) -> StoryData:
-    """Load, tokenize, window and decode every split named in ``splits``."""
+                 progress: bool = True, boxes: bool = False) -> StoryData:
+    """Load, tokenize, window and decode every split named in ``splits``. ``boxes``: batches
+    also carry the boxes of the characters named in the context captions
+    (``Batch.context_boxes``, for the grounding loss)."""
     if cfg.mode not in MODES:
         raise ValueError(f"data.mode must be one of {MODES}, got {cfg.mode!r}")
     stories = {split: load_split(cfg, split, progress) for split in splits}
@@ -108,6 +111,7 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
         store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress,
                            fit=cfg.image_fit)
         windows = make_windows(split_stories, cfg.k)
+        mentions = MentionTargets(split_stories, store, tokenizer) if boxes else None
         data.datasets[split] = WindowDataset(split_stories, windows, store, tokenizer,
-                                             max_tokens=cfg.max_tokens)
+                                             max_tokens=cfg.max_tokens, mentions=mentions)
     return data

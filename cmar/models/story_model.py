@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmar.config import ModelConfig
+from cmar.data.mentions import box_regions
 from cmar.models.fusion import FusedFrame
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
@@ -74,6 +75,29 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor
         duplicate[labels, labels] = False
         logits = logits.masked_fill(duplicate, float("-inf"))
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :n].T, labels)) / 2
+
+
+def grounding_loss(attention: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
+                   image_size: int) -> torch.Tensor:
+    """Minus the log of the attention mass a character's name puts on the regions its box
+    covers, averaged over the names in the batch and the fusion's rounds.
+
+    attention (B, k, rounds, Lc, R) word-to-region weights over a square grid of R regions
+    (:mod:`cmar.data.mentions`); boxes (B, k, Lc, 4) in the S x S frame's pixels, NaN where a
+    token names no one (``Batch.context_boxes``); mask (B, k, Lc) True on real tokens. A batch
+    that names no one gives 0, still attached to the graph.
+    """
+    regions = attention.shape[-1]
+    side = math.isqrt(regions)
+    if side * side != regions:
+        raise ValueError(f"the grounding loss needs a square grid of regions, got R={regions}")
+    covered = box_regions(boxes, side, image_size / side)  # (B, k, Lc, R)
+    named = mask & covered.any(-1)  # (B, k, Lc): a NaN box covers nothing
+    mass = (attention * covered[:, :, None].to(attention.dtype)).sum(-1)  # (B, k, rounds, Lc)
+    which = named[:, :, None].expand_as(mass)
+    if not which.any():
+        return attention.sum() * 0
+    return -torch.log(mass[which].float().clamp_min(1e-6)).mean()
 
 
 @dataclass
@@ -139,6 +163,9 @@ class StoryModel(nn.Module):
         if cfg.next_negatives not in NEXT_NEGATIVES:
             raise ValueError(f"model.next_negatives must be one of {NEXT_NEGATIVES}, "
                              f"got {cfg.next_negatives!r}")
+        if cfg.w_ground > 0 and cfg.fusion == "concat" and "fusion" not in components:
+            raise ValueError("model.w_ground needs the fusion's word-to-region attention: "
+                             "use model.fusion=cmar or cross (concat has none), or w_ground=0")
         if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
             start = math.log(1 / cfg.infonce_temperature)
             self.infonce_log_scale = nn.Parameter(torch.full((2,), start))
@@ -195,7 +222,8 @@ class StoryModel(nn.Module):
         return Encoded(torch.cat(parts, 1), torch.cat(masks, 1), summary, fused, target)
 
     def forward(self, batch, return_attention: bool = False) -> ModelOutput:
-        enc = self.encode(batch, return_attention)
+        ground = self.cfg.w_ground > 0 and batch.context_boxes is not None
+        enc = self.encode(batch, return_attention or ground)
         logits = self.decoder(batch.target_in, enc.memory, enc.memory_mask)  # (B, L, V)
         per_token = token_nll(logits, batch.target_out)  # (B, L)
         caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
@@ -208,6 +236,12 @@ class StoryModel(nn.Module):
         if attention is not None:
             b, k = batch.context_tokens.shape[:2]
             attention = attention.view(b, k, *attention.shape[1:])
+        if ground:
+            if attention is None:
+                raise ValueError("model.w_ground > 0, but this fusion returns no "
+                                 "word-to-region attention")
+            losses["ground"] = grounding_loss(attention, batch.context_boxes,
+                                              batch.context_mask, self.init_args["image_size"])
         return ModelOutput(logits, losses, next_pred, next_true, attention, enc)
 
     def contrastive_losses(self, batch, enc: Encoded, next_pred: torch.Tensor,
