@@ -108,3 +108,34 @@ def test_learned_temperatures_start_at_the_configured_one_and_train():
 def test_unknown_objective_choices_are_refused(key, value):
     with pytest.raises(ValueError, match=f"model.{key} must be one of"):
         tiny_model(**{key: value})
+
+
+class _ShiftedWords(torch.nn.Module):
+    """A fusion that wraps another and adds ``shift`` to the word states it returns: the
+    frame vector the story encoder reads is untouched."""
+
+    def __init__(self, inner, shift: float = 0.0):
+        super().__init__()
+        self.inner, self.shift = inner, shift
+
+    def forward(self, *args, **kwargs):
+        fused = self.inner(*args, **kwargs)
+        return dataclasses.replace(fused, tokens=fused.tokens + self.shift,
+                                   regions=fused.regions + self.shift)
+
+
+@pytest.mark.parametrize("tokens, regions", [(False, False), (True, False), (False, True)])
+def test_the_memory_flags_really_remove_words_and_regions_from_the_decoders_reach(tokens,
+                                                                                  regions):
+    torch.manual_seed(0)
+    model = tiny_model(memory_tokens=tokens, memory_regions=regions).eval()
+    batch = random_batch()
+    k, lc = batch.context_tokens.shape[1:]
+    size = model.encode(batch).memory.shape[1]
+    region_count = model.encode_frames(batch.context_images[:, 0], None)[0].shape[1]
+    assert size == k + tokens * k * lc + regions * k * region_count
+    before = model(batch).logits
+    model.fusion = _ShiftedWords(model.fusion, shift=1.0)
+    after = model(batch).logits
+    # the story states alone reach the decoder: shifting words and regions changes nothing
+    assert torch.allclose(before, after) == (not tokens and not regions)
