@@ -1,6 +1,6 @@
 """Command line: ``cmar train``, ``cmar evaluate``, ``cmar generate``, ``cmar data`` (dataset
 summary), ``cmar model`` (parameter counts), ``cmar bench TARGET|all`` (speed, memory and
-FLOPs), ``cmar study`` (the ablation study).
+FLOPs), ``cmar study`` (the ablation study), ``cmar probe`` (can the facing dot be read?).
 
 Every command takes ``--config PRESET_OR_FILE`` and any number of ``--set key.sub=value``.
 """
@@ -170,6 +170,21 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    import torch
+
+    from cmar.probe import DEFAULT_EPOCHS, render_result, run_probe, save_result
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
+    result = run_probe(args.config, args.overrides, image_size=args.image_size,
+                       epochs=epochs, seed=args.seed)
+    print(render_result(result))
+    print(f"written: {save_result(result, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmar", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -231,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a config value in every run")
     study.set_defaults(run=cmd_study)
+
+    probe = commands.add_parser("probe", help="can a small CNN read the ShapeStories facing "
+                                             "dot? accuracy beside chance and floors")
+    _add_config_args(probe)
+    probe.add_argument("--image-size", type=int, help="frame size in pixels (data.image_size)")
+    probe.add_argument("--epochs", type=int, default=None,
+                       help="training epochs (default: cmar.probe.DEFAULT_EPOCHS)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's "
+                       "default); 1 keeps the result reproducible and the machine shared")
+    probe.add_argument("--out", default="runs/probe", help="folder for the JSON result")
+    probe.set_defaults(run=cmd_probe)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=[*BENCH_TARGETS, "all"],

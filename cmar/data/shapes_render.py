@@ -28,6 +28,7 @@ class Figure:
     shape: str
     face_x: float  # the point it faces (pixels)
     face_y: float
+    mark_scale: float = 1.0  # facing dot radius, times the default max(1.2, size / 50) px
 
 
 def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]] | None:
@@ -102,11 +103,12 @@ def render_frame(
     r = CHAR_RADIUS * size
     dot = max(1.2, size / 50)
     for figure in figures:
+        mark = dot * figure.mark_scale
         draw_shape(draw, figure.shape, figure.x, figure.y, r, COLOURS[figure.colour])
         dx, dy = figure.face_x - figure.x, figure.face_y - figure.y
         norm = math.hypot(dx, dy) or 1.0
         ex, ey = figure.x + dx / norm * r * 0.55, figure.y + dy / norm * r * 0.55
-        draw.ellipse([ex - dot, ey - dot, ex + dot, ey + dot], fill=(0, 0, 0))
+        draw.ellipse([ex - mark, ey - mark, ex + mark, ey + mark], fill=(0, 0, 0))
     if noise > 0:
         pixels = np.asarray(image, dtype=np.float32)
         pixels += rng.normal(0.0, noise * 255.0, size=pixels.shape).astype(np.float32)

@@ -73,6 +73,7 @@ class Knobs:
     noise: float = 0.02  # std of Gaussian pixel noise, as a fraction of 255
     jitter: int = 1  # max random offset of each character per frame, in pixels
     turn_prob: float = 0.5  # chance a non-acting character turns to face a new landmark
+    mark_scale: float = 1.0  # facing dot radius, times max(1.2, image_size / 50) px (1.3 at 64)
 
     def __post_init__(self) -> None:
         if self.n_landmarks not in (4, 8):
@@ -90,6 +91,8 @@ class Knobs:
             raise ValueError("need 2 <= min_frames <= max_frames")
         if self.image_size < 32:
             raise ValueError("image_size must be at least 32 pixels")
+        if not 0 < self.mark_scale <= 3:
+            raise ValueError(f"mark_scale must be in (0, 3], got {self.mark_scale}")
 
     @classmethod
     def from_difficulty(cls, difficulty: str = "medium", **overrides) -> Knobs:

@@ -99,7 +99,7 @@ def generate_story(index: int, seed: int, knobs: Knobs) -> dict:
                 x += float(rng.integers(-knobs.jitter, knobs.jitter + 1))
                 y += float(rng.integers(-knobs.jitter, knobs.jitter + 1))
             fx, fy = anchor(slots[facing[c]], size)
-            figures.append(Figure(x, y, colours[c], shapes[c], fx, fy))
+            figures.append(Figure(x, y, colours[c], shapes[c], fx, fy, knobs.mark_scale))
         images.append({"bytes": render_frame(size, landmark_at, distractors, figures,
                                               knobs.noise, rng), "path": None})
         lm = kinds[dest] + 1  # landmark ids are stable per kind: lm1 = house, ...
@@ -184,7 +184,10 @@ def shapestories_on_disk(
     every setting, so changing a knob never reads a stale cache.
     """
     settings = Knobs.from_difficulty(difficulty, **(knobs or {}), **more_knobs)
-    key = json.dumps({"n": n_stories, "seed": seed, **asdict(settings)}, sort_keys=True)
+    fields = asdict(settings)
+    if fields["mark_scale"] == 1.0:  # a knob added later: at its default, caches keep their names
+        del fields["mark_scale"]
+    key = json.dumps({"n": n_stories, "seed": seed, **fields}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     folder = Path(cache_dir) / "shapestories" / f"n{n_stories}-seed{seed}-{digest}"
     if (folder / "state.json").exists():
