@@ -158,7 +158,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     grid = GRIDS[args.grid]
     changes = {k: tuple(v) for k, v in (("fusions", args.fusions), ("decoders", args.decoders),
-                                         ("seeds", args.seeds)) if v}
+                                         ("memories", args.memories), ("seeds", args.seeds))
+               if v}
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     grid = dataclasses.replace(grid, **changes, overrides=tuple(args.overrides))
@@ -229,13 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(model)
     model.set_defaults(run=cmd_model)
 
-    study = commands.add_parser("study", help="fusion x decoder x seed ablation study")
-    study.add_argument("--grid", default="readme", choices=["smoke", "readme", "full"],
-                       help="smoke: seconds; readme: the README's study (3 epochs); full: "
-                            "the preset's 10 epochs")
+    study = commands.add_parser("study", help="fusion x decoder x decoder memory x seed "
+                                             "ablation study")
+    study.add_argument("--grid", default="readme", choices=["smoke", "readme", "full", "v2"],
+                       help="smoke: 2 runs, seconds; readme: the README's study, 54 runs of 3 "
+                            "epochs; full: the same 54 at the preset's 10 epochs; v2: 90 runs "
+                            "of next mode, 3 epochs, decoder memory story vs full, 5 seeds")
     study.add_argument("--runs-dir", default="runs/study")
     study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar"])
     study.add_argument("--decoders", nargs="+", choices=["lstm", "gru", "transformer"])
+    study.add_argument("--memories", nargs="+", choices=["story", "words", "full"],
+                       help="what the decoder attends over: story: the story states only; "
+                            "words: + context words; full: + words and regions (every grid's "
+                            "default but v2's)")
     study.add_argument("--seeds", nargs="+", type=int)
     study.add_argument("--epochs", type=int, help="override the grid's epochs")
     study.add_argument("--only-mode", nargs="+", choices=["next", "grounded"],
