@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
-import statistics
 from pathlib import Path
 
 from cmar.config import Config, load_config
-from cmar.evaluation.report import SHOWN
+from cmar.stats import ci95, mean_sd
 
 FUSIONS = ("concat", "cross", "cmar")
 DECODERS = ("lstm", "gru", "transformer")
@@ -42,13 +40,6 @@ HEADERS = {"CIDEr": "CIDEr-D", "BLEU-4 images blanked": "BLEU-4, images blanked"
 
 # Student's t, 0.975 quantile (a two-sided 95% interval), by degrees of freedom: scipy is not
 # a dependency. Between entries the next lower df is used (a slightly wider interval).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
-         16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074,
-         23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045,
-         30: 2.042, 40: 2.021, 60: 2.000, 80: 1.990, 100: 1.984, 120: 1.980}
-
-
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """What a study trains: every (mode, memory, fusion, decoder, seed) of the lists."""
@@ -171,37 +162,11 @@ def run_cell(grid: Grid, cell: tuple[str, str, str, str, int], runs_dir: str | P
             "run": str(run_dir), **row_of(metrics), "floors": floors}
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value; NaN if any value is)."""
-    if any(math.isnan(v) for v in values):
-        return float("nan"), float("nan")
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def t_975(df: int) -> float:
-    """Student's t quantile for a two-sided 95% interval with ``df`` degrees of freedom."""
-    if df < 1:
-        raise ValueError(f"a t interval needs at least 1 degree of freedom, got {df}")
-    if df > max(T_975):
-        return 1.96  # the normal quantile
-    return T_975[max(d for d in T_975 if d <= df)]
-
-
-def ci95(values: list[float]) -> list[float] | None:
-    """[low, high] of the 95% t interval of the mean: mean ± t(0.975, n-1) * sd / sqrt(n).
-    None for a single value (no spread to judge it by)."""
-    if len(values) < 2:
-        return None
-    mean, sd = _mean_sd(values)
-    half = t_975(len(values) - 1) * sd / math.sqrt(len(values))
-    return [mean - half, mean + half]
-
-
-def _in(rows: list[dict], mode: str, memory: str) -> list[dict]:
+def rows_in(rows: list[dict], mode: str, memory: str) -> list[dict]:
     return [r for r in rows if r["mode"] == mode and r["memory"] == memory]
 
 
-def _sections(rows: list[dict]) -> list[tuple[str, str]]:
+def sections_of(rows: list[dict]) -> list[tuple[str, str]]:
     return list(dict.fromkeys((r["mode"], r["memory"]) for r in rows))
 
 
@@ -216,7 +181,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry = {"mode": mode, "memory": memory, "fusion": fusion, "decoder": decoder,
                  "seeds": len(group)}
         for key in METRICS:
-            entry[key], entry[key + " sd"] = _mean_sd([r[key] for r in group])
+            entry[key], entry[key + " sd"] = mean_sd([r[key] for r in group])
         table.append(entry)
     return table
 
@@ -224,11 +189,11 @@ def summarise(rows: list[dict]) -> list[dict]:
 def fusion_means(rows: list[dict], mode: str, memory: str = "full",
                  key: str = "BLEU-4") -> dict[str, tuple]:
     """{fusion: (mean, sd, n)} pooled over decoders and seeds, for the headline comparison."""
-    rows = _in(rows, mode, memory)
+    rows = rows_in(rows, mode, memory)
     out = {}
     for fusion in dict.fromkeys(r["fusion"] for r in rows):
         values = [r[key] for r in rows if r["fusion"] == fusion]
-        out[fusion] = (*_mean_sd(values), len(values))
+        out[fusion] = (*mean_sd(values), len(values))
     return out
 
 
@@ -242,7 +207,7 @@ def paired_differences(rows: list[dict], mode: str, memory: str = "full", key: s
     ([low, high]; None when n is 1). Pairing removes the decoder and the seed from the
     comparison, which pooled means do not.
     """
-    by_cell = {(r["fusion"], r["decoder"], r["seed"]): r[key] for r in _in(rows, mode, memory)}
+    by_cell = {(r["fusion"], r["decoder"], r["seed"]): r[key] for r in rows_in(rows, mode, memory)}
     out = {}
     for fusion in dict.fromkeys(f for f, _, _ in by_cell):
         if fusion == base:
@@ -250,7 +215,7 @@ def paired_differences(rows: list[dict], mode: str, memory: str = "full", key: s
         diffs = [value - by_cell[(base, d, s)] for (f, d, s), value in by_cell.items()
                  if f == fusion and (base, d, s) in by_cell]
         if diffs:
-            mean, sd = _mean_sd(diffs)
+            mean, sd = mean_sd(diffs)
             out[fusion] = {"mean": mean, "sd": sd, "n": len(diffs),
                            "wins": sum(d > 0 for d in diffs), "ci95": ci95(diffs)}
     return out
@@ -273,98 +238,6 @@ def modality_ablation(run_dir: str | Path, split: str = "test") -> dict[str, dic
         out[f"{blanked or 'nothing'} blanked"] = {"BLEU-4": scores["BLEU-4"],
                                                   "CIDEr": scores["CIDEr"]}
     return out
-
-
-def _fmt(mean: float, sd: float) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.3f} ± {sd:.3f}"
-
-
-def _interval(low_high: list[float] | None) -> str:
-    return "–" if low_high is None else f"[{low_high[0]:+.3f}, {low_high[1]:+.3f}]"
-
-
-def markdown(rows: list[dict], ablations: dict[str, dict]) -> str:
-    """The study's tables for every (mode, memory): each cell (mean ± sd over seeds), fusions
-    pooled with the paired difference to concat and its 95% interval, floors, and the modality
-    ablations of the best run."""
-    parts = []
-    table = summarise(rows)
-    for mode, memory in _sections(rows):
-        entries = [e for e in table if e["mode"] == mode and e["memory"] == memory]
-        lines = [f"### `{mode}` mode, `{memory}` decoder memory: test split, mean ± sd over seeds",
-                 "", f"Decoder memory: {MEMORY_TEXT[memory]}"
-                 + (", + the target frame's regions (grounded mode)." if mode == "grounded"
-                    else "."), "",
-                 "| fusion | decoder | seeds | "
-                 + " | ".join(HEADERS.get(m, m) for m in METRICS) + " |",
-                 "|---|---|---|" + "---|" * len(METRICS)]
-        for e in entries:
-            lines.append(f"| {e['fusion']} | {e['decoder']} | {e['seeds']} | " + " | ".join(
-                _fmt(e[k], e[k + " sd"]) for k in METRICS) + " |")
-        lines += ["", "Pooled over decoders and seeds (BLEU-4); the difference to concat is "
-                  "paired by decoder and seed, with the t interval of its mean:", "",
-                  "| fusion | runs | BLEU-4 | minus concat | 95% interval | runs above concat |",
-                  "|---|---|---|---|---|---|"]
-        paired = paired_differences(rows, mode, memory)
-        for fusion, (mean, sd, n) in fusion_means(rows, mode, memory).items():
-            if fusion in paired:
-                p = paired[fusion]
-                versus = (f"{p['mean']:+.3f} ± {p['sd']:.3f} | {_interval(p['ci95'])} | "
-                          f"{p['wins']} of {p['n']}")
-            else:
-                versus = "(baseline) | – | –"
-            lines.append(f"| {fusion} | {n} | {_fmt(mean, sd)} | {versus} |")
-        floors = _in(rows, mode, memory)[0]["floors"]  # the same windows for every run of a mode
-        lines += ["", "Floors and the oracle on the same windows:", "",
-                  "| system | BLEU-4 | CIDEr-D |", "|---|---|---|"]
-        lines += [f"| {name} | {s['BLEU-4']:.3f} | {s['CIDEr']:.3f} |"
-                  for name, s in floors.items()]
-        best = ablations.get(section(mode, memory))
-        if best:
-            lines += ["", f"Modality ablation of the best run, `{Path(best['run']).name}` "
-                      "(no retraining):", "", "| input | BLEU-4 | CIDEr-D |", "|---|---|---|"]
-            lines += [f"| {name} | {s['BLEU-4']:.3f} | {s['CIDEr']:.3f} |"
-                      for name, s in best["scores"].items()]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
-
-
-def plot(rows: list[dict], path: str | Path, key: str = "BLEU-4") -> Path:
-    """One panel per (mode, memory): a bar per (fusion, decoder) with its spread, floors as
-    lines."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    panels = _sections(rows)
-    table = summarise(rows)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False,
-                             sharey=True)
-    for ax, (mode, memory) in zip(axes[0], panels, strict=True):
-        entries = [e for e in table if e["mode"] == mode and e["memory"] == memory]
-        colours = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(e["fusion"] for e in entries))}
-        ax.bar(range(len(entries)), [e[key] for e in entries],
-               yerr=[e[key + " sd"] for e in entries], capsize=3,
-               color=[colours[e["fusion"]] for e in entries])
-        ax.set_xticks(range(len(entries)))
-        ax.set_xticklabels([f"{e['fusion']}\n{e['decoder']}" for e in entries], fontsize=8)
-        floors = _in(rows, mode, memory)[0]["floors"]
-        for i, name in enumerate(("nearest neighbour (TF-IDF)",
-                                  "rules on text only (not a ceiling)",
-                                  "rules on images only (not a ceiling)")):
-            if name in floors:
-                ax.axhline(floors[name][key], linestyle="--", color="0.3", alpha=0.4 + 0.2 * i,
-                           label=f"{name}: {floors[name][key]:.3f}")
-        ax.set_title(f"{mode} mode, {memory} memory ({entries[0]['seeds']} seeds)")
-        ax.set_ylabel(f"{SHOWN.get(key, key)} (test)")
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def run_study(grid: Grid, runs_dir: str | Path = "runs/study", modes: tuple[str, ...] | None
@@ -391,14 +264,16 @@ def run_study(grid: Grid, runs_dir: str | Path = "runs/study", modes: tuple[str,
         rows.append(run_cell(grid, cell, runs_dir))
     ablations = {}
     if ablate:
-        for mode, memory in _sections(rows):
-            best = max(_in(rows, mode, memory), key=lambda r: r["BLEU-4"])
+        for mode, memory in sections_of(rows):
+            best = max(rows_in(rows, mode, memory), key=lambda r: r["BLEU-4"])
             ablations[section(mode, memory)] = {"run": best["run"],
                                                 "scores": modality_ablation(best["run"])}
     result = {"grid": dataclasses.asdict(grid), "rows": rows, "summary": summarise(rows),
               "versus_concat": {section(m, mem): paired_differences(rows, m, mem)
-                                for m, mem in _sections(rows)},
+                                for m, mem in sections_of(rows)},
               "ablations": ablations}
+    from cmar.study_report import markdown, plot
+
     (runs_dir / "study.json").write_text(json.dumps(result, indent=2))
     (runs_dir / "study.md").write_text(markdown(rows, ablations))
     plot(rows, runs_dir / "study.png")

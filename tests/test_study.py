@@ -11,19 +11,18 @@ import torch
 
 from cmar.config import load_config
 from cmar.models.checkpoint import CHECKPOINT_FORMAT
+from cmar.stats import ci95, t_975
 from cmar.study import (
     GRIDS,
     Grid,
     cells,
-    ci95,
-    markdown,
     paired_differences,
     run_config,
     run_name,
     run_study,
     summarise,
-    t_975,
 )
+from cmar.study_report import markdown
 
 
 def test_summary_is_mean_and_sample_sd_over_seeds():
