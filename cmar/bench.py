@@ -128,7 +128,8 @@ def bench_metrics(n: int = 5000, repeats: int = 3, seed: int = 0) -> dict:
     return {"items": n, **median_spread(times, "seconds", digits=2)}
 
 
-def bench_cost(model_cfg, data_cfg, tokenizer, batch, fusions=("concat", "cross", "cmar")) -> dict:
+def bench_cost(model_cfg, data_cfg, tokenizer, batch,
+               fusions=("concat", "cross", "cmar", "cmar_lite")) -> dict:
     """FLOPs of one training step (forward + backward) per 1,000 windows, for each fusion,
     counted with torch's FlopCounterMode; ``ratio_to_concat`` answers "does CMAR increase
     training complexity?" as a number."""

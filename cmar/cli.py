@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "epochs; full: the same 54 at the preset's 10 epochs; v2: 90 runs "
                             "of next mode, 3 epochs, decoder memory story vs full, 5 seeds")
     study.add_argument("--runs-dir", default="runs/study")
-    study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar"])
+    study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar", "cmar_lite"])
     study.add_argument("--decoders", nargs="+", choices=["lstm", "gru", "transformer"])
     study.add_argument("--memories", nargs="+", choices=["story", "words", "full"],
                        help="what the decoder attends over: story: the story states only; "

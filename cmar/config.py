@@ -51,7 +51,7 @@ class ModelConfig:
     d_model: int = 128  # width of every representation the parts exchange
     n_heads: int = 4  # attention heads in fusion, Transformer encoders and decoder
     text_encoder: str = "gru"  # context captions: "gru" | "lstm" | "transformer"
-    fusion: str = "cmar"  # per frame: "cmar" | "cross" | "concat"
+    fusion: str = "cmar"  # per frame: "cmar" | "cmar_lite" | "cross" | "concat"
     cmar_rounds: int = 2  # CMAR refinement rounds (text->image then image->text each)
     story_encoder: str = "gru"  # over the k fused frames: "gru" | "lstm" | "transformer"
     decoder: str = "lstm"  # "lstm" | "gru" | "transformer"
