@@ -59,6 +59,8 @@ class ModelConfig:
     decoder_layers: int = 1  # layers of the caption decoder
     memory_tokens: bool = True  # decoder memory also holds every context frame's fused words
     memory_regions: bool = True  # ... and every context frame's fused image regions
+    copy_tokens: bool = False  # pointer-generator decoder: a word may be copied from the
+    #                            context captions' tokens in its memory (needs memory_tokens)
     dropout: float = 0.1  # dropout inside every part
     infonce_temperature: float = 0.1  # of the alignment and next-frame InfoNCE losses
     learn_temperature: bool = False  # learn both temperatures (log scale, from the one above)

@@ -98,7 +98,8 @@ def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
     memory = enc.memory.repeat_interleave(c, 0)  # (B*C, M, d)
     mask = enc.memory_mask.repeat_interleave(c, 0)
     target_in, target_out = candidates_in[index.flatten()], candidates_out[index.flatten()]
-    logits = model.decoder(target_in, memory, mask)  # (B*C, L, V)
+    copy = {key: value.repeat_interleave(c, 0) for key, value in model.copy_from(enc).items()}
+    logits = model.decoder(target_in, memory, mask, **copy)  # (B*C, L, V)
     logp = -token_nll(logits, target_out)
     real = target_out != model.pad_id
     return ((logp * real).sum(1) / real.sum(1)).view(b, c)

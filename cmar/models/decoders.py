@@ -2,15 +2,19 @@
 
 Contract of every decoder (register yours in ``DECODERS``)::
 
-    decoder(target_in, memory, memory_mask) -> logits    teacher forcing
+    decoder(target_in, memory, memory_mask, memory_ids=None) -> logits    teacher forcing
         target_in (B, L) ids starting with [BOS]; memory (B, M, d); mask (B, M) True = real
         logits (B, L, V): position i predicts target_out[:, i]
-    decoder.init_state(memory, memory_mask) -> state     for generation
+    decoder.init_state(memory, memory_mask, memory_ids=None) -> state     for generation
     decoder.step(tokens (N,), state) -> logits (N, V), state
         state: a dict of batch-first tensors; entries named ``memory...`` are the same for
         every beam of a window (beam search never copies them), the others follow the beams
 
 Greedy, beam and nucleus decoding come from :class:`cmar.models.decoding.Decoding`.
+With ``copy=True`` (``model.copy_tokens``) and ``memory_ids`` (B, M), the token id held by each
+memory entry ([PAD] for entries that hold none), the output is a pointer-generator mixture
+(:class:`CopyHead`) and the "logits" are its log-probabilities: softmax and cross-entropy
+leave them unchanged.
 The RNN decoders attend over the memory at every step (Luong-style: the RNN state queries the
 memory, the output reads ``[h_t ; context_t]``), not only through their initial state.
 """
@@ -26,19 +30,67 @@ from cmar.models.registry import DECODERS
 from cmar.models.sequence import SinusoidalPositions, masked_mean
 
 
+class CopyHead(nn.Module):
+    """Pointer-generator output (See et al., 2017): a caption word is generated from the
+    vocabulary or copied from the memory entries that hold it::
+
+        p(w) = g * softmax(logits)(w) + (1 - g) * sum of a(m) over entries m holding w
+        a = softmax over copyable entries of (Q h) . (K memory) / sqrt(d),  g = sigmoid(G h)
+
+    Names exist only in the context captions, so a decoder that can copy them need not learn
+    every name as a word of its own."""
+
+    def __init__(self, d_model: int, pad_id: int):
+        super().__init__()
+        self.pad_id = pad_id
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.gate = nn.Linear(d_model, 1)
+
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor,
+                ids: torch.Tensor) -> torch.Tensor:
+        """hidden (B, L, d), logits (B, L, V), keys (B, M, d) = ``self.key(memory)``, ids (B, M)
+        -> log-probabilities (B, L, V). A window without any copyable entry only generates."""
+        copyable = ids != self.pad_id  # (B, M)
+        scores = self.query(hidden) @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5  # (B, L, M)
+        scores = scores.float().masked_fill(~copyable[:, None], float("-inf"))
+        attention = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # all -inf rows: 0
+        copied = torch.zeros(logits.shape, dtype=torch.float, device=logits.device)
+        copied.scatter_add_(2, ids[:, None].expand(-1, hidden.shape[1], -1), attention)
+        gate = torch.sigmoid(self.gate(hidden).float())  # (B, L, 1)
+        gate = torch.where(copyable.any(-1)[:, None, None], gate, torch.ones_like(gate))
+        mixed = gate * torch.softmax(logits.float(), dim=-1) + (1 - gate) * copied
+        return torch.log(mixed.clamp_min(1e-12))
+
+
 class CaptionDecoder(Decoding, nn.Module):
-    """Base: token embedding, output layer and the special ids decoding needs. ``max_len``:
-    the longest caption (in tokens, with [BOS]) the config expects."""
+    """Base: token embedding, output layer (and copy head) and the special ids decoding needs.
+    ``max_len``: the longest caption (in tokens, with [BOS]) the config expects."""
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int = 4, n_layers: int = 1,
                  dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
-                 unk_id: int = 3, max_len: int = 128):
+                 unk_id: int = 3, max_len: int = 128, copy: bool = False):
         super().__init__()
         self.max_len = max_len
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = pad_id, bos_id, eos_id, unk_id
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, vocab_size)
+        self.copy = CopyHead(d_model, pad_id) if copy else None
+
+    def _copy_state(self, memory: torch.Tensor, memory_ids: torch.Tensor | None) -> State:
+        """What the copy head reads at every step: its keys over the memory and the memory's
+        token ids (named ``memory...``: beams of a window share them). Empty without copy."""
+        if self.copy is None or memory_ids is None:
+            return {}
+        return {"memory_copy_keys": self.copy.key(memory), "memory_ids": memory_ids}
+
+    def _logits(self, hidden: torch.Tensor, state: State) -> torch.Tensor:
+        """hidden (B, L, d) -> logits (B, L, V), or the copy mixture's log-probabilities."""
+        logits = self.out(hidden)
+        if "memory_ids" not in state:
+            return logits
+        return self.copy(hidden, logits, state["memory_copy_keys"], state["memory_ids"])
 
 
 class _RNNDecoder(CaptionDecoder):
@@ -70,28 +122,28 @@ class _RNNDecoder(CaptionDecoder):
         """x (B, L, d) -> RNN outputs (B, L, d) and the carried states after the last step."""
         raise NotImplementedError
 
-    def _run(self, tokens: torch.Tensor, carried: State, keys: torch.Tensor,
-             values: torch.Tensor, memory_mask: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """tokens (B, L) -> logits (B, L, V) and the carried states after them."""
+    def _run(self, tokens: torch.Tensor, carried: State, state: State) -> tuple[torch.Tensor,
+                                                                              State]:
+        """tokens (B, L) -> logits (B, L, V) and the carried states after them; ``state``
+        holds the projected memory (``memory_keys``, ``memory_values``, ``memory_mask``)."""
         states, carried = self._recur(self.dropout(self.embed(tokens)), carried)  # (B, L, d)
-        context = self.attention(states, keys, values, memory_mask)  # memory read every step
+        context = self.attention(states, state["memory_keys"], state["memory_values"],
+                                 state["memory_mask"])  # the memory read at every step
         mixed = torch.tanh(self.combine(torch.cat([states, context], dim=-1)))
-        return self.out(self.dropout(mixed)), carried
+        return self._logits(self.dropout(mixed), state), carried
 
-    def forward(self, target_in, memory, memory_mask):
-        keys, values = self.attention.keys_values(memory)
-        return self._run(target_in, self._initial(memory, memory_mask), keys, values,
-                         memory_mask)[0]
+    def forward(self, target_in, memory, memory_mask, memory_ids=None):
+        state = self.init_state(memory, memory_mask, memory_ids)
+        return self._run(target_in, {name: state[name] for name in self.carried}, state)[0]
 
-    def init_state(self, memory, memory_mask) -> State:
+    def init_state(self, memory, memory_mask, memory_ids=None) -> State:
         keys, values = self.attention.keys_values(memory)  # once per caption
         return {"memory_mask": memory_mask, "memory_keys": keys, "memory_values": values,
-                **self._initial(memory, memory_mask)}
+                **self._copy_state(memory, memory_ids), **self._initial(memory, memory_mask)}
 
     def step(self, tokens, state: State):
         carried = {name: state[name] for name in self.carried}
-        logits, carried = self._run(tokens[:, None], carried, state["memory_keys"],
-                                    state["memory_values"], state["memory_mask"])
+        logits, carried = self._run(tokens[:, None], carried, state)
         return logits[:, -1], {**state, **carried}
 
 
@@ -176,7 +228,7 @@ class TransformerDecoder(CaptionDecoder):
     def _memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [block.memory_attention.keys_values(memory) for block in self.blocks]
 
-    def _run(self, tokens, start, memory_kv, memory_mask, past=None):
+    def _run(self, tokens, start, memory_kv, memory_mask, past=None, copy_state=None):
         """tokens (B, L) at positions start .. start + L - 1 -> logits (B, L, V) and every
         layer's self-attention keys and values."""
         x = self.dropout(self.embed(tokens) + self.positions(tokens.shape[1], start))
@@ -184,17 +236,19 @@ class TransformerDecoder(CaptionDecoder):
         for i, block in enumerate(self.blocks):
             x, kv = block(x, memory_kv[i], memory_mask, None if past is None else past[i])
             present.append(kv)
-        return self.out(self.norm(x)), present
+        return self._logits(self.norm(x), copy_state or {}), present
 
-    def forward(self, target_in, memory, memory_mask):
-        return self._run(target_in, 0, self._memory_kv(memory), memory_mask)[0]  # (B, L, V)
+    def forward(self, target_in, memory, memory_mask, memory_ids=None):
+        return self._run(target_in, 0, self._memory_kv(memory), memory_mask,
+                         copy_state=self._copy_state(memory, memory_ids))[0]  # (B, L, V)
 
-    def init_state(self, memory, memory_mask) -> State:
+    def init_state(self, memory, memory_mask, memory_ids=None) -> State:
         b, d = memory.shape[0], memory.shape[-1]
         if not self.use_cache:
             empty = torch.empty(b, 0, dtype=torch.long, device=memory.device)
-            return {"memory": memory, "memory_mask": memory_mask, "tokens": empty}
-        state = {"memory_mask": memory_mask}
+            ids = {} if memory_ids is None else {"memory_ids": memory_ids}
+            return {"memory": memory, "memory_mask": memory_mask, "tokens": empty, **ids}
+        state = {"memory_mask": memory_mask, **self._copy_state(memory, memory_ids)}
         nothing = memory.new_zeros(b, self.n_heads, 0, d // self.n_heads)
         for i, (keys, values) in enumerate(self._memory_kv(memory)):
             state[f"memory_keys.{i}"], state[f"memory_values.{i}"] = keys, values
@@ -204,13 +258,14 @@ class TransformerDecoder(CaptionDecoder):
     def step(self, tokens, state: State):
         if not self.use_cache:  # the whole prefix again, and the memory projected again
             prefix = torch.cat([state["tokens"], tokens[:, None]], dim=1)
-            logits = self.forward(prefix, state["memory"], state["memory_mask"])
+            logits = self.forward(prefix, state["memory"], state["memory_mask"],
+                                  state.get("memory_ids"))
             return logits[:, -1], {**state, "tokens": prefix}
         layers = range(len(self.blocks))
         memory_kv = [(state[f"memory_keys.{i}"], state[f"memory_values.{i}"]) for i in layers]
         past = [(state[f"keys.{i}"], state[f"values.{i}"]) for i in layers]
         logits, present = self._run(tokens[:, None], past[0][0].shape[2], memory_kv,
-                                    state["memory_mask"], past)
+                                    state["memory_mask"], past, state)
         new = {}
         for i, (keys, values) in enumerate(present):
             new[f"keys.{i}"], new[f"values.{i}"] = keys, values

@@ -99,9 +99,12 @@ class Decoding:
     def generate(self, memory: torch.Tensor, memory_mask: torch.Tensor,
                  strategy: str = "greedy", max_len: int = 40, beam_size: int = 5,
                  length_penalty: float = 0.6, top_p: float = 0.9, temperature: float = 1.0,
-                 repetition_penalty: float = 1.0, generator: torch.Generator | None = None):
-        """Token ids (B, T) for memory (B, M, d) / mask (B, M)."""
-        state = self.init_state(memory, memory_mask)
+                 repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
+                 memory_ids: torch.Tensor | None = None):
+        """Token ids (B, T) for memory (B, M, d) / mask (B, M); ``memory_ids`` (B, M): the
+        token each memory entry holds, for a decoder that can copy (see CopyHead)."""
+        state = (self.init_state(memory, memory_mask) if memory_ids is None
+                 else self.init_state(memory, memory_mask, memory_ids))
         if strategy == "greedy":
             return self._greedy(state, memory.shape[0], max_len)
         if strategy == "beam":

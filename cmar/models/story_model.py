@@ -104,6 +104,7 @@ def grounding_loss(attention: torch.Tensor, boxes: torch.Tensor, mask: torch.Ten
 class Encoded:
     memory: torch.Tensor  # (B, M, d)
     memory_mask: torch.Tensor  # (B, M) True on real entries
+    memory_ids: torch.Tensor  # (B, M) the context token an entry holds, [PAD] for the others
     summary: torch.Tensor  # (B, d)
     fused: FusedFrame  # per context frame, N = B * k
     target: tuple[torch.Tensor, torch.Tensor] | None = None  # target frame (regions, global),
@@ -150,7 +151,8 @@ class StoryModel(nn.Module):
             "decoder": lambda: DECODERS.build(cfg.decoder, vocab_size=vocab_size, d_model=d,
                                               n_heads=cfg.n_heads, n_layers=cfg.decoder_layers,
                                               dropout=drop, pad_id=pad_id, bos_id=bos_id,
-                                              eos_id=eos_id, max_len=max_len),
+                                              eos_id=eos_id, max_len=max_len,
+                                              **({"copy": True} if cfg.copy_tokens else {})),
             "next_frame": lambda: NextFrameHead(d, drop),
         }
         for part in PARTS:
@@ -163,6 +165,9 @@ class StoryModel(nn.Module):
         if cfg.next_negatives not in NEXT_NEGATIVES:
             raise ValueError(f"model.next_negatives must be one of {NEXT_NEGATIVES}, "
                              f"got {cfg.next_negatives!r}")
+        if cfg.copy_tokens and not cfg.memory_tokens:
+            raise ValueError("model.copy_tokens copies the context words of the decoder's "
+                             "memory: it needs model.memory_tokens=true")
         if cfg.w_ground > 0 and cfg.fusion == "concat" and "fusion" not in components:
             raise ValueError("model.w_ground needs the fusion's word-to-region attention: "
                              "use model.fusion=cmar or cross (concat has none), or w_ground=0")
@@ -219,12 +224,17 @@ class StoryModel(nn.Module):
             parts.append(target_regions + kinds[3])
             masks.append(torch.ones(target_regions.shape[:2], dtype=torch.bool,
                                     device=story.device))
-        return Encoded(torch.cat(parts, 1), torch.cat(masks, 1), summary, fused, target)
+        memory = torch.cat(parts, 1)
+        ids = torch.full(memory.shape[:2], self.pad_id, dtype=torch.long, device=memory.device)
+        if self.cfg.memory_tokens:  # the word entries follow the k story states
+            ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
+        return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, target)
 
     def forward(self, batch, return_attention: bool = False) -> ModelOutput:
         ground = self.cfg.w_ground > 0 and batch.context_boxes is not None
         enc = self.encode(batch, return_attention or ground)
-        logits = self.decoder(batch.target_in, enc.memory, enc.memory_mask)  # (B, L, V)
+        logits = self.decoder(batch.target_in, enc.memory, enc.memory_mask,
+                              **self.copy_from(enc))  # (B, L, V)
         per_token = token_nll(logits, batch.target_out)  # (B, L)
         caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
         # The target of the next-frame loss (already encoded in grounded mode).
@@ -243,6 +253,11 @@ class StoryModel(nn.Module):
             losses["ground"] = grounding_loss(attention, batch.context_boxes,
                                               batch.context_mask, self.init_args["image_size"])
         return ModelOutput(logits, losses, next_pred, next_true, attention, enc)
+
+    def copy_from(self, enc: Encoded) -> dict:
+        """The decoder's ``memory_ids`` argument when it copies (``model.copy_tokens``); none
+        otherwise, so a custom decoder without that argument still fits."""
+        return {"memory_ids": enc.memory_ids} if self.cfg.copy_tokens else {}
 
     def contrastive_losses(self, batch, enc: Encoded, next_pred: torch.Tensor,
                            next_true: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -271,6 +286,7 @@ class StoryModel(nn.Module):
         try:
             enc = self.encode(batch)
             return self.decoder.generate(enc.memory, enc.memory_mask, strategy,
-                                         max_len or self.max_len, **options)
+                                         max_len or self.max_len, **options,
+                                         **self.copy_from(enc))
         finally:
             self.train(was_training)
