@@ -13,7 +13,7 @@ from cmar.config import load_config
 from cmar.data import decode, prepare_data
 from cmar.data.mentions import MentionTargets, box_regions, region_overlaps
 from cmar.data.windows import window_frame
-from cmar.models.story_model import grounding_loss
+from cmar.models.losses import grounding_loss
 
 
 def test_box_regions_agree_with_the_evaluations_overlaps_and_skip_nan():

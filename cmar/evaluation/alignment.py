@@ -47,7 +47,7 @@ from cmar.evaluation.retrieval import (  # noqa: F401  (re-exported: the public 
     usable_candidates,
     with_floors,
 )
-from cmar.models.story_model import token_nll
+from cmar.models.losses import token_nll
 
 ONE_STORY = "needs windows of at least two stories"
 GROUPS = ("next-frame retrieval", "next-frame retrieval (same story)", "next-caption retrieval",

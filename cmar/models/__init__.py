@@ -8,6 +8,7 @@ from cmar.models import decoders, fusion, image_encoder, sequence  # noqa: F401 
 from cmar.models.checkpoint import load_model, save_model
 from cmar.models.decoders import CaptionDecoder
 from cmar.models.fusion import CMARFusion, ConcatFusion, CrossFusion, FusedFrame, GatedAttention
+from cmar.models.losses import info_nce
 from cmar.models.registry import (
     DECODERS,
     FUSIONS,
@@ -17,7 +18,7 @@ from cmar.models.registry import (
     count_parameters,
 )
 from cmar.models.sequence import StoryEncoder, TextEncoder
-from cmar.models.story_model import PARTS, ModelOutput, NextFrameHead, StoryModel, info_nce
+from cmar.models.story_model import PARTS, ModelOutput, NextFrameHead, StoryModel
 
 
 def build_model(cfg, tokenizer, data_cfg, components: dict | None = None) -> StoryModel:
