@@ -49,20 +49,18 @@ class GatedAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float, token_gate: bool = True):
         super().__init__()
         self.attend = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        if token_gate:
-            self.gate = nn.Linear(2 * d_model, d_model)
-        else:
-            self.channel_gate = nn.Parameter(torch.zeros(d_model))  # sigmoid(0) = 0.5
+        self.gate = nn.Linear(2 * d_model, d_model) if token_gate else None
+        self.channel_gate = None if token_gate else nn.Parameter(torch.zeros(d_model))
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x, y, y_mask=None):
         """x (N, Lx, d) attends to y (N, Ly, d); returns new x and weights (N, Lx, Ly)."""
         a, weights = self.attend(x, y, y, key_padding_mask=None if y_mask is None else ~y_mask,
                                  need_weights=True, average_attn_weights=True)
-        if hasattr(self, "gate"):
+        if self.gate is not None:
             g = torch.sigmoid(self.gate(torch.cat([x, a], dim=-1)))
         else:
-            g = torch.sigmoid(self.channel_gate)
+            g = torch.sigmoid(self.channel_gate)  # starts at 0.5 for every channel
         return self.norm(x + g * a), weights
 
 
@@ -97,11 +95,11 @@ class CMARFusion(nn.Module):
     """Cross-Modal Attention Refinement: r rounds of text->image then image->text."""
 
     def __init__(self, d_model: int, n_heads: int = 4, rounds: int = 2, dropout: float = 0.1,
-                 budget: int | None = None):
+                 budget: int | None = None, token_gates: bool = True):
         super().__init__()
-        self.text_to_image = nn.ModuleList(GatedAttention(d_model, n_heads, dropout)
+        self.text_to_image = nn.ModuleList(GatedAttention(d_model, n_heads, dropout, token_gates)
                                            for _ in range(rounds))
-        self.image_to_text = nn.ModuleList(GatedAttention(d_model, n_heads, dropout)
+        self.image_to_text = nn.ModuleList(GatedAttention(d_model, n_heads, dropout, token_gates)
                                            for _ in range(rounds))
         self.pool = _Pool(d_model, 0, dropout)
 
@@ -123,9 +121,7 @@ class CMARLiteFusion(CMARFusion):
 
     def __init__(self, d_model: int, n_heads: int = 4, rounds: int = 2, dropout: float = 0.1,
                  budget: int | None = None):
-        nn.Module.__init__(self)
-        self.text_to_image = nn.ModuleList([GatedAttention(d_model, n_heads, dropout, False)])
-        self.image_to_text = nn.ModuleList([GatedAttention(d_model, n_heads, dropout, False)])
+        super().__init__(d_model, n_heads, rounds=1, dropout=dropout, token_gates=False)
         fixed = count_parameters(self.text_to_image) + count_parameters(self.image_to_text)
         self.pool = _Pool(d_model, _hidden_for(budget, d_model, fixed + 2 * d_model), dropout)
 
