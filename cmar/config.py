@@ -50,6 +50,8 @@ class ModelConfig:
     freeze_image_encoder: bool = False  # keep the CNN fixed (only its projection trains)
     d_model: int = 128  # width of every representation the parts exchange
     n_heads: int = 4  # attention heads in fusion, Transformer encoders and decoder
+    region_layers: int = 0  # self-attention layers over each frame's regions after the image
+    #                         encoder (0: none): a region can then hold what lies elsewhere
     text_encoder: str = "gru"  # context captions: "gru" | "lstm" | "transformer"
     fusion: str = "cmar"  # per frame: "cmar" | "cmar_lite" | "cross" | "concat"
     cmar_rounds: int = 2  # CMAR refinement rounds (text->image then image->text each)

@@ -89,6 +89,8 @@ def run_config(grid: Grid, mode: str, memory: str, fusion: str, decoder: str, se
             f"seed={seed}", f"data.mode={mode}", f"model.fusion={fusion}",
             f"model.decoder={decoder}", f"model.memory_tokens={str(tokens).lower()}",
             f"model.memory_regions={str(regions).lower()}"]
+    if not tokens:  # the copy head copies the memory's words: none to copy without them
+        sets.append("model.copy_tokens=false")
     if grid.epochs is not None:
         sets.append(f"train.epochs={grid.epochs}")
     cfg = load_config(grid.config, [*sets, *grid.overrides])

@@ -9,6 +9,8 @@ from cmar.models import IMAGE_ENCODERS
 
 
 @pytest.mark.parametrize("name,size,regions", [("small_cnn", 64, 16), ("small_cnn", 32, 4),
+                                               ("small_cnn_fine", 64, 64),
+                                               ("small_cnn_fine", 32, 16),
                                                ("resnet18", 64, 4), ("resnet18", 32, 1)])
 def test_regions_and_global_vector(name, size, regions):
     encoder = IMAGE_ENCODERS.build(name, d_model=48, image_size=size)

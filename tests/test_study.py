@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cmar.config import load_config
+from cmar.models import StoryModel
 from cmar.models.checkpoint import CHECKPOINT_FORMAT
 from cmar.stats import ci95, t_975
 from cmar.study import (
@@ -111,6 +112,11 @@ def test_memory_axis_sets_the_decoder_memory_flags(tmp_path):
                                     "data.mode=next", "model.fusion=cmar",
                                     "model.decoder=gru"])
     assert full == older
+    # the default preset copies words (model.copy_tokens): a memory without them copies none,
+    # and the model it configures builds
+    story = run_config(Grid(), "next", "story", "cmar", "lstm", 0, tmp_path)
+    assert not story.model.copy_tokens and full.model.copy_tokens
+    StoryModel(story.model, vocab_size=50, image_size=32)
     clash = Grid(overrides=("model.memory_regions=false",))
     with pytest.raises(ValueError, match="--memories"):
         run_config(clash, "next", "full", "cmar", "gru", 0, tmp_path)

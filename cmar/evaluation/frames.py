@@ -66,8 +66,11 @@ def frame_vectors(model, data, split: str, frames: SplitFrames, chunk: int, devi
         size += n
     for group in tqdm(groups, desc="alignment: frames", disable=not progress):
         x = torch.cat([store.frames(s, range(frames.lengths[s])) for s in group])
-        x = transform(x) if x.dtype == torch.uint8 else x.float()
-        encoded.append(model.image_encoder(x.to(device))[1].float().cpu())
+        if x.dtype == torch.uint8:  # decoded frames; else the backbone's cached features
+            vectors = model.encode_frames(transform(x).to(device), None)[1]
+        else:
+            vectors = model.encode_frames(None, x.float().to(device))[1]
+        encoded.append(vectors.float().cpu())
         p = transform(torch.cat([pixels.frames(s, range(frames.lengths[s])) for s in group]))
         side = min(PIXEL_SIDE, p.shape[-1])
         pooled.append(F.adaptive_avg_pool2d(p, side).flatten(1))

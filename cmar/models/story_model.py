@@ -26,6 +26,7 @@ from torch import nn
 
 from cmar.config import ModelConfig
 from cmar.models.fusion import FusedFrame
+from cmar.models.image_encoder import RegionEncoder
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
@@ -105,6 +106,9 @@ class StoryModel(nn.Module):
         }
         for part in PARTS:
             setattr(self, part, components.get(part) or builders[part]())
+        # optional, after any image encoder (model.region_layers; None keeps old checkpoints)
+        self.region_encoder = (RegionEncoder(d, cfg.region_layers, cfg.n_heads, drop)
+                               if cfg.region_layers else None)
         self.frame_position = nn.Embedding(max_frames, d)  # which context frame a token is from
         self.memory_kind = nn.Embedding(MEMORY_KINDS, d)
         if cfg.next_target not in NEXT_TARGETS:
@@ -133,6 +137,8 @@ class StoryModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {part: count_parameters(getattr(self, part)) for part in PARTS}
+        if self.region_encoder is not None:
+            counts["region_encoder"] = count_parameters(self.region_encoder)
         counts["total"] = count_parameters(self)
         return counts
 
@@ -140,10 +146,15 @@ class StoryModel(nn.Module):
                       flat: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Regions (N, R, d) and a vector (N, d) of frames given as images (N, 3, S, S) or
         as cached backbone features (N, C, h, w), whichever is not None; ``flat``: the
-        frames come as (B, k, ...) and N = B * k."""
+        frames come as (B, k, ...) and N = B * k. The region encoder, if any, comes last."""
         if features is not None:
-            return self.image_encoder.from_features(features.flatten(0, 1) if flat else features)
-        return self.image_encoder(images.flatten(0, 1) if flat else images)
+            encoded = self.image_encoder.from_features(
+                features.flatten(0, 1) if flat else features)
+        else:
+            encoded = self.image_encoder(images.flatten(0, 1) if flat else images)
+        if self.region_encoder is None:
+            return encoded
+        return self.region_encoder(encoded[0])
 
     def encode(self, batch, return_attention: bool = False) -> Encoded:
         b, k = batch.context_tokens.shape[:2]
