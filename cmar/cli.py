@@ -178,6 +178,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.run_dir:
+        from cmar.region_probe import render_region_probe, run_region_probe
+
+        result = run_region_probe(args.run_dir, seed=args.seed)
+        print(render_region_probe(result))
+        out = Path(args.run_dir) / "region_probe.json"
+        out.write_text(json.dumps(result, indent=2))
+        print(f"written: {out}")
+        return 0
     epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
     result = run_probe(args.config, args.overrides, image_size=args.image_size,
                        epochs=epochs, seed=args.seed)
@@ -264,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's "
                        "default); 1 keeps the result reproducible and the machine shared")
     probe.add_argument("--out", default="runs/probe", help="folder for the JSON result")
+    probe.add_argument("--run", dest="run_dir", metavar="RUN_DIR",
+                       help="probe a trained run instead: do its region features under each "
+                       "character hold its facing? (linear probe beside an untrained model "
+                       "and the stand-only floor; JSON in RUN_DIR)")
     probe.set_defaults(run=cmd_probe)
 
     bench = commands.add_parser("bench", help="benchmarks")

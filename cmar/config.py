@@ -45,7 +45,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    image_encoder: str = "small_cnn"  # "small_cnn" (CPU) | "resnet18" | "resnet34" | "resnet50"
+    image_encoder: str = "small_cnn"  # "small_cnn" (CPU, S/16 regions) | "small_cnn_fine" (S/8)
+    #                                  | "resnet18" | "resnet34" | "resnet50"
     pretrained: bool = False  # ResNet: ImageNet weights through torchvision's weights API
     freeze_image_encoder: bool = False  # keep the CNN fixed (only its projection trains)
     d_model: int = 128  # width of every representation the parts exchange

@@ -3,6 +3,7 @@
 Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_model::
 
     context images (B, k, 3, S, S) --image_encoder--> regions (B*k, R, d), image (B*k, d)
+                                   [--region_encoder: self-attention among a frame's regions]
     context tokens (B, k, Lc)      --text_encoder---> tokens  (B*k, Lc, d), text (B*k, d)
     fusion per frame (concat | cross | cmar)        -> frame (B*k, d), refined tokens
     story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
