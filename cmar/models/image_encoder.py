@@ -96,9 +96,11 @@ class RegionEncoder(nn.Module):
     """Self-attention among one frame's regions: (N, R, d) -> (N, R, d), and their mean (N, d).
 
     A CNN cell sees only its neighbourhood. After these pre-norm Transformer layers a region
-    can also hold what lies elsewhere in the frame (on ShapeStories: which landmark the dot on
-    a character points at), so a decoder that attends to one region reads a relation of two.
-    The regions already carry the encoder's learned position embedding, so none is added.
+    can also hold what lies elsewhere in the frame, so a decoder that attends to one region
+    can read a relation of two (on ShapeStories the place needs one: which landmark the dot on
+    the actor points at; measured, the default preset learns where the actor stands and which
+    landmarks exist, not yet the dot: see ``cmar probe --run``). The regions already carry the
+    encoder's learned position embedding, so none is added.
     """
 
     def __init__(self, d_model: int, n_layers: int = 1, n_heads: int = 4, dropout: float = 0.1):
