@@ -221,6 +221,17 @@ def predict(model: FacingCNN, examples: FacingExamples, batch_size: int = 512) -
                       for i in range(0, len(examples), batch_size)])
 
 
+def frame_tables(cfg) -> dict[str, str]:
+    """Story id -> its ``chain_of_thought`` (the frame tables with boxes and facings), for
+    every generated story of the ShapeStories dataset a :class:`cmar.config.DataConfig`
+    names (the splits are carved from its one ``train`` split)."""
+    from cmar.data import open_source
+    from cmar.data.prepare import shapestories_options
+
+    rows = open_source(cfg.source, cache_dir=cfg.cache_dir, **shapestories_options(cfg))["train"]
+    return dict(zip(rows["story_id"], rows["chain_of_thought"], strict=True))
+
+
 def probe_data(config: str = "default", overrides: list[str] | tuple = (),
                image_size: int | None = None, knobs: dict | None = None,
                progress: bool = False) -> tuple[FacingExamples, FacingExamples, dict]:
@@ -235,7 +246,7 @@ def probe_data(config: str = "default", overrides: list[str] | tuple = (),
 
     Returns (train, test, settings): the examples and what was probed (for the JSON).
     """
-    from cmar.data import load_split, open_source
+    from cmar.data import load_split
     from cmar.data.prepare import shapestories_options
 
     cfg = load_config(config, list(overrides)).data
@@ -246,8 +257,7 @@ def probe_data(config: str = "default", overrides: list[str] | tuple = (),
         cfg.image_size = image_size
     cfg.shapestories_knobs = {**cfg.shapestories_knobs, **(knobs or {})}
     options = shapestories_options(cfg)
-    rows = open_source(cfg.source, cache_dir=cfg.cache_dir, **options)["train"]
-    cots = dict(zip(rows["story_id"], rows["chain_of_thought"], strict=True))
+    cots = frame_tables(cfg)
     split = {name: load_split(cfg, name, progress) for name in ("train", "test")}
     settings = {"config": config, "overrides": list(overrides), "image_size": cfg.image_size,
                 "difficulty": cfg.difficulty, "knobs": options["knobs"],

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmar.probe import frame_facings
+from cmar.probe import frame_facings, frame_tables
 
 
 def character_cells(boxes: list[tuple[float, float, float, float]], size: int,
@@ -89,8 +89,7 @@ def run_region_probe(run_dir: str | Path, train_stories: int = 400, test_stories
     """Probe the run's trained model and an untrained one of its configuration on the run's
     own train (first ``train_stories``) and test (first ``test_stories``) stories."""
     from cmar.config import load_config
-    from cmar.data import load_split, open_source
-    from cmar.data.prepare import shapestories_options
+    from cmar.data import load_split
     from cmar.models import StoryModel
     from cmar.models.checkpoint import load_model
 
@@ -102,9 +101,7 @@ def run_region_probe(run_dir: str | Path, train_stories: int = 400, test_stories
     trained, _ = load_model(run_dir / checkpoint)
     torch.manual_seed(seed)
     untrained = StoryModel(trained.cfg, **trained.init_args)
-    rows = open_source(cfg.data.source, cache_dir=cfg.data.cache_dir,
-                       **shapestories_options(cfg.data))["train"]
-    cots = dict(zip(rows["story_id"], rows["chain_of_thought"], strict=True))
+    cots = frame_tables(cfg.data)
     splits = {"train": load_split(cfg.data, "train", False)[:train_stories],
               "test": load_split(cfg.data, "test", False)[:test_stories]}
     result = {"run": str(run_dir), "checkpoint": checkpoint, "seed": seed}

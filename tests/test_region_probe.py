@@ -7,9 +7,8 @@ import torch
 
 from cmar.cli import main
 from cmar.config import load_config
-from cmar.data import load_split, open_source
-from cmar.data.prepare import shapestories_options
-from cmar.probe import frame_facings
+from cmar.data import load_split
+from cmar.probe import frame_facings, frame_tables
 from cmar.region_probe import character_cells, linear_probe, region_examples
 from cmar.train import Trainer
 
@@ -49,8 +48,7 @@ class CellModel(torch.nn.Module):
 
 def test_each_example_is_the_region_under_its_character(shapes_cache):
     cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}"]).data
-    rows = open_source(cfg.source, cache_dir=cfg.cache_dir, **shapestories_options(cfg))["train"]
-    cots = dict(zip(rows["story_id"], rows["chain_of_thought"], strict=True))
+    cots = frame_tables(cfg)
     stories = load_split(cfg, "test", False)[:3]
     examples = region_examples(CellModel(4), stories, cots)
     expected_cells, expected_labels = [], []
