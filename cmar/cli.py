@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "ablation study")
     study.add_argument("--grid", default="readme", choices=["smoke", "readme", "full", "v2"],
                        help="smoke: 2 runs, seconds; readme: the README's study, 54 runs of 3 "
-                            "epochs; full: the same 54 at the preset's 10 epochs; v2: 90 runs "
+                            "epochs; full: the same 54 at the preset's epochs (8); v2: 90 runs "
                             "of next mode, 3 epochs, decoder memory story vs full, 5 seeds")
     study.add_argument("--runs-dir", default="runs/study")
     study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar", "cmar_lite"])

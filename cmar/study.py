@@ -61,7 +61,7 @@ GRIDS = {
     # 54 runs (3 fusions x 3 decoders x 3 seeds x 2 modes), the README's study on a 2-core
     # CPU: every cell of the grid, 3 epochs not 10
     "readme": Grid(epochs=3),
-    # the same 54 runs at the preset's 10 epochs: hours on a CPU, minutes on a GPU
+    # the same 54 runs at the preset's epochs (8 for default): hours on a CPU, minutes on a GPU
     "full": Grid(),
     # 90 runs (2 memories x 3 fusions x 3 decoders x 5 seeds), next mode, 3 epochs: the fusions
     # compared with the story states as the decoder's only memory, beside the full memory
