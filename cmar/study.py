@@ -34,9 +34,13 @@ MEMORY_TEXT = {"story": "the story states only (the context reaches it through t
 # Per-cell table columns: the caption score, how much of it needs the images (ShapeStories
 # places are only in the images), the fusion's word-to-region grounding, then the rest.
 METRICS = ("BLEU-4", "BLEU-4 images blanked", "slot place", "slot place images blanked",
-           "grounding", "CIDEr", "caption R@1", "context gap")
+           "grounding", "CIDEr", "caption R@1", "context gap", "train seconds")
 HEADERS = {"CIDEr": "CIDEr-D", "BLEU-4 images blanked": "BLEU-4, images blanked",
-           "slot place": "place", "slot place images blanked": "place, images blanked"}
+           "slot place": "place", "slot place images blanked": "place, images blanked",
+           "train seconds": "training s"}
+# The paired comparisons with concat that the report and study.json give: the caption score
+# and the slot that only the images tell.
+PAIRED = ("BLEU-4", "slot place")
 
 # Student's t, 0.975 quantile (a two-sided 95% interval), by degrees of freedom: scipy is not
 # a dependency. Between entries the next lower df is used (a slightly wider interval).
@@ -124,9 +128,11 @@ def _cached(run_dir: Path, cfg: Config) -> dict | None:
     return json.loads(metrics.read_text())
 
 
-def row_of(metrics: dict) -> dict:
-    """The study's numbers from one run's metrics.json (NaN where a run has none: a group too
-    small a split skips, concat's grounding, or a metrics file an older cmar wrote)."""
+def row_of(metrics: dict, history: list[dict] | None = None) -> dict:
+    """The study's numbers from one run's metrics.json and history.json (NaN where a run has
+    none: a group too small a split skips, concat's grounding, or a file an older cmar wrote).
+    ``train seconds`` sums the epochs' training time (wall clock: compare runs trained on the
+    same machine with the same threads)."""
     model = metrics["captions"]["model"]
     alignment = metrics["alignment"]
     use = metrics.get("image use", {})
@@ -141,7 +147,9 @@ def row_of(metrics: dict) -> dict:
             "context gap": number(alignment["context sensitivity"].get("gap")),
             "slot place": number(metrics.get("slots", {}).get("model", {}).get("place")),
             "slot place images blanked": number(use.get("place slot, context images blanked")),
-            "grounding": number(grounding)}
+            "grounding": number(grounding),
+            "train seconds": number(sum(e["train_seconds"] for e in history) if history
+                                    else None)}
 
 
 def run_cell(grid: Grid, cell: tuple[str, str, str, str, int], runs_dir: str | Path,
@@ -160,8 +168,10 @@ def run_cell(grid: Grid, cell: tuple[str, str, str, str, int], runs_dir: str | P
         metrics = evaluate_run(run_dir, progress=progress)
     floors = {name: {"BLEU-4": s["BLEU-4"], "CIDEr": s["CIDEr"]}
               for name, s in metrics["captions"].items() if name != "model"}
+    history_file = run_dir / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.exists() else None
     return {"mode": mode, "memory": memory, "fusion": fusion, "decoder": decoder, "seed": seed,
-            "run": str(run_dir), **row_of(metrics), "floors": floors}
+            "run": str(run_dir), **row_of(metrics, history), "floors": floors}
 
 
 def rows_in(rows: list[dict], mode: str, memory: str) -> list[dict]:
@@ -273,6 +283,9 @@ def run_study(grid: Grid, runs_dir: str | Path = "runs/study", modes: tuple[str,
     result = {"grid": dataclasses.asdict(grid), "rows": rows, "summary": summarise(rows),
               "versus_concat": {section(m, mem): paired_differences(rows, m, mem)
                                 for m, mem in sections_of(rows)},
+              "versus_concat_place": {section(m, mem): paired_differences(rows, m, mem,
+                                                                          key="slot place")
+                                      for m, mem in sections_of(rows)},
               "ablations": ablations}
     from cmar.study_report import markdown, plot
 

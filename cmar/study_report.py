@@ -11,6 +11,7 @@ from cmar.study import (
     HEADERS,
     MEMORY_TEXT,
     METRICS,
+    PAIRED,
     fusion_means,
     paired_differences,
     rows_in,
@@ -20,8 +21,8 @@ from cmar.study import (
 )
 
 
-def _fmt(mean: float, sd: float) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.3f} ± {sd:.3f}"
+def _fmt(mean: float, sd: float, digits: int = 3) -> str:
+    return "–" if math.isnan(mean) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def _interval(low_high: list[float] | None) -> str:
@@ -45,20 +46,23 @@ def markdown(rows: list[dict], ablations: dict[str, dict]) -> str:
                  "|---|---|---|" + "---|" * len(METRICS)]
         for e in entries:
             lines.append(f"| {e['fusion']} | {e['decoder']} | {e['seeds']} | " + " | ".join(
-                _fmt(e[k], e[k + " sd"]) for k in METRICS) + " |")
-        lines += ["", "Pooled over decoders and seeds (BLEU-4); the difference to concat is "
-                  "paired by decoder and seed, with the t interval of its mean:", "",
-                  "| fusion | runs | BLEU-4 | minus concat | 95% interval | runs above concat |",
-                  "|---|---|---|---|---|---|"]
-        paired = paired_differences(rows, mode, memory)
-        for fusion, (mean, sd, n) in fusion_means(rows, mode, memory).items():
-            if fusion in paired:
-                p = paired[fusion]
-                versus = (f"{p['mean']:+.3f} ± {p['sd']:.3f} | {_interval(p['ci95'])} | "
-                          f"{p['wins']} of {p['n']}")
-            else:
-                versus = "(baseline) | – | –"
-            lines.append(f"| {fusion} | {n} | {_fmt(mean, sd)} | {versus} |")
+                _fmt(e[k], e[k + " sd"], 0 if k == "train seconds" else 3) for k in METRICS)
+                + " |")
+        for key in PAIRED:
+            name = HEADERS.get(key, key)
+            lines += ["", f"Pooled over decoders and seeds ({name}); the difference to concat "
+                      "is paired by decoder and seed, with the t interval of its mean:", "",
+                      f"| fusion | runs | {name} | minus concat | 95% interval | "
+                      "runs above concat |", "|---|---|---|---|---|---|"]
+            paired = paired_differences(rows, mode, memory, key=key)
+            for fusion, (mean, sd, n) in fusion_means(rows, mode, memory, key=key).items():
+                if fusion in paired:
+                    p = paired[fusion]
+                    versus = (f"{p['mean']:+.3f} ± {p['sd']:.3f} | {_interval(p['ci95'])} | "
+                              f"{p['wins']} of {p['n']}")
+                else:
+                    versus = "(baseline) | – | –"
+                lines.append(f"| {fusion} | {n} | {_fmt(mean, sd)} | {versus} |")
         floors = rows_in(rows, mode, memory)[0]["floors"]  # the same windows in every run
         lines += ["", "Floors and the oracle on the same windows:", "",
                   "| system | BLEU-4 | CIDEr-D |", "|---|---|---|"]

@@ -30,7 +30,7 @@ def test_summary_is_mean_and_sample_sd_over_seeds():
     rows = [{"mode": "next", "memory": "full", "fusion": "cmar", "decoder": "gru", "seed": s,
              "BLEU-4": b, "BLEU-4 images blanked": 0.1, "CIDEr": 1.0, "caption R@1": 0.5,
              "context gap": 0.1, "slot place": 0.2, "slot place images blanked": 0.1,
-             "grounding": float("nan")}
+             "grounding": float("nan"), "train seconds": 100.0}
             for s, b in enumerate((0.2, 0.4, 0.6))]
     (entry,) = summarise(rows)
     assert entry["seeds"] == 3 and entry["memory"] == "full"
@@ -136,6 +136,13 @@ def test_smoke_study_writes_tables_and_reuses_finished_runs(tmp_path, shapes_cac
     assert set(saved["ablations"]["next"]["scores"]) == {
         "nothing blanked", "images blanked", "captions blanked"}
     assert set(saved["versus_concat"]) == {"next"}  # the full memory keeps the mode's key
+    place = saved["versus_concat_place"]["next"]["cmar"]
+    assert place["n"] == 1 and place["mean"] == pytest.approx(
+        result["rows"][1]["slot place"] - result["rows"][0]["slot place"])
+    assert "Pooled over decoders and seeds (place)" in text
+    history = json.loads((tmp_path / "next-cmar-gru-s0" / "history.json").read_text())
+    assert result["rows"][1]["train seconds"] == pytest.approx(
+        sum(e["train_seconds"] for e in history)) and result["rows"][1]["train seconds"] > 0
     assert markdown(result["rows"], result["ablations"]) == text
     concat, cmar = result["rows"]
     assert concat["grounding"] != concat["grounding"]  # concat has no word-to-region map
