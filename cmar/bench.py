@@ -325,7 +325,7 @@ def storyreasoning_sized_decoder(vocab: int = 8000, d_model: int = 256, n_heads:
 
 # --- one command per target, a table each ---------------------------------------------------
 
-TARGETS = ("data", "loader", "train", "decode", "metrics", "memory", "cost")
+TARGETS = ("data", "loader", "train", "decode", "metrics", "memory", "cost", "pretrained")
 
 
 def _data(cfg):
@@ -344,6 +344,8 @@ def run_target(target: str, config: str = "default", overrides: list[str] = (),
 
     from cmar.config import load_config
 
+    if target == "pretrained" and config == "default":
+        config = "storyreasoning-clip"  # the preset whose hf: parts it is about
     cfg = load_config(config, list(overrides))
     torch.manual_seed(cfg.seed)
     result: dict = {"target": target, "config": config, "overrides": list(overrides),
@@ -391,6 +393,10 @@ def run_target(target: str, config: str = "default", overrides: list[str] = (),
         data = _data(cfg)
         batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
         result["fusions"] = bench_cost(cfg.model, cfg.data, data.tokenizer, batch)
+    elif target == "pretrained":
+        from cmar.bench_pretrained import bench_pretrained
+
+        result.update(bench_pretrained(config, overrides, steps=repeats))
     elif target == "memory":
         result["workloads"] = [bench_memory(w, config, overrides, Path(out_dir) / "memory",
                                             keep_data=keep_data) for w in workloads]

@@ -111,6 +111,10 @@ def render(result: dict) -> str:
                      f"{w['frame_cache_mb']} MB, feature cache {w['feature_cache_mb']} MB on "
                      f"disk (memory-mapped); {w['data_disk_mb']} MB of data in all, "
                      + ("kept" if w["data_kept"] else "deleted after measuring"))
+    elif target == "pretrained":
+        from cmar.bench_pretrained import render_pretrained
+
+        body = render_pretrained(result)
     else:
         body = json.dumps(result, indent=2)
     return f"{title}\n{body}"

@@ -42,9 +42,10 @@ def _print_summary(summary: dict) -> None:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from cmar.data import prepare_data
+    from cmar.models.hf import tokenizers_for
 
     cfg = load_config(args.config, args.overrides)
-    data = prepare_data(cfg.data)
+    data = prepare_data(cfg.data, **tokenizers_for(cfg.model))
     summary = data.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -95,9 +96,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from cmar.data import decode, prepare_data
     from cmar.evaluation.run import load_run
+    from cmar.models.hf import tokenizers_for
 
     cfg, tokenizer, model = load_run(args.run_dir)
-    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(args.split,), progress=False)
+    data = prepare_data(cfg.data, splits=(args.split,), progress=False,
+                        **tokenizers_for(cfg.model, tokenizer))
     dataset = data.datasets[args.split]
     stories = data.stories[args.split]
     index = args.window % len(dataset)
@@ -120,9 +123,10 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     from cmar.data import prepare_data
     from cmar.models import FUSIONS, build_model
+    from cmar.models.hf import tokenizers_for
 
     cfg = load_config(args.config, args.overrides)
-    data = prepare_data(cfg.data, splits=("train",), progress=False)
+    data = prepare_data(cfg.data, splits=("train",), progress=False, **tokenizers_for(cfg.model))
     model = build_model(cfg.model, data.tokenizer, cfg.data)
     print(f"model: {cfg.model.image_encoder} + {cfg.model.text_encoder} text + "
           f"{cfg.model.fusion} fusion + {cfg.model.story_encoder} story + "
@@ -281,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("target", choices=[*BENCH_TARGETS, "all"],
-                       help="what to measure; all: every table in about 9 minutes on 2 cores")
+                       help="what to measure; all: every table in about 9 minutes on 2 cores "
+                            "(pretrained: a preset's memory and time on stand-ins of its hf: "
+                            "parts, estimated; config default: storyreasoning-clip)")
     _add_config_args(bench)
     bench.add_argument("--batches", type=int, default=50,
                        help="loader: batches timed; train: training steps timed")

@@ -47,17 +47,26 @@ class DataConfig:
 class ModelConfig:
     image_encoder: str = "small_cnn"  # "small_cnn" (CPU, S/16 regions) | "small_cnn_fine" (S/8)
     #                                  | "resnet18" | "resnet34" | "resnet50"
+    #                                  | "hf:<hub id or folder>": a CLIP/SigLIP/DINOv2/ViT tower
     pretrained: bool = False  # ResNet: ImageNet weights through torchvision's weights API
-    freeze_image_encoder: bool = False  # keep the CNN fixed (only its projection trains)
+    freeze_image_encoder: bool = False  # keep the CNN or tower fixed (only its projection
+    #                                     trains; its features are then cached)
+    freeze_text_encoder: bool = False  # hf: text encoder: keep it fixed
+    freeze_decoder: bool = False  # hf: decoder: keep its pretrained weights fixed (its new
+    #                               cross-attention layers still train)
+    gradient_checkpointing: bool = False  # hf: parts recompute activations in backward
+    #                                       (less memory, about a third more time)
     d_model: int = 128  # width of every representation the parts exchange
     n_heads: int = 4  # attention heads in fusion, Transformer encoders and decoder
     region_layers: int = 0  # self-attention layers over each frame's regions after the image
     #                         encoder (0: none): a region can then hold what lies elsewhere
     text_encoder: str = "gru"  # context captions: "gru" | "lstm" | "transformer"
+    #                            | "hf:<hub id or folder>": BERT, MiniLM, with its tokenizer
     fusion: str = "cmar"  # per frame: "cmar" | "cmar_lite" | "cross" | "concat"
     cmar_rounds: int = 2  # CMAR refinement rounds (text->image then image->text each)
     story_encoder: str = "gru"  # over the k fused frames: "gru" | "lstm" | "transformer"
-    decoder: str = "lstm"  # "lstm" | "gru" | "transformer"
+    decoder: str = "lstm"  # "lstm" | "gru" | "transformer" | "hf:<hub id or folder>": a
+    #                        GPT-2-family LM that cross-attends; its tokenizer is the captions'
     encoder_layers: int = 1  # layers of the text encoder and of the story encoder
     decoder_layers: int = 1  # layers of the caption decoder
     memory_tokens: bool = True  # decoder memory also holds every context frame's fused words

@@ -72,8 +72,8 @@ def largest_windows(dataset, n: int) -> list[int]:
     its length also sizes the (batch, length, vocabulary) logits, the largest activation."""
     def tokens(i: int) -> int:
         w = dataset.windows[i]
-        ids = dataset.ids[w.story]
-        return len(ids[w.t]) * 4 + sum(len(ids[t]) for t in w.context)
+        context = getattr(dataset, "context_ids", dataset.ids)[w.story]
+        return len(dataset.ids[w.story][w.t]) * 4 + sum(len(context[t]) for t in w.context)
 
     return sorted(range(len(dataset)), key=tokens, reverse=True)[:n]
 

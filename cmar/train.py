@@ -31,6 +31,7 @@ from cmar.config import Config, load_config, save_config
 from cmar.data import load_tokenizer, prepare_data, save_tokenizer
 from cmar.guards import StopRequest, check_first_step, largest_windows
 from cmar.models import build_model, load_model, save_model
+from cmar.models.hf.loading import tokenizers_for
 from cmar.optim import parameter_groups
 from cmar.plots import plot_loss_curves
 from cmar.processes import decide_on_main, gather, main_process_first, rank
@@ -115,12 +116,14 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         decide_on_main(lambda: self._check_run_dir(resume, overwrite))
         seed_everything(cfg.seed)
+        # the caption tokenizer: the run's own on resume; else a pretrained decoder's, or None
+        # (a BPE is trained on the training captions)
         tokenizer = load_tokenizer(self.run_dir / "tokenizer") if resume else None
         with main_process_first():  # the main process builds the caches, the others read them
-            self.data = prepare_data(cfg.data, tokenizer=tokenizer,
-                                     splits=("train", "validation"),
+            self.data = prepare_data(cfg.data, splits=("train", "validation"),
                                      progress=progress and self.main,
-                                     boxes=cfg.model.w_ground > 0)
+                                     boxes=cfg.model.w_ground > 0,
+                                     **tokenizers_for(cfg.model, tokenizer))
             self.tokenizer = self.data.tokenizer
             self.model = build_model(cfg.model, self.tokenizer, cfg.data)
             if cfg.model.freeze_image_encoder:

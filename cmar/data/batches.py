@@ -93,16 +93,25 @@ class WindowDataset(Dataset):
     """Item i is window i: its frames (uint8, from the ImageStore) and caption token ids.
 
     Captions are tokenized once here, images decoded once in the store; ``__getitem__`` only
-    indexes. With ``mentions`` (grounding supervision), an item also carries the boxes of the
-    characters its context captions name, worked out once per frame on first use.
+    indexes. ``context_tokenizer`` tokenizes the context captions when a pretrained text
+    encoder brings its own (default: ``tokenizer``, the caption tokenizer). With ``mentions``
+    (grounding supervision), an item also carries the boxes of the characters its context
+    captions name, worked out once per frame on first use.
     """
 
     def __init__(self, stories: list[Story], windows: list[Window], store: ImageStore,
-                 tokenizer, max_tokens: int = 40, mentions: MentionTargets | None = None):
+                 tokenizer, max_tokens: int = 40, mentions: MentionTargets | None = None,
+                 context_tokenizer=None):
         self.story_ids = [s.story_id for s in stories]  # not the stories: workers stay light
         self.windows = windows
         self.store = store
         self.ids = [[encode(tokenizer, c)[:max_tokens] for c in s.captions] for s in stories]
+        self.context_ids = self.ids
+        self.context_pad_id = tokenizer.pad_token_id
+        if context_tokenizer is not None and context_tokenizer is not tokenizer:
+            self.context_ids = [[encode(context_tokenizer, c)[:max_tokens] for c in s.captions]
+                                for s in stories]
+            self.context_pad_id = context_tokenizer.pad_token_id
         self.mentions = mentions
 
     def __len__(self) -> int:
@@ -117,25 +126,29 @@ class WindowDataset(Dataset):
             pair = {"context_images": frames[:-1], "target_image": frames[-1]}
         item = {
             **pair,
-            "context_ids": [self.ids[w.story][c] for c in w.context],
+            "context_ids": [self.context_ids[w.story][c] for c in w.context],
             "target_ids": self.ids[w.story][w.t],
             "window_id": window_id(self.story_ids[w.story], w.t),
         }
         if self.mentions is not None:  # [(token position, box), ...] per context frame
             item["context_boxes"] = [
                 [(p, box) for p, box in self.mentions.frame(self.story_ids[w.story], c)
-                 if p < len(self.ids[w.story][c])]  # a name cut off with its caption: none
+                 if p < len(self.context_ids[w.story][c])]  # a name cut off with its caption
                 for c in w.context]
         return item
 
 
 def _pad(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, L) ids and bool mask; L >= 1 even when every sequence is empty."""
+    """(N, L) ids and bool mask (True on the first len(s) positions of each row); L >= 1 even
+    when every sequence is empty. The mask comes from the lengths, not from ``ids != pad``:
+    a pretrained tokenizer may pad with its [EOS] (GPT-2), which a target does hold."""
     length = max(1, max(len(s) for s in sequences))
     ids = torch.full((len(sequences), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.bool)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return ids, ids != pad
+        mask[row, : len(seq)] = True
+    return ids, mask
 
 
 def pad_targets(targets: list[list[int]], pad_id: int, bos_id: int, eos_id: int):
@@ -147,10 +160,13 @@ def pad_targets(targets: list[list[int]], pad_id: int, bos_id: int, eos_id: int)
 
 
 class Collate:
-    """Stacks items into a :class:`Batch`; a class (not a closure) so workers can pickle it."""
+    """Stacks items into a :class:`Batch`; a class (not a closure) so workers can pickle it.
+    ``context_pad_id``: the context captions' [PAD] when a pretrained text encoder brings its
+    own tokenizer (default: ``pad_id``)."""
 
-    def __init__(self, pad_id: int, bos_id: int, eos_id: int):
+    def __init__(self, pad_id: int, bos_id: int, eos_id: int, context_pad_id: int | None = None):
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.context_pad_id = pad_id if context_pad_id is None else context_pad_id
         self.transform = image_transform()
 
     def _frames(self, items: list[dict], name: str) -> torch.Tensor | None:
@@ -164,14 +180,14 @@ class Collate:
     def __call__(self, items: list[dict]) -> Batch:
         b, k = len(items), len(items[0]["context_ids"])
         context = [ids for item in items for ids in item["context_ids"]]  # B * k captions
-        context_tokens, _ = _pad(context, self.pad_id)
+        context_tokens, context_mask = _pad(context, self.context_pad_id)
         context_tokens = context_tokens.view(b, k, -1)  # (B, k, Lc)
         target_in, target_out, target_mask = pad_targets(
             [it["target_ids"] for it in items], self.pad_id, self.bos_id, self.eos_id)
         return Batch(
             **{name: self._frames(items, name) for name in FRAME_FIELDS},
             context_tokens=context_tokens,
-            context_mask=context_tokens != self.pad_id,
+            context_mask=context_mask.view(b, k, -1),
             target_in=target_in,
             target_out=target_out,
             target_mask=target_mask,
@@ -205,5 +221,6 @@ def make_loader(dataset: WindowDataset, tokenizer, batch_size: int = 32, shuffle
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
-        collate_fn=Collate(tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id),
+        collate_fn=Collate(tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                           getattr(dataset, "context_pad_id", None)),
     )

@@ -51,9 +51,14 @@ class StoryData:
     """Stories, windows and datasets of every split, with the tokenizer they share."""
 
     cfg: DataConfig
-    tokenizer: object
+    tokenizer: object  # the caption tokenizer (targets, decoding)
+    context_tokenizer: object = None  # the context captions' (a pretrained text encoder's own)
     stories: dict[str, StoryList] = field(default_factory=dict)
     datasets: dict[str, WindowDataset] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.context_tokenizer is None:
+            self.context_tokenizer = self.tokenizer
 
     def loader(self, split: str, shuffle: bool | None = None, seed: int = 0,
                batch_size: int | None = None, num_workers: int | None = None):
@@ -92,10 +97,14 @@ class StoryData:
 
 
 def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLITS,
-                 progress: bool = True, boxes: bool = False) -> StoryData:
-    """Load, tokenize, window and decode every split named in ``splits``. ``boxes``: batches
-    also carry the boxes of the characters named in the context captions
-    (``Batch.context_boxes``, for the grounding loss)."""
+                 progress: bool = True, boxes: bool = False,
+                 context_tokenizer=None) -> StoryData:
+    """Load, tokenize, window and decode every split named in ``splits``. ``tokenizer``: the
+    caption tokenizer (a run's, or a pretrained decoder's); None trains a BPE on the training
+    captions. ``context_tokenizer``: a pretrained text encoder's, for the context captions
+    (default: the caption tokenizer). ``boxes``: batches also carry the boxes of the
+    characters named in the context captions (``Batch.context_boxes``, for the grounding
+    loss)."""
     if cfg.mode not in MODES:
         raise ValueError(f"data.mode must be one of {MODES}, got {cfg.mode!r}")
     stories = {split: load_split(cfg, split, progress) for split in splits}
@@ -105,13 +114,16 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
         captions = (c for story in stories["train"] for c in story.captions)
         tokenizer = train_tokenizer(captions, min_frequency=cfg.min_pair_freq,
                                     vocab_size=cfg.vocab_size)
-    data = StoryData(cfg=cfg, tokenizer=tokenizer, stories=stories)
+    context_tokenizer = context_tokenizer or tokenizer
+    data = StoryData(cfg=cfg, tokenizer=tokenizer, context_tokenizer=context_tokenizer,
+                     stories=stories)
     frame_cache = Path(cfg.cache_dir) / "frames"
     for split, split_stories in stories.items():
         store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress,
                            fit=cfg.image_fit)
         windows = make_windows(split_stories, cfg.k)
-        mentions = MentionTargets(split_stories, store, tokenizer) if boxes else None
+        mentions = MentionTargets(split_stories, store, context_tokenizer) if boxes else None
         data.datasets[split] = WindowDataset(split_stories, windows, store, tokenizer,
-                                             max_tokens=cfg.max_tokens, mentions=mentions)
+                                             max_tokens=cfg.max_tokens, mentions=mentions,
+                                             context_tokenizer=context_tokenizer)
     return data

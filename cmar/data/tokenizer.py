@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
@@ -62,8 +62,17 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> No
     tokenizer.save_pretrained(str(folder))
 
 
-def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+def load_tokenizer(folder: str | Path):
+    """A run's caption tokenizer: this module's BPE, or a pretrained decoder's own."""
+    return with_padding(AutoTokenizer.from_pretrained(str(folder)))
+
+
+def with_padding(tokenizer):
+    """``tokenizer`` with a [PAD] id: a causal LM's tokenizer (GPT-2) has none, and pads with
+    its end-of-text token, as is usual. Padding is never read: masks come from lengths."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
@@ -86,13 +95,15 @@ def token_spans(tokenizer: PreTrainedTokenizerFast, text: str) -> list[tuple[int
 
 
 def decode(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:
-    """Ids back to a caption: stops at [EOS], drops [PAD], [BOS] and [UNK], adds no spaces."""
+    """Ids back to a caption: stops at the tokenizer's [EOS], drops its other special tokens
+    ([PAD], [BOS], [UNK]), adds no spaces."""
+    special = set(tokenizer.all_special_ids)
     kept = []
     for i in ids:
         i = int(i)
-        if i == EOS_ID:
+        if i == tokenizer.eos_token_id:
             break
-        if i not in (PAD_ID, BOS_ID, UNK_ID):
+        if i not in special:
             kept.append(i)
     text = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     return text.removeprefix(PREFIX)  # the space encode() put there

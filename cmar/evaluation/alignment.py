@@ -134,7 +134,7 @@ def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_s
     ids = frames.story_ids
     two_stories = len(set(ids)) >= 2
     partner = other_story(ids, seed) if two_stories else None
-    collate = Collate(model.pad_id, model.bos_id, model.eos_id)
+    collate = Collate(model.pad_id, model.bos_id, model.eos_id, dataset.context_pad_id)
     encoded, pixels = frame_vectors(model, data, split, frames, batch_size * 4, device, progress)
     preds, images, texts, loss_true, loss_other = [], [], [], [], []
     loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)

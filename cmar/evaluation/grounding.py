@@ -50,7 +50,8 @@ def grounding_scores(model, data, split: str, batch_size: int = 64,
     store = data.datasets[split].store
     if not callable(getattr(store, "fit_box", None)):
         return None
-    targets = MentionTargets(data.stories[split], store, data.tokenizer)
+    targets = MentionTargets(data.stories[split], store,
+                             getattr(data, "context_tokenizer", data.tokenizer))
     if not targets.has_candidates():
         return None  # nothing to score: do not run the model for nothing
     device = next(model.parameters()).device

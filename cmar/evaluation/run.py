@@ -22,6 +22,7 @@ from cmar.evaluation.floors import all_floors, windows_text
 from cmar.evaluation.report import write_report
 from cmar.evaluation.slots import slot_accuracy
 from cmar.models import load_model
+from cmar.models.hf.loading import tokenizers_for
 
 
 def device_for() -> torch.device:
@@ -43,8 +44,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt"):
 def run_data(cfg, tokenizer, model, splits: tuple[str, ...], progress: bool = True):
     """The StoryData a trained run is evaluated on; a frozen image encoder reads the same
     memory-mapped feature cache as training did instead of re-running the CNN."""
-    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=tuple(dict.fromkeys(splits)),
-                        progress=progress)
+    data = prepare_data(cfg.data, splits=tuple(dict.fromkeys(splits)), progress=progress,
+                        **tokenizers_for(cfg.model, tokenizer))
     if cfg.model.freeze_image_encoder:
         from cmar.models.feature_cache import attach_feature_cache
 
@@ -53,17 +54,19 @@ def run_data(cfg, tokenizer, model, splits: tuple[str, ...], progress: bool = Tr
     return data
 
 
-def blank(batch, what: str | None):
+def blank(batch, what: str | None, unk_id: int | None = UNK_ID):
     """Modality ablation: the batch with its context ``images`` (and, in grounded mode, the
-    target image) replaced by zeros, or its context ``captions`` reduced to one [UNK].
-    With the feature cache (a frozen encoder) the zeros replace the cached features."""
+    target image) replaced by zeros, or its context ``captions`` reduced to one [UNK]
+    (``unk_id``: the context tokenizer's). With the feature cache (a frozen encoder) the
+    zeros replace the cached features."""
     if what is None:
         return batch
     if what == "images":
         return dataclasses.replace(batch, **{name: torch.zeros_like(frames)
                                              for name, frames in batch.frames().items()})
     if what == "captions":
-        tokens = torch.full_like(batch.context_tokens[..., :1], UNK_ID)
+        tokens = torch.full_like(batch.context_tokens[..., :1], UNK_ID if unk_id is None
+                                 else unk_id)
         return dataclasses.replace(batch, context_tokens=tokens,
                                    context_mask=torch.ones_like(tokens, dtype=torch.bool))
     raise ValueError(f"blank must be None, 'images' or 'captions', got {what!r}")
@@ -79,7 +82,7 @@ def generate_captions(model, data, split: str, strategy: str = "greedy", beam_si
     loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
     out = {}
     for batch in tqdm(loader, desc=f"generating ({strategy})", disable=not progress):
-        batch = blank(batch, blank_input)
+        batch = blank(batch, blank_input, data.context_tokenizer.unk_token_id)
         ids = model.generate(batch.to(device), strategy, beam_size=beam_size, **options)
         out.update({wid: decode(data.tokenizer, row) for wid, row in zip(batch.window_ids,
                                                                           ids.cpu(), strict=True)})

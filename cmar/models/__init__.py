@@ -22,11 +22,13 @@ from cmar.models.story_model import PARTS, ModelOutput, NextFrameHead, StoryMode
 
 
 def build_model(cfg, tokenizer, data_cfg, components: dict | None = None) -> StoryModel:
-    """A StoryModel for a :class:`cmar.config.Config`'s model and data sections."""
+    """A StoryModel for a :class:`cmar.config.Config`'s model and data sections; ``tokenizer``
+    is the caption tokenizer (the run's: a trained BPE or a pretrained decoder's own)."""
     return StoryModel(cfg, vocab_size=len(tokenizer), image_size=data_cfg.image_size,
                       mode=data_cfg.mode, max_len=data_cfg.max_tokens + 1,
                       pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,
-                      eos_id=tokenizer.eos_token_id, components=components)
+                      eos_id=tokenizer.eos_token_id, unk_id=tokenizer.unk_token_id,
+                      components=components)
 
 
 __all__ = [

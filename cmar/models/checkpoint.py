@@ -1,10 +1,12 @@
 """Saving and loading a StoryModel: a plain dict of tensors and numbers, written atomically,
 read back with ``torch.load(..., weights_only=True)`` (no pickled code is ever executed).
 
-A frozen pretrained backbone (``freeze_image_encoder`` with ``pretrained``) never changes in
-training, so a checkpoint names it instead of storing it: where its weights come from and a
-hash of them. Loading rebuilds it from the same source and refuses a different hash. At the
-``storyreasoning`` preset's size that is 44 MB less in every checkpoint (ResNet-18).
+A frozen pretrained backbone (``freeze_image_encoder`` with ``pretrained``, or a frozen ``hf:``
+image tower or text encoder) never changes in training, so a checkpoint names it instead of
+storing it: where its weights come from and a hash of them. Loading rebuilds it from the same
+source and refuses a different hash. At the ``storyreasoning`` preset's size that is 44 MB less
+in every checkpoint (ResNet-18); 350 MB for CLIP ViT-B/32's tower. A trained ``hf:`` part is
+stored, but rebuilding it still reads its architecture from its source (``from_pretrained``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 import torch
 
 from cmar.config import ModelConfig
+from cmar.models.hf.loading import hf_source
 from cmar.models.story_model import StoryModel
 
-FROZEN_BACKBONE = "image_encoder.backbone"  # the part a checkpoint may name, not store
+FROZEN_BACKBONE = "image_encoder.backbone"  # parts a checkpoint may name, not store
+FROZEN_TEXT = "text_encoder.model"
 # Raised when parameter names or the stored fields change, so that an older checkpoint is
 # refused with a sentence instead of a missing-key dump. 2: the decoders' own attention
 # modules and model.infonce_temperature (issue 13).
@@ -36,15 +40,23 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def named_weights(model: StoryModel) -> dict[str, dict]:
-    """The frozen pretrained parts of ``model``: part -> {"source", "sha1"}."""
+    """The frozen pretrained parts of ``model``: part -> {"source", "sha1"}. A frozen hf:
+    image tower or text encoder is named by its hub id or folder."""
     cfg = model.cfg
-    if not (cfg.freeze_image_encoder and cfg.pretrained):
-        return {}
-    import torchvision
+    named = {}
+    if cfg.freeze_image_encoder and hf_source(cfg.image_encoder):
+        named[FROZEN_BACKBONE] = {"source": cfg.image_encoder,
+                                  "sha1": weights_digest(model.image_encoder.backbone)}
+    elif cfg.freeze_image_encoder and cfg.pretrained:
+        import torchvision
 
-    weights = torchvision.models.get_model_weights(cfg.image_encoder).DEFAULT
-    return {FROZEN_BACKBONE: {"source": f"torchvision {cfg.image_encoder} {weights}",
-                              "sha1": weights_digest(model.image_encoder.backbone)}}
+        weights = torchvision.models.get_model_weights(cfg.image_encoder).DEFAULT
+        named[FROZEN_BACKBONE] = {"source": f"torchvision {cfg.image_encoder} {weights}",
+                                  "sha1": weights_digest(model.image_encoder.backbone)}
+    if cfg.freeze_text_encoder and hf_source(cfg.text_encoder):
+        named[FROZEN_TEXT] = {"source": cfg.text_encoder,
+                              "sha1": weights_digest(model.text_encoder.model)}
+    return named
 
 
 def save_model(model: StoryModel, path: str | Path, extra: dict | None = None,
@@ -108,15 +120,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
             "(cmar train --config RUN/config.yaml --overwrite).")
     cfg = ModelConfig(**payload["model_config"])
     named = payload.get("named_weights", {})
-    cfg.pretrained = bool(named)  # stored weights replace any download; named ones need it
+    # stored weights replace any download; named torchvision ones need it
+    cfg.pretrained = cfg.pretrained and FROZEN_BACKBONE in named
     model = StoryModel(cfg, **payload["init_args"], components=components)
     for part, spec in named.items():
         found = weights_digest(model.get_submodule(part))
         if found != spec["sha1"]:
             raise CheckpointError(
                 f"{path} was trained with {spec['source']} of hash {spec['sha1']}, but those "
-                f"loaded now hash to {found}: the weights file under $TORCH_HOME changed. "
-                "Put the original file back, or retrain.")
+                f"loaded now hash to {found}: the weights file (under $TORCH_HOME, or the "
+                "hf: folder or hub cache) changed. Put the original back, or retrain.")
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     missing = [k for k in missing if not any(k.startswith(part + ".") for part in named)]
     if missing or unexpected:

@@ -29,9 +29,19 @@ State = dict[str, torch.Tensor]
 def reorder(state: State, index: torch.Tensor, keep_memory: bool = False) -> State:
     """Pick rows ``index`` of every state tensor (all are batch-first); with ``keep_memory``,
     entries named ``memory...`` are left as they are (they are equal across a window's beams).
+    An entry that is not a tensor but a Hugging Face cache (a pretrained decoder's
+    ``past_key_values``) is reordered in place by its own ``reorder_cache``.
     """
-    return {key: value if keep_memory and key.startswith("memory")
-            else value.index_select(0, index) for key, value in state.items()}
+    out = {}
+    for key, value in state.items():
+        if keep_memory and key.startswith("memory"):
+            out[key] = value
+        elif isinstance(value, torch.Tensor):
+            out[key] = value.index_select(0, index)
+        else:
+            value.reorder_cache(index)
+            out[key] = value
+    return out
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -90,9 +100,11 @@ class Decoding:
     unk_id: int
 
     def _scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities with [PAD], [BOS] and [UNK] never generated."""
+        """Log-probabilities with [PAD], [BOS] and [UNK] never generated, unless one of them
+        is also [EOS] (a GPT-2 tokenizer's one ``<|endoftext|>`` is all four)."""
         logits = logits.float()
-        logits[:, [self.pad_id, self.bos_id, self.unk_id]] = float("-inf")
+        banned = {self.pad_id, self.bos_id, self.unk_id} - {self.eos_id, None}
+        logits[:, sorted(banned)] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 
     @torch.no_grad()

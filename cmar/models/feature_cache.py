@@ -1,4 +1,5 @@
-"""Frozen CNN features computed once and memory-mapped, so epochs never re-run the CNN.
+"""Frozen CNN (or hf: vision tower) features computed once and memory-mapped, so epochs never
+re-run the backbone.
 
 With ``model.freeze_image_encoder`` the backbone's output for a frame never changes, so
 ``attach_feature_cache`` runs it once over every frame of each split and swaps the split's
@@ -55,11 +56,15 @@ class FeatureStore:
         return None if self.geometry is None else self.geometry.fit_box(story, t, box)
 
 
-def cache_key(encoder_name: str, pretrained: bool, store: ImageStore, weights_digest: str) -> str:
+def cache_key(encoder_name: str, pretrained: bool, store: ImageStore, weights_digest: str,
+              backbone_spec: dict | None = None) -> str:
+    """``backbone_spec``: what else shapes the features (an hf: tower's input side, mean, std)."""
     spec = {"encoder": encoder_name, "pretrained": pretrained, "size": store.image_size,
             "fit": getattr(store, "fit", "squash"),
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "frames": len(store),
             "weights": weights_digest}
+    if backbone_spec:
+        spec["backbone"] = backbone_spec
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(store.array[:: max(1, len(store) // 64)]).tobytes())
     return digest.hexdigest()[:16]
@@ -111,6 +116,7 @@ def attach_feature_cache(data, model, cache_dir: str | Path, device="cpu",
         store = dataset.store
         if isinstance(store, FeatureStore):
             continue
-        key = cache_key(model.cfg.image_encoder, model.cfg.pretrained, store, weights)
+        key = cache_key(model.cfg.image_encoder, model.cfg.pretrained, store, weights,
+                        getattr(backbone, "cache_spec", None))
         dataset.store = compute_features(backbone, store, Path(cache_dir) / f"features-{key}.npy",
                                          device=device, progress=progress)

@@ -27,6 +27,7 @@ from torch import nn
 
 from cmar.config import ModelConfig
 from cmar.models.fusion import FusedFrame
+from cmar.models.hf.loading import hf_source
 from cmar.models.image_encoder import RegionEncoder
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
@@ -36,6 +37,32 @@ NEXT_TARGETS = ("shared", "detached")
 NEXT_NEGATIVES = ("batch", "story")
 PARTS = ("image_encoder", "text_encoder", "fusion", "story_encoder", "decoder", "next_frame")
 MEMORY_KINDS = 4  # story state, caption token, context-frame region, target-frame region
+
+
+def pretrained_builders(cfg: ModelConfig, vocab_size: int, image_size: int, max_len: int,
+                        pad_id: int, bos_id: int, eos_id: int, unk_id: int | None) -> dict:
+    """Builders of the parts the config names ``hf:<source>`` (:mod:`cmar.models.hf`)."""
+    from cmar.models import hf
+
+    checkpointing = cfg.gradient_checkpointing
+    builders = {}
+    if source := hf_source(cfg.image_encoder):
+        builders["image_encoder"] = lambda: hf.HFImageEncoder(
+            source, cfg.d_model, image_size, cfg.freeze_image_encoder, checkpointing)
+    if source_text := hf_source(cfg.text_encoder):
+        builders["text_encoder"] = lambda: hf.HFTextEncoder(
+            source_text, cfg.d_model, cfg.freeze_text_encoder, checkpointing)
+    elif cfg.freeze_text_encoder:
+        raise ValueError("model.freeze_text_encoder keeps pretrained weights fixed; "
+                         f"text encoder {cfg.text_encoder!r} has none (use hf:<id>)")
+    if source_decoder := hf_source(cfg.decoder):
+        builders["decoder"] = lambda: hf.HFDecoder(
+            source_decoder, vocab_size, cfg.d_model, pad_id, bos_id, eos_id, unk_id, max_len,
+            cfg.freeze_decoder, checkpointing)
+    elif cfg.freeze_decoder:
+        raise ValueError("model.freeze_decoder keeps pretrained weights fixed; "
+                         f"decoder {cfg.decoder!r} has none (use hf:<id>)")
+    return builders
 
 
 class NextFrameHead(nn.Module):
@@ -74,12 +101,12 @@ class ModelOutput:
 class StoryModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, image_size: int, mode: str = "next",
                  max_len: int = 40, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
-                 max_frames: int = 32, components: dict | None = None):
+                 max_frames: int = 32, components: dict | None = None, unk_id: int | None = 3):
         super().__init__()
         self.cfg, self.mode, self.max_len = cfg, mode, max_len
         self.init_args = dict(vocab_size=vocab_size, image_size=image_size, mode=mode,
                               max_len=max_len, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
-                              max_frames=max_frames)  # what save_model stores to rebuild it
+                              max_frames=max_frames, unk_id=unk_id)  # what save_model stores
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         d, drop = cfg.d_model, cfg.dropout
         components = dict(components or {})
@@ -104,6 +131,8 @@ class StoryModel(nn.Module):
                                               eos_id=eos_id, max_len=max_len,
                                               **({"copy": True} if cfg.copy_tokens else {})),
             "next_frame": lambda: NextFrameHead(d, drop),
+            **pretrained_builders(cfg, vocab_size, image_size, max_len, pad_id, bos_id, eos_id,
+                                  unk_id),
         }
         for part in PARTS:
             setattr(self, part, components.get(part) or builders[part]())
@@ -118,6 +147,9 @@ class StoryModel(nn.Module):
         if cfg.next_negatives not in NEXT_NEGATIVES:
             raise ValueError(f"model.next_negatives must be one of {NEXT_NEGATIVES}, "
                              f"got {cfg.next_negatives!r}")
+        if cfg.copy_tokens and (hf_source(cfg.decoder) or hf_source(cfg.text_encoder)):
+            raise ValueError("model.copy_tokens needs the built-in decoder and text encoder, "
+                             "which share one vocabulary; an hf: part has its own")
         if cfg.copy_tokens and not cfg.memory_tokens:
             raise ValueError("model.copy_tokens copies the context words of the decoder's "
                              "memory: it needs model.memory_tokens=true")
