@@ -208,3 +208,20 @@ def test_the_pretrained_cost_estimate_measures_a_step_and_labels_estimates():
     assert estimate["gpu_memory_gib"] > 1.0  # at least the CUDA context
     assert result["steps_per_epoch"] == -(-result["train_windows"] // 2)
     assert "ESTIMATES (not measured on a GPU)" in render_pretrained(result)
+
+
+def test_decoders_that_cannot_cross_attend_are_refused_with_a_sentence(tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM
+
+    tiny = dict(vocab_size=64, max_position_embeddings=64)
+    BartForConditionalGeneration(BartConfig(d_model=16, encoder_layers=1, decoder_layers=1,
+                                            encoder_attention_heads=2, decoder_attention_heads=2,
+                                            encoder_ffn_dim=32, decoder_ffn_dim=32, **tiny)
+                                 ).save_pretrained(tmp_path / "bart")
+    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, **tiny)
+                     ).save_pretrained(tmp_path / "llama")
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        HFDecoder(str(tmp_path / "bart"), 64, 16, 0, 1, 2)
+    with pytest.raises(ValueError, match="cannot cross-attend"):
+        HFDecoder(str(tmp_path / "llama"), 64, 16, 0, 1, 2)

@@ -41,17 +41,21 @@ class HFDecoder(Decoding, nn.Module):
                 f"hf:{source} is an encoder-decoder model ({config.model_type}); model.decoder "
                 "takes a causal language model that can cross-attend, such as the GPT-2 family "
                 "(gpt2, distilgpt2)")
-        self.lm, info = load_pretrained(transformers.AutoModelForCausalLM, source,
-                                        "decoder", add_cross_attention=True,
-                                        output_loading_info=True)
+        cannot = ValueError(
+            f"hf:{source} ({config.model_type}) cannot cross-attend to the story memory; "
+            "model.decoder takes a causal language model with cross-attention layers, such as "
+            "the GPT-2 family (gpt2, distilgpt2)")
+        try:
+            self.lm, info = load_pretrained(transformers.AutoModelForCausalLM, source,
+                                            "decoder", add_cross_attention=True,
+                                            output_loading_info=True)
+        except TypeError as error:  # its class takes no add_cross_attention
+            raise cannot from error
         accepts = inspect.signature(self.lm.forward).parameters
         # the cache argument's name: "cache" from transformers 5.x, "past_key_values" before
         self.cache_argument = "cache" if "cache" in accepts else "past_key_values"
         if "encoder_hidden_states" not in accepts:
-            raise ValueError(
-                f"hf:{source} ({config.model_type}) cannot cross-attend to the story memory; "
-                "model.decoder takes a causal language model with cross-attention layers, "
-                "such as the GPT-2 family (gpt2, distilgpt2)")
+            raise cannot
         if vocab_size > self.lm.get_output_embeddings().weight.shape[0]:
             self.lm.resize_token_embeddings(vocab_size)
         self.new_parameters = sorted(set(info["missing_keys"]))  # cross-attention: trained
