@@ -225,3 +225,32 @@ def test_decoders_that_cannot_cross_attend_are_refused_with_a_sentence(tmp_path)
         HFDecoder(str(tmp_path / "bart"), 64, 16, 0, 1, 2)
     with pytest.raises(ValueError, match="cannot cross-attend"):
         HFDecoder(str(tmp_path / "llama"), 64, 16, 0, 1, 2)
+
+
+def test_dinov2_siglip_and_vit_towers_give_patch_regions_at_their_processors_side(tmp_path):
+    """Each tower's regions are its patch tokens (class and register tokens dropped), at the
+    side its image processor crops to, which may differ from its config's."""
+    import transformers as tf
+
+    from cmar.models.hf import HFImageEncoder
+
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=64)
+    towers = {  # name: (model, processor, expected side, expected regions)
+        "dinov2": (tf.Dinov2Model(tf.Dinov2Config(**small, image_size=56, patch_size=14)),
+                   tf.BitImageProcessor(size={"shortest_edge": 28}, do_center_crop=True,
+                                        crop_size={"height": 28, "width": 28}), 28, 4),
+        "siglip": (tf.SiglipVisionModel(tf.SiglipVisionConfig(**small, image_size=32,
+                                                              patch_size=8)),
+                   tf.SiglipImageProcessor(size={"height": 32, "width": 32}), 32, 16),
+        "vit": (tf.ViTModel(tf.ViTConfig(**small, image_size=32, patch_size=8)),
+                tf.ViTImageProcessor(size={"height": 32, "width": 32}), 32, 16),
+    }
+    for name, (model, processor, side, regions) in towers.items():
+        model.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+        encoder = HFImageEncoder(str(tmp_path / name), d_model=16, image_size=32)
+        assert encoder.backbone.side == side, name
+        assert encoder.backbone.scale.flatten().tolist() != [1.0, 1.0, 1.0]  # own mean, std
+        r, g = encoder(torch.randn(2, 3, 32, 32))
+        assert r.shape == (2, regions, 16) and g.shape == (2, 16), name

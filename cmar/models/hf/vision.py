@@ -16,6 +16,7 @@ so the feature cache (:mod:`cmar.models.feature_cache`) computes them once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -33,13 +34,14 @@ VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel",
 
 
 def _side(value) -> int | None:
-    """A square side from an image processor's ``crop_size`` / ``size`` (int or dict)."""
+    """A square side from an image processor's ``crop_size`` / ``size``: an int, a dict, or
+    (transformers 5) a ``SizeDict`` with attributes."""
     if isinstance(value, int):
         return value
-    if isinstance(value, dict):
-        for key in ("height", "shortest_edge"):
-            if value.get(key):
-                return int(value[key])
+    for key in ("height", "shortest_edge"):
+        found = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        if found:
+            return int(found)
     return None
 
 
@@ -87,7 +89,10 @@ class HFVisionBackbone(nn.Module):
         self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
         config = self.tower.config
-        self.interpolate = self.side != getattr(config, "image_size", self.side)
+        # a side other than the config's needs its position embeddings interpolated: asked of
+        # towers that take the flag (CLIP, SigLIP, ViT); DINOv2 always interpolates
+        takes_flag = "interpolate_pos_encoding" in inspect.signature(self.tower.forward).parameters
+        self.interpolate = takes_flag and self.side != getattr(config, "image_size", self.side)
         self.cache_spec = {"side": self.side, "mean": list(mean), "std": list(std)}
         self.width = int(config.hidden_size)
         self.n_regions = (self.side // int(config.patch_size)) ** 2
