@@ -254,3 +254,16 @@ def test_dinov2_siglip_and_vit_towers_give_patch_regions_at_their_processors_sid
         assert encoder.backbone.scale.flatten().tolist() != [1.0, 1.0, 1.0]  # own mean, std
         r, g = encoder(torch.randn(2, 3, 32, 32))
         assert r.shape == (2, regions, 16) and g.shape == (2, 16), name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(parts):
+    batch = random_batch(b=2, size=32)
+    grads = []
+    for checkpointing in (False, True):
+        model = hf_model(parts, gradient_checkpointing=checkpointing).train()
+        lm = model.decoder.lm
+        on = getattr(lm, "is_activation_checkpointing", None)  # transformers 5.x's name
+        assert (lm.is_gradient_checkpointing if on is None else on) == checkpointing
+        sum(model(batch).losses.values()).backward()
+        grads.append([p.grad for p in model.decoder.lm.parameters() if p.requires_grad])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))

@@ -85,7 +85,9 @@ def tokenizers_for(model_cfg, tokenizer=None) -> dict:
 def enable_checkpointing(model, enabled: bool) -> None:
     """Gradient checkpointing (recompute activations in backward) on a trainable part."""
     if enabled and any(p.requires_grad for p in model.parameters()):
-        model.gradient_checkpointing_enable()
+        # its name from transformers 5.x; the older one is deprecated there
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
 
 
 def freeze(module, keep: set[str] = frozenset()) -> None:
