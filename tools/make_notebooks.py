@@ -172,8 +172,8 @@ NOTEBOOKS = {
            "that cross-attends to the story memory (its tokenizer becomes the caption "
            "tokenizer). From the command line:\n\n"
            "```\ncmar train --config default --set model.image_encoder=hf:openai/clip-vit-base-"
-           "patch32 \\\n    --set model.freeze_image_encoder=true --set model.decoder=hf:gpt2\n"
-           "```\n\n"
+           "patch32 \\\n    --set model.freeze_image_encoder=true --set model.decoder=hf:gpt2 "
+           "\\\n    --set model.copy_tokens=false --set train.lr=0.0001\n```\n\n"
            "Here, offline, the parts are tiny stand-ins built from their configs and written with "
            "`save_pretrained` (random weights: they show the mechanics, not what pretraining "
            "buys). With network, set `USE_HUB = True` to load the real models instead."),
@@ -190,7 +190,10 @@ NOTEBOOKS = {
              "             \"decoder\": f\"hf:{stand_ins.causal_lm(folder / 'gpt2', captions)}\"}\n"
              "swapped = load_config(CONFIG, [f\"model.{part}={name}\" for part, name in "
              "parts.items()]\n"
-             "                      + [\"model.freeze_image_encoder=true\"])\n"
+             "                      + [\"model.freeze_image_encoder=true\",  # features "
+             "cacheable\n"
+             "                         \"model.copy_tokens=false\"])  # copying needs one "
+             "vocabulary\n"
              "swapped_data = prepare_data(swapped.data, splits=(\"train\",), progress=False,\n"
              "                            **tokenizers_for(swapped.model))  # the decoder's "
              "tokenizer\n"
@@ -199,8 +202,7 @@ NOTEBOOKS = {
              "len(swapped_data.tokenizer), \"tokens\")\n"
              "for part, count in swapped_model.parameter_counts().items():\n"
              "    print(f\"{part:<15}{count:>12,}\")"),
-        code("from cmar.data import decode\n\n"
-             "torch.manual_seed(0)\n"
+        code("torch.manual_seed(0)\n"
              "swapped_batch = next(iter(swapped_data.loader(\"train\", shuffle=False, "
              "num_workers=0)))\n"
              "regions, image = swapped_model.image_encoder(swapped_batch.context_images."
@@ -210,7 +212,10 @@ NOTEBOOKS = {
              "tuple(out.logits.shape))\n"
              "ids = swapped_model.generate(swapped_batch.rows(slice(0, 1)), \"beam\", "
              "max_len=12)\n"
-             "print(\"untrained caption:\", repr(decode(swapped_data.tokenizer, ids[0])))"),
+             "# random weights: random pieces, often single bytes of a character, so show the\n"
+             "# pieces rather than text\n"
+             "print(\"untrained caption, as GPT-2 pieces:\", "
+             "swapped_data.tokenizer.convert_ids_to_tokens(ids[0].tolist()))"),
     ],
     "03_training": header("03_training", "03 · Training",
                           "Train the chosen configuration with a progress bar and watch train "

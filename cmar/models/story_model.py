@@ -148,8 +148,9 @@ class StoryModel(nn.Module):
             raise ValueError(f"model.next_negatives must be one of {NEXT_NEGATIVES}, "
                              f"got {cfg.next_negatives!r}")
         if cfg.copy_tokens and (hf_source(cfg.decoder) or hf_source(cfg.text_encoder)):
-            raise ValueError("model.copy_tokens needs the built-in decoder and text encoder, "
-                             "which share one vocabulary; an hf: part has its own")
+            raise ValueError("model.copy_tokens (on in the default preset) needs the built-in "
+                             "decoder and text encoder, which share one vocabulary; an hf: part "
+                             "has its own: add --set model.copy_tokens=false")
         if cfg.copy_tokens and not cfg.memory_tokens:
             raise ValueError("model.copy_tokens copies the context words of the decoder's "
                              "memory: it needs model.memory_tokens=true")
