@@ -40,7 +40,7 @@ def test_unreachable_weights_give_an_error_that_names_the_cause(monkeypatch):
 
     monkeypatch.setattr(torchvision.models, "get_model", no_network)
     with pytest.raises(RuntimeError, match=r"resnet34.*network is unreachable.*pretrained=false"):
-        image_encoder.load_resnet("resnet34", pretrained=True)
+        image_encoder.load_torchvision("resnet34", pretrained=True)
 
 
 def test_small_cnn_has_no_pretrained_weights():

@@ -187,11 +187,6 @@ def load_torchvision(name: str, pretrained: bool) -> nn.Module:
     return model.features  # MobileNetV2: its convolutions, without the classifier
 
 
-def load_resnet(name: str, pretrained: bool) -> nn.Module:
-    """A torchvision ResNet without its pooling and classifier (see :func:`load_torchvision`)."""
-    return load_torchvision(name, pretrained)
-
-
 def _torchvision_class(name: str) -> type:
     def __init__(self, d_model: int = 128, image_size: int = 224, freeze: bool = False,
                  pretrained: bool = False):
