@@ -82,9 +82,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cmar.evaluation.run import evaluate_run
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"no run folder at {run_dir} (it has no config.yaml); "
-                                "train one with `cmar train` first")
     metrics = evaluate_run(run_dir, split=args.split, strategy=args.strategy,
                            beam_size=args.beam, meteor=args.meteor, tokenizer=args.tokenizer,
                            bootstrap=args.bootstrap)

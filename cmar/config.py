@@ -171,6 +171,27 @@ def _checked(name: str, value: Any, default: Any) -> Any:
                      f"got {value!r}")
 
 
+# keys whose value has a floor: a value below it would fail later with an unrelated error
+# (a division by zero, an empty run folder)
+AT_LEAST = {"data.k": 1, "data.batch_size": 1, "data.max_tokens": 1, "data.image_size": 8,
+            "data.num_workers": 0, "data.vocab_size": 260, "train.epochs": 1,
+            "train.log_every": 1, "eval.batch_size": 1, "eval.beam_size": 1,
+            "model.d_model": 1, "model.n_heads": 1, "model.decoder_layers": 1,
+            "model.encoder_layers": 1, "model.cmar_rounds": 1}
+
+
+def check_ranges(config: Config) -> Config:
+    """``config``, or a ValueError naming the first key below its floor (:data:`AT_LEAST`)."""
+    for key, floor in AT_LEAST.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value < floor:
+            raise ValueError(f"config key {key} must be at least {floor}, got {value}")
+    if config.train.lr <= 0:
+        raise ValueError(f"config key train.lr must be above 0, got {config.train.lr}")
+    return config
+
+
 def _set(tree: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -194,7 +215,7 @@ def load_config(
             raise ValueError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         _set(tree, key.strip(), yaml.safe_load(raw))
-    return _build(Config, tree, "")
+    return check_ranges(_build(Config, tree, ""))
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -108,3 +108,32 @@ def test_bad_values_name_the_key():
     with pytest.raises(ValueError, match=r"train\.amp expects bool"):
         load_config("smoke", ["train.amp=3"])
     assert load_config("smoke", ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.batch_size=0", "data.batch_size must be at least 1, got 0"),
+    ("train.epochs=-1", "train.epochs must be at least 1, got -1"),
+    ("data.k=0", "data.k must be at least 1"),
+    ("train.lr=0", "train.lr must be above 0"),
+])
+def test_values_below_their_floor_are_refused_by_name(setting, message, capsys):
+    with pytest.raises(ValueError, match=message):
+        load_config("smoke", [setting])
+    assert main(["train", "--config", "smoke", "--set", setting]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_window_longer_than_every_story_says_to_lower_k(shapes_cache, capsys):
+    assert main(["data", "--config", "smoke", "--set", f"data.cache_dir={shapes_cache}",
+                 "--set", "data.k=50"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable story" in err and "too_short" in err and "lower data.k" in err
+
+
+def test_run_commands_name_a_missing_run_folder_or_checkpoint(tmp_path, capsys):
+    for command in ("evaluate", "generate"):
+        assert main([command, str(tmp_path / "nowhere")]) == 2
+        assert "no run folder at" in capsys.readouterr().err
+    save_config(load_config("smoke"), tmp_path / "config.yaml")  # a run with no epoch done
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "holds no best.pt" in capsys.readouterr().err

@@ -34,6 +34,19 @@ def shapestories_options(cfg: DataConfig) -> dict:
                 knobs=knobs)
 
 
+def no_story_left(cfg: DataConfig, stories: StoryList) -> str:
+    """Why a training split came out empty, and what to change."""
+    report = stories.report
+    reasons = ", ".join(f"{n} {reason}" for reason, n in report.skipped.items()) or "none"
+    text = (f"{cfg.source}[train] has no usable story: {report.rows} rows read, skipped: "
+            f"{reasons}.")
+    if "too_short" in report.skipped:
+        examples = "; ".join(report.examples.get("too_short", [])[:3])
+        text += (f" A window needs data.k + 1 = {cfg.k + 1} frames, more than these stories "
+                 f"have (e.g. {examples}): lower data.k.")
+    return text
+
+
 def load_split(cfg: DataConfig, split: str, progress: bool = True) -> StoryList:
     """The stories of one split, as the config describes them."""
     extra = shapestories_options(cfg)
@@ -119,6 +132,8 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
                      stories=stories)
     frame_cache = Path(cfg.cache_dir) / "frames"
     for split, split_stories in stories.items():
+        if split == "train" and not split_stories:
+            raise ValueError(no_story_left(cfg, split_stories))
         store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress,
                            fit=cfg.image_fit)
         windows = make_windows(split_stories, cfg.k)

@@ -36,6 +36,12 @@ def device_for() -> torch.device:
 def load_run(run_dir: str | Path, checkpoint: str = "best.pt"):
     """(config, tokenizer, model in eval mode) of a run folder."""
     run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"no run folder at {run_dir} (it has no config.yaml); "
+                                "train one with `cmar train` first")
+    if not (run_dir / checkpoint).exists():
+        raise FileNotFoundError(f"{run_dir} holds no {checkpoint}: its training never finished "
+                                f"an epoch. Continue it with `cmar train --resume {run_dir}`")
     cfg = load_config(run_dir / "config.yaml")
     model, _ = load_model(run_dir / checkpoint)
     return cfg, load_tokenizer(run_dir / "tokenizer"), model.eval()
