@@ -168,3 +168,15 @@ def test_tokenizer_round_trip_and_unknown_words(tmp_path):
     assert decode(loaded, ids) == "Ann runs to the castle."
     runs = len(encode(loaded, "Ann runs"))
     assert decode(loaded, ids[:runs] + [loaded.eos_token_id] + ids[runs:]) == "Ann runs"
+
+
+def test_a_loader_never_starts_more_workers_than_cpus(shapes_cache):
+    from cmar.config import load_config
+    from cmar.data import prepare_data
+    from cmar.data.batches import usable_cpus
+
+    cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}"]).data
+    data = prepare_data(cfg, splits=("train",), progress=False)
+    loader = data.loader("train", num_workers=usable_cpus() + 3)
+    assert loader.num_workers == usable_cpus()
+    assert data.loader("train", num_workers=0).num_workers == 0

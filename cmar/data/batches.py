@@ -21,6 +21,7 @@ A :class:`Batch` of B windows with k context frames, image side S:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -209,10 +210,21 @@ def _boxes(items: list[dict], length: int) -> torch.Tensor | None:
     return boxes
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def make_loader(dataset: WindowDataset, tokenizer, batch_size: int = 32, shuffle: bool = False,
                 seed: int = 0, num_workers: int = 2) -> DataLoader:
-    """A DataLoader with a seeded order, persistent workers and pinned memory on CUDA."""
+    """A DataLoader with a seeded order, persistent workers and pinned memory on CUDA; never
+    more worker processes than this process may use CPUs (a preset's 4 on a 2-core machine
+    would only contend, and torch warns)."""
     generator = torch.Generator().manual_seed(seed)
+    num_workers = min(num_workers, usable_cpus())
     return DataLoader(
         dataset,
         batch_size=batch_size,
