@@ -146,3 +146,24 @@ def test_stories_read_their_frames_from_the_table_without_copying_it(tmp_path):
         with pytest.raises(IndexError):
             story.images[3]
     assert_aligned(stories)
+
+
+def test_a_single_parquet_file_is_a_source(storyreasoning_parquet):
+    train_file = next((storyreasoning_parquet / "data").glob("train-*.parquet"))
+    # alone, the file has no test split; carving none keeps train as the folder's
+    stories = load_stories(str(train_file), "train", val_fraction=0.25, test_fraction=0.0,
+                           progress=False)
+    folder = load_stories(str(storyreasoning_parquet), "train", val_fraction=0.25,
+                          progress=False)
+    assert [s.story_id for s in stories] == [s.story_id for s in folder]
+    test_file = next((storyreasoning_parquet / "data").glob("test-*.parquet"))
+    assert len(load_stories(str(test_file), "test", progress=False)) == 4  # split from its name
+
+
+def test_a_local_path_that_does_not_exist_is_not_tried_on_the_hub(tmp_path):
+    for source in (str(tmp_path / "missing"), "./copy/train-00000.parquet", "~/nowhere/data"):
+        with pytest.raises(FileNotFoundError, match="no such file or folder.*save_to_disk"):
+            load_stories(source, "train", progress=False)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="must be a .parquet file"):
+        load_stories(str(tmp_path / "notes.txt"), "train", progress=False)

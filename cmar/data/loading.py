@@ -6,7 +6,9 @@ Sources, all read through Hugging Face ``datasets``:
   ``cache_dir`` with ``save_to_disk``, then read back like any local copy;
 - ``"storyreasoning"``: ``daniel3303/StoryReasoning`` on the hub;
 - a local folder: a ``save_to_disk`` folder or a folder of parquet files (split taken from the
-  file names, ``train-*.parquet`` / ``test-*.parquet``, as on the hub);
+  file names, ``train-*.parquet`` / ``test-*.parquet``, as on the hub), or one ``.parquet``
+  file (its split from its name likewise, else ``train``); a path that does not exist is
+  reported as such, not tried on the hub;
 - any other string: a hub dataset id.
 
 Rows in the StoryReasoning schema (an ``images`` list and a ``story`` string with ``<gdi>``
@@ -59,6 +61,17 @@ def carve_split(story_ids: list[str], fraction: float, seed: int) -> tuple[list[
     return kept, carved
 
 
+LOCAL_LAYOUTS = ("A local copy is a folder written by Dataset.save_to_disk, a folder of parquet "
+                 "files (data/train-*.parquet and data/test-*.parquet, as on the hub), or one "
+                 ".parquet file (its split from its name, train-... or test-..., else train)")
+
+
+def _looks_local(source: str) -> bool:
+    """Whether ``source`` is meant as a path rather than a hub id ("owner/name")."""
+    return (source.startswith(("/", ".", "~")) or source.endswith(".parquet")
+            or source.count("/") > 1 or "\\" in source)
+
+
 def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any):
     """Open ``source`` as a ``datasets.DatasetDict`` (see the module docstring for the forms)."""
     if source == "shapestories":
@@ -68,7 +81,14 @@ def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any
     elif source == "storyreasoning":
         source = STORYREASONING_HUB_ID
     path = Path(source).expanduser()
-    if path.exists():
+    if path.is_file():
+        if path.suffix != ".parquet":
+            raise ValueError(f"data.source {source}: a single file must be a .parquet file; "
+                             f"{LOCAL_LAYOUTS}")
+        split = _SPLIT_ALIASES.get(path.name.split("-")[0], path.name.split("-")[0])
+        loaded = datasets.load_dataset("parquet", data_files={
+            split if split in SPLITS else "train": str(path)})
+    elif path.exists():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             loaded = datasets.load_from_disk(str(path))
         elif path.is_dir() and not any(path.rglob("*.parquet")):
@@ -77,6 +97,8 @@ def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any
             )
         else:
             loaded = datasets.load_dataset(str(path))
+    elif _looks_local(source):
+        raise FileNotFoundError(f"data.source {source}: no such file or folder. {LOCAL_LAYOUTS}")
     else:
         try:
             loaded = datasets.load_dataset(source)
