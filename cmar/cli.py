@@ -96,6 +96,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from cmar.models.hf import tokenizers_for
 
     cfg, tokenizer, model = load_run(args.run_dir)
+    if args.images or args.captions:
+        from cmar.evaluation.own_story import own_story_caption
+
+        caption = own_story_caption(cfg, tokenizer, model, args.images or [],
+                                    args.captions or [], args.strategy, args.beam)
+        for t, (image, text) in enumerate(zip(args.images, args.captions, strict=True)):
+            print(f"  frame {t + 1} ({image}): {text}")
+        print(f"  predicted frame {len(args.images) + 1}: {caption}")
+        return 0
     data = prepare_data(cfg.data, splits=(args.split,), progress=False,
                         **tokenizers_for(cfg.model, tokenizer))
     dataset = data.datasets[args.split]
@@ -228,12 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "default: the run's eval.bootstrap")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    generate = commands.add_parser("generate", help="print one window's context and prediction")
+    generate = commands.add_parser("generate", help="print one window's context and prediction, "
+                                                    "or the next caption of your own frames")
     generate.add_argument("run_dir")
     generate.add_argument("--split", default="test")
     generate.add_argument("--window", type=int, default=0, help="window number in the split")
     generate.add_argument("--strategy", default="beam", choices=["greedy", "beam", "sample"])
     generate.add_argument("--beam", type=int, default=5)
+    generate.add_argument("--images", nargs="+", metavar="IMAGE",
+                          help="your own story: the k frames (any format or size PIL reads)")
+    generate.add_argument("--captions", nargs="+", metavar="CAPTION",
+                          help="... and their k captions, in the same order")
     generate.set_defaults(run=cmd_generate)
 
     model = commands.add_parser("model", help="build the configured model, print parameters")

@@ -235,3 +235,25 @@ def test_the_loop_syncs_with_the_host_once_per_logging_interval(shapes_cache, tm
     assert trainer.steps_per_epoch > 5
     assert syncs == ["cpu in train.py", "tolist in train.py"], syncs  # once, not 7 per step
     assert row["windows_seen"] == len(trainer.data.datasets["train"])
+
+
+def test_generate_captions_your_own_frames_of_any_size_and_format(trained_run, tmp_path,
+                                                                   capsys):
+    run = str(trained_run.run_dir)
+    paths = []
+    for name, mode, size in (("a.jpg", "RGB", (575, 240)), ("b.png", "RGBA", (40, 90)),
+                             ("c.bmp", "L", (13, 13))):
+        Image.new(mode, size, 120).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    captions = ["Ada the red circle walks to the tree.", "Ada meets Bob.", "Bob waits."]
+    args = ["generate", run, "--images", *paths, "--captions", *captions]
+    assert main(args + ["--strategy", "greedy"]) == 0
+    out = capsys.readouterr().out
+    assert "frame 2 (" in out and "predicted frame 4: " in out
+    assert out.split("predicted frame 4: ")[1].strip()  # a caption, not nothing
+    assert main(["generate", run, "--images", *paths[:2], "--captions", *captions[:2]]) == 2
+    assert "give 3 images and 3 captions" in capsys.readouterr().err
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["generate", run, "--images", *paths[:2], str(tmp_path / "notes.png"),
+                 "--captions", *captions]) == 2
+    assert "notes.png is not an image" in capsys.readouterr().err
