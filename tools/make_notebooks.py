@@ -313,6 +313,20 @@ NOTEBOOKS = {
            "against another story's context: a gap near zero would mean the model ignores its "
            "input."),
         code("print(json.dumps(metrics[\"alignment\"][\"context sensitivity\"], indent=1))"),
+        md("## Your own story\n\nThe next caption for frames and captions of your own: edit "
+           "`IMAGES` and `CAPTIONS` (exactly k of each, in story order; any image size or format "
+           "PIL reads). Here they are a test story's first frames, written out as PNG files as "
+           "a stand-in for yours. From the command line: `cmar generate RUN --images a.png "
+           "b.jpg c.png --captions \"...\" \"...\" \"...\"`."),
+        code("import tempfile\n\nfrom cmar.evaluation.own_story import own_story_caption\n\n"
+             "folder = Path(tempfile.mkdtemp(prefix=\"cmar-own-story-\"))\n"
+             "own = stories[0]\nIMAGES = []\nfor t in range(cfg.data.k):\n"
+             "    own.image(t).save(folder / f\"frame{t + 1}.png\")\n"
+             "    IMAGES.append(str(folder / f\"frame{t + 1}.png\"))\n"
+             "CAPTIONS = list(own.captions[:cfg.data.k])  # edit: one caption per image\n"
+             "for t, caption in enumerate(CAPTIONS):\n"
+             "    print(f\"frame {t + 1}: {caption}\")\n"
+             "print(\"predicted:\", own_story_caption(cfg, tokenizer, model, IMAGES, CAPTIONS))"),
     ],
     "05_ablations": header("05_ablations", "05 · Ablations",
                            "The study: fusion (concat / cross / cmar) x decoder (LSTM / GRU / "
