@@ -96,6 +96,11 @@ def fit_image(image: Image.Image, size: int, fit: str = "letterbox") -> Image.Im
     return frame
 
 
+def fitted_array(image: Image.Image, size: int, fit: str = "letterbox") -> np.ndarray:
+    """uint8 (3, size, size): an RGB ``image`` fitted as every stored frame is."""
+    return np.asarray(fit_image(image, size, fit), dtype=np.uint8).transpose(2, 0, 1)
+
+
 def fit_box(box: Box, width: int, height: int, size: int,
             fit: str = "letterbox") -> Box | None:
     """A box ``(x1, y1, x2, y2)`` in pixels of a ``width`` x ``height`` image, in pixels of its
@@ -184,8 +189,7 @@ class ImageStore:
                                       disable=not progress)):
             image = decode_image(data)
             sizes[i] = image.size
-            array[i] = np.asarray(fit_image(image, image_size, fit),
-                                  dtype=np.uint8).transpose(2, 0, 1)
+            array[i] = fitted_array(image, image_size, fit)
         self.geometry = FrameGeometry(sizes, self.offsets, image_size, fit)
         if path is None:
             self.array = array

@@ -1,7 +1,7 @@
 """The next caption for a user's own k frames: ``cmar generate RUN --images ... --captions ...``.
 
 Any image PIL reads (any size, mode or format) is fitted to the run's frame size with the run's
-``data.image_fit`` (:func:`cmar.data.images.fit_image`, as the dataset's frames were) and its
+``data.image_fit`` (:func:`cmar.data.images.fitted_array`, as the dataset's frames were) and its
 caption tokenized with the run's context tokenizer, so the model sees the user's story exactly
 as it saw a window of its dataset.
 """
@@ -10,27 +10,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from cmar.data.batches import Collate
-from cmar.data.images import fit_image
+from cmar.data.images import fitted_array
+from cmar.data.story import decode_image
 from cmar.data.tokenizer import decode, encode
 from cmar.models.hf import tokenizers_for
 
 
 def read_frame(path: str | Path, size: int, fit: str) -> torch.Tensor:
     """uint8 (3, size, size): the image at ``path`` fitted like the run's frames."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}")
     try:
-        with Image.open(path) as image:
-            frame = fit_image(image.convert("RGB"), size, fit)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no image file at {path}") from None
+        image = decode_image(path.read_bytes())
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"{path} is not an image PIL can read ({type(error).__name__})") \
             from None
-    return torch.from_numpy(np.asarray(frame, dtype=np.uint8).transpose(2, 0, 1).copy())
+    return torch.from_numpy(fitted_array(image, size, fit).copy())
 
 
 def own_story_caption(cfg, tokenizer, model, images: list[str], captions: list[str],

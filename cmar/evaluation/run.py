@@ -60,7 +60,12 @@ def run_data(cfg, tokenizer, model, splits: tuple[str, ...], progress: bool = Tr
     return data
 
 
-def blank(batch, what: str | None, unk_id: int | None = UNK_ID):
+def context_unk_id(tokenizer) -> int:
+    """The id a blanked context caption holds: the tokenizer's [UNK], else its [PAD]."""
+    return tokenizer.pad_token_id if tokenizer.unk_token_id is None else tokenizer.unk_token_id
+
+
+def blank(batch, what: str | None, unk_id: int = UNK_ID):
     """Modality ablation: the batch with its context ``images`` (and, in grounded mode, the
     target image) replaced by zeros, or its context ``captions`` reduced to one [UNK]
     (``unk_id``: the context tokenizer's). With the feature cache (a frozen encoder) the
@@ -71,8 +76,7 @@ def blank(batch, what: str | None, unk_id: int | None = UNK_ID):
         return dataclasses.replace(batch, **{name: torch.zeros_like(frames)
                                              for name, frames in batch.frames().items()})
     if what == "captions":
-        tokens = torch.full_like(batch.context_tokens[..., :1], UNK_ID if unk_id is None
-                                 else unk_id)
+        tokens = torch.full_like(batch.context_tokens[..., :1], unk_id)
         return dataclasses.replace(batch, context_tokens=tokens,
                                    context_mask=torch.ones_like(tokens, dtype=torch.bool))
     raise ValueError(f"blank must be None, 'images' or 'captions', got {what!r}")
@@ -88,7 +92,7 @@ def generate_captions(model, data, split: str, strategy: str = "greedy", beam_si
     loader = data.loader(split, shuffle=False, batch_size=batch_size, num_workers=0)
     out = {}
     for batch in tqdm(loader, desc=f"generating ({strategy})", disable=not progress):
-        batch = blank(batch, blank_input, data.context_tokenizer.unk_token_id)
+        batch = blank(batch, blank_input, context_unk_id(data.context_tokenizer))
         ids = model.generate(batch.to(device), strategy, beam_size=beam_size, **options)
         out.update({wid: decode(data.tokenizer, row) for wid, row in zip(batch.window_ids,
                                                                           ids.cpu(), strict=True)})

@@ -58,10 +58,8 @@ class HFDecoder(Decoding, nn.Module):
             raise cannot
         if vocab_size > self.lm.get_output_embeddings().weight.shape[0]:
             self.lm.resize_token_embeddings(vocab_size)
-        self.new_parameters = sorted(set(info["missing_keys"]))  # cross-attention: trained
-        self.freeze = freeze_model
-        if freeze_model:
-            freeze(self.lm, keep=set(self.new_parameters))
+        if freeze_model:  # the new cross-attention layers (missing from the file) still train
+            freeze(self.lm, keep=set(info["missing_keys"]))
         enable_checkpointing(self.lm, gradient_checkpointing)
         self.bridge = nn.Linear(d_model, int(self.lm.config.hidden_size))
 
