@@ -9,6 +9,8 @@ Sources, all read through Hugging Face ``datasets``:
   file names, ``train-*.parquet`` / ``test-*.parquet``, as on the hub), or one ``.parquet``
   file (its split from its name likewise, else ``train``); a path that does not exist is
   reported as such, not tried on the hub;
+- your own folder of images with a ``captions.csv`` or ``captions.jsonl`` (or that file):
+  read by :mod:`cmar.data.own`, its captions plain text;
 - any other string: a hub dataset id.
 
 Rows in the StoryReasoning schema (an ``images`` list and a ``story`` string with ``<gdi>``
@@ -34,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cmar.data.markup import apply_caption_policy, parse_boxes, parse_segments
+from cmar.data.own import CAPTIONS_COLUMN, captions_file, open_own
 from cmar.data.story import LoadReport, Story, StoryList, decode_image
 
 log = logging.getLogger("cmar.data")
@@ -62,13 +65,15 @@ def carve_split(story_ids: list[str], fraction: float, seed: int) -> tuple[list[
 
 
 LOCAL_LAYOUTS = ("A local copy is a folder written by Dataset.save_to_disk, a folder of parquet "
-                 "files (data/train-*.parquet and data/test-*.parquet, as on the hub), or one "
-                 ".parquet file (its split from its name, train-... or test-..., else train)")
+                 "files (data/train-*.parquet and data/test-*.parquet, as on the hub), one "
+                 ".parquet file (its split from its name, train-... or test-..., else train), "
+                 "or your own folder of images with a captions.csv or captions.jsonl "
+                 "(story_id, frame, image, caption)")
 
 
 def _looks_local(source: str) -> bool:
     """Whether ``source`` is meant as a path rather than a hub id ("owner/name")."""
-    return (source.startswith(("/", ".", "~")) or source.endswith(".parquet")
+    return (source.startswith(("/", ".", "~")) or source.endswith((".parquet", ".csv", ".jsonl"))
             or source.count("/") > 1 or "\\" in source)
 
 
@@ -81,10 +86,12 @@ def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any
     elif source == "storyreasoning":
         source = STORYREASONING_HUB_ID
     path = Path(source).expanduser()
-    if path.is_file():
+    if captions_file(path) is not None:
+        loaded = open_own(path)
+    elif path.is_file():
         if path.suffix != ".parquet":
-            raise ValueError(f"data.source {source}: a single file must be a .parquet file; "
-                             f"{LOCAL_LAYOUTS}")
+            raise ValueError(f"data.source {source}: a single file must be a .parquet file or "
+                             f"a captions file (.csv or .jsonl); {LOCAL_LAYOUTS}")
         split = _SPLIT_ALIASES.get(path.name.split("-")[0], path.name.split("-")[0])
         loaded = datasets.load_dataset("parquet", data_files={
             split if split in SPLITS else "train": str(path)})
@@ -93,8 +100,8 @@ def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any
             loaded = datasets.load_from_disk(str(path))
         elif path.is_dir() and not any(path.rglob("*.parquet")):
             raise FileNotFoundError(
-                f"{path} holds neither a save_to_disk dataset nor parquet files"
-            )
+                f"{path} holds neither a save_to_disk dataset, nor parquet files, nor a "
+                f"captions file. {LOCAL_LAYOUTS}")
         else:
             loaded = datasets.load_dataset(str(path))
     elif _looks_local(source):
@@ -267,6 +274,8 @@ def load_stories(
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     where = f"{source}[{split}]"
+    if captions_column is None and captions_file(source) is not None:
+        captions_column = CAPTIONS_COLUMN  # your own folder: its captions are plain text
     markup = captions_column is None
     needed = {"images_column": images_column}
     if markup:
@@ -305,6 +314,11 @@ def load_stories(
     return StoryList(stories, report)
 
 
+def _shown(path: str) -> str:
+    """A path as a report shows it: its last two parts (no local folders in printed output)."""
+    return "/".join(Path(path).parts[-2:]) or "(none named)"
+
+
 def _as_int(value: Any) -> int | None:
     """``value`` as an int if it is a whole number (3, 3.0, "3"), else None."""
     try:
@@ -331,6 +345,10 @@ def _validate_row(
         return None
     images = [_encoded(cell) for cell in cells]
     for t, data in enumerate(images):
+        if data is None and isinstance(cells[t], dict) and cells[t].get("path") is not None:
+            report.skip("missing_image", story_id,
+                        f"frame {t + 1}: no file {_shown(cells[t]['path'])}")
+            return None
         try:
             if data is None:
                 raise ValueError("no image data")
