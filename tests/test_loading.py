@@ -117,8 +117,32 @@ def test_hub_failure_says_how_to_use_a_local_copy(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match="local copy"):
+    # offline mode (as in make test): the cache is tried, then one sentence
+    with pytest.raises(ConnectionError, match="data.source 'daniel3303/StoryReasoning': "
+                       "offline mode is on.*local copy.*data/train-"):
         load_stories("storyreasoning", "train", progress=False)
+
+
+def test_an_unreachable_hub_fails_at_once_naming_the_source_and_the_layout(monkeypatch):
+    """Online mode, the hub at a closed local port: one request is refused, the cache is read
+    in offline mode only, and the error names data.source and the local-copy layouts."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    calls = []
+
+    def from_cache_only(source, *args, **kwargs):
+        calls.append(datasets.config.HF_HUB_OFFLINE)
+        raise FileNotFoundError("not in the cache")
+
+    monkeypatch.setattr(datasets, "load_dataset", from_cache_only)
+    with pytest.raises(ConnectionError, match="data.source 'someone/stories': the Hugging Face "
+                       "hub is unreachable.*no copy of it.*save_to_disk.*captions.csv"):
+        load_stories("someone/stories", "train", progress=False)
+    assert calls == [True]  # never the retrying online download
+    assert datasets.config.HF_HUB_OFFLINE is False  # offline mode was only borrowed
 
 
 def test_carve_split_ignores_row_order():

@@ -23,18 +23,20 @@ split) are carved from ``train`` by story id with a fixed seed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cmar.config import SPLITS
 from cmar.data.markup import apply_caption_policy, parse_boxes, parse_segments
 from cmar.data.own import CAPTIONS_COLUMN, captions_file, open_own
 from cmar.data.story import LoadReport, Story, StoryList, decode_image
@@ -42,7 +44,6 @@ from cmar.data.story import LoadReport, Story, StoryList, decode_image
 log = logging.getLogger("cmar.data")
 
 STORYREASONING_HUB_ID = "daniel3303/StoryReasoning"
-SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
 _WS = re.compile(r"\s+")
 
@@ -72,9 +73,10 @@ LOCAL_LAYOUTS = ("A local copy is a folder written by Dataset.save_to_disk, a fo
 
 
 def _looks_local(source: str) -> bool:
-    """Whether ``source`` is meant as a path rather than a hub id ("owner/name")."""
+    """Whether ``source`` is meant as a path rather than a hub id ("owner/name"); a Windows
+    drive (``D:/copy``) is a path too."""
     return (source.startswith(("/", ".", "~")) or source.endswith((".parquet", ".csv", ".jsonl"))
-            or source.count("/") > 1 or "\\" in source)
+            or source.count("/") > 1 or "\\" in source or bool(PureWindowsPath(source).drive))
 
 
 def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any):
@@ -107,17 +109,65 @@ def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any
     elif _looks_local(source):
         raise FileNotFoundError(f"data.source {source}: no such file or folder. {LOCAL_LAYOUTS}")
     else:
-        try:
-            loaded = datasets.load_dataset(source)
-        except Exception as error:  # the hub's errors do not say what to do next
-            raise RuntimeError(
-                f"could not load {source!r} from the Hugging Face hub ({error}). "
-                "Check the id and your network, or pass a local copy: a folder written by "
-                "Dataset.save_to_disk or a folder of parquet files."
-            ) from error
+        loaded = _load_from_hub(source)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
+
+
+HUB_TIMEOUT = 5.0  # seconds the hub gets to answer one request before it counts as unreachable
+
+
+def _hub_unreachable(source: str) -> Exception | None:
+    """The error of one short request to the hub (through any configured proxy), or None
+    when it answers at all: a 401 or 404 still means the hub is there."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(f"{constants.ENDPOINT}/api/datasets/{source}", timeout=HUB_TIMEOUT)
+    except Exception as error:  # a refused connection, a timeout, a proxy or DNS failure
+        return error
+    return None
+
+
+@contextlib.contextmanager
+def _offline():
+    """``datasets`` and ``huggingface_hub`` in offline mode: only the local cache is read."""
+    import huggingface_hub.constants as hub
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
+
+
+def _load_from_hub(source: str):
+    """A hub dataset, or at once a sentence naming data.source when the hub cannot be reached
+    and the local Hugging Face cache has no copy (``datasets`` alone would retry for about
+    half a minute first)."""
+    offline = datasets.config.HF_HUB_OFFLINE
+    unreachable = None if offline else _hub_unreachable(source)
+    if offline or unreachable is not None:
+        try:
+            with _offline():
+                return datasets.load_dataset(source)  # a copy downloaded earlier
+        except Exception:
+            why = ("offline mode is on (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)" if offline else
+                   f"the Hugging Face hub is unreachable ({type(unreachable).__name__}: "
+                   f"{unreachable})")
+            raise ConnectionError(
+                f"data.source {source!r}: {why}, and the local Hugging Face cache holds no "
+                f"copy of it. Connect once to download it, or set data.source to a local copy. "
+                f"{LOCAL_LAYOUTS}") from None
+    try:
+        return datasets.load_dataset(source)
+    except Exception as error:  # the hub's errors do not say what to do next
+        raise RuntimeError(
+            f"data.source {source!r}: could not load it from the Hugging Face hub ({error}). "
+            f"Check the id, or set data.source to a local copy. {LOCAL_LAYOUTS}") from error
 
 
 def _select_split(
