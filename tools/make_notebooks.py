@@ -1,17 +1,35 @@
-"""Writes notebooks/01..05 from the cell sources below (outputs are added by executing them:
+"""Writes notebooks/01..06 from the cell sources below (outputs are added by executing them:
 ``make notebooks``). Edit here, run ``python tools/make_notebooks.py [05_ablations ...]``
-(only the named ones are rewritten, and lose their outputs), then re-execute them."""
+(only the named ones are rewritten, and lose their outputs), then re-execute them.
+
+``python tools/make_notebooks.py --links`` rewrites only the Colab badge and install cell of
+every notebook, outputs kept: run it after changing the repository address, which lives in one
+place, ``[project.urls] Repository`` in pyproject.toml."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-REPO = "cmar-project/cmar"  # where the badge and the Colab install cell point
-FOLDER = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "notebooks"
+
+
+def repository() -> str:
+    """``owner/name`` from pyproject.toml's ``[project.urls] Repository``."""
+    found = re.search(r'^Repository\s*=\s*"https://github\.com/([^"]+?)/?"',
+                      (ROOT / "pyproject.toml").read_text(), flags=re.MULTILINE)
+    if not found:
+        raise SystemExit("pyproject.toml has no [project.urls] Repository = "
+                         "\"https://github.com/OWNER/NAME\"")
+    return found.group(1)
+
+
+REPO = repository()  # where the badges and the Colab install cells point
 
 
 def header(number: str, title: str, teaches: str) -> list:
@@ -19,12 +37,16 @@ def header(number: str, title: str, teaches: str) -> list:
              f"(https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{number}.ipynb)")
     install = (
         "# On Colab only: install cmar (elsewhere `make demo` or `pip install -e .` did it).\n"
-        "import importlib.util\nimport subprocess\nimport sys\n\n"
+        "# A cmar wheel beside the notebook (cmar-*.whl, e.g. uploaded) is installed first;\n"
+        "# otherwise the repository's main branch.\n"
+        "import glob\nimport importlib.util\nimport subprocess\nimport sys\n\n"
         "on_colab = importlib.util.find_spec(\"google\") is not None and \\\n"
         "    importlib.util.find_spec(\"google.colab\") is not None\n"
         "if on_colab and importlib.util.find_spec(\"cmar\") is None:\n"
-        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",\n"
-        f"                    \"git+https://github.com/{REPO}\"], check=True)"
+        "    wheels = sorted(glob.glob(\"cmar-*.whl\"))\n"
+        f"    target = wheels[-1] if wheels else \"git+https://github.com/{REPO}\"\n"
+        "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", target], "
+        "check=True)"
     )
     return [new_markdown_cell(f"# {title}\n\n{teaches}\n\n{badge}\n\n"
                               "Outputs committed here come from a full run on ShapeStories on a "
@@ -34,8 +56,15 @@ def header(number: str, title: str, teaches: str) -> list:
 
 
 def parameters(source: str):
+    """The tagged first cell: SMOKE and SOURCE from the environment (CI sets both), then
+    ``source``."""
     cell = new_code_cell("import os\n\nSMOKE = os.environ.get(\"CMAR_SMOKE\") == \"1\"  "
-                         "# CI sets it: tiny data and model, seconds\n" + source)
+                         "# CI sets it: tiny data and model, seconds\n"
+                         "# the data: \"shapestories\", \"storyreasoning\" (the hub), or a "
+                         "local copy in the\n# hub's layout (data/train-*.parquet, "
+                         "data/test-*.parquet)\n"
+                         "SOURCE = os.environ.get(\"CMAR_SOURCE\", \"shapestories\")\n"
+                         + source)
     cell.metadata["tags"] = ["parameters"]
     return cell
 
@@ -53,8 +82,7 @@ NOTEBOOKS = {
     "01_data": header("01_data", "01 · Data: stories, frames, windows, batches",
                       "What a story is, how the markup becomes captions, what ShapeStories "
                       "asks of a model, and the exact tensors a batch holds.") + [
-        parameters('SOURCE = "shapestories"  # or "storyreasoning", or a local copy\n'
-                   'CONFIG = "smoke" if SMOKE else "default"\n'
+        parameters('CONFIG = "smoke" if SMOKE else "default"\n'
                    'OVERRIDES = [f"data.source={SOURCE}"]'),
         code("from cmar.config import load_config\nfrom cmar.data import prepare_data\n\n"
              "cfg = load_config(CONFIG, OVERRIDES)\n"
@@ -100,7 +128,9 @@ NOTEBOOKS = {
         code("from cmar.data import decode\n\nbatch = next(iter(data.loader(\"train\", "
              "shuffle=False, num_workers=0)))\n"
              "for name, value in batch.__dict__.items():\n"
-             "    print(f\"{name:<15}\", tuple(value.shape) if hasattr(value, \"shape\") "
+             "    if value is not None:  # a batch holds images, or cached features (frozen "
+             "encoder)\n"
+             "        print(f\"{name:<15}\", tuple(value.shape) if hasattr(value, \"shape\") "
              "else value[:3])\n"
              "tok = data.tokenizer\nrow_in = tok.convert_ids_to_tokens(batch.target_in[0])\n"
              "row_out = tok.convert_ids_to_tokens(batch.target_out[0])\n"
@@ -112,7 +142,9 @@ NOTEBOOKS = {
                        "The parts of `StoryModel`, the CMAR block and its two ablations, one "
                        "forward pass with every shape, and attention drawn over an image.") + [
         parameters('CONFIG = "smoke" if SMOKE else "default"\nFUSION = "cmar"  # or "cross", '
-                   '"concat"\nDECODER = "lstm"  # or "gru", "transformer"'),
+                   '"concat"\nDECODER = "lstm"  # or "gru", "transformer"\n'
+                   'OVERRIDES = [f"data.source={SOURCE}", f"model.fusion={FUSION}", '
+                   'f"model.decoder={DECODER}"]'),
         md("## CMAR\n\nFor one frame, image regions $V \\in \\mathbb{R}^{R\\times d}$ and caption "
            "word states $W \\in \\mathbb{R}^{L\\times d}$, repeated for $r$ rounds:\n\n"
            "$$W \\leftarrow \\mathrm{LN}(W + g_w \\odot \\mathrm{Attn}(W, V, V)),\\quad "
@@ -127,8 +159,7 @@ NOTEBOOKS = {
            "three get the same parameter budget."),
         code("from cmar.config import load_config\nfrom cmar.data import prepare_data\n"
              "from cmar.models import build_model\n\n"
-             "cfg = load_config(CONFIG, [f\"model.fusion={FUSION}\", "
-             "f\"model.decoder={DECODER}\"])\n"
+             "cfg = load_config(CONFIG, OVERRIDES)\n"
              "data = prepare_data(cfg.data, splits=(\"train\",), progress=False)\n"
              "model = build_model(cfg.model, data.tokenizer, cfg.data)\n"
              "for part, count in model.parameter_counts().items():\n"
@@ -188,8 +219,8 @@ NOTEBOOKS = {
              "    captions = [c for s in data.stories[\"train\"] for c in s.captions]\n"
              "    parts = {\"image_encoder\": f\"hf:{stand_ins.vision_tower(folder / 'clip')}\",\n"
              "             \"decoder\": f\"hf:{stand_ins.causal_lm(folder / 'gpt2', captions)}\"}\n"
-             "swapped = load_config(CONFIG, [f\"model.{part}={name}\" for part, name in "
-             "parts.items()]\n"
+             "swapped = load_config(CONFIG, OVERRIDES + [f\"model.{part}={name}\" for part, "
+             "name in parts.items()]\n"
              "                      + [\"model.freeze_image_encoder=true\",  # features "
              "cacheable\n"
              "                         \"model.copy_tokens=false\"])  # copying needs one "
@@ -221,7 +252,8 @@ NOTEBOOKS = {
                           "Train the chosen configuration with a progress bar and watch train "
                           "and validation loss per epoch, for every loss term.") + [
         parameters('CONFIG = "smoke" if SMOKE else "default"\nNAME = "notebook"\n'
-                   'RUNS_DIR = "runs"\nOVERRIDES = [f"name={NAME}", f"runs_dir={RUNS_DIR}"]'),
+                   'RUNS_DIR = "runs"\nOVERRIDES = [f"name={NAME}", f"runs_dir={RUNS_DIR}", '
+                   'f"data.source={SOURCE}"]'),
         code("import shutil\nfrom pathlib import Path\n\nfrom cmar.config import load_config\n"
              "from cmar.train import Trainer\n\ncfg = load_config(CONFIG, OVERRIDES)\n"
              "shutil.rmtree(Path(RUNS_DIR) / NAME, ignore_errors=True)  # a fresh run each time\n"
@@ -250,8 +282,8 @@ NOTEBOOKS = {
         code("from pathlib import Path\n\nfrom cmar.config import load_config\n"
              "from cmar.train import train\n\nif not (Path(RUN_DIR) / \"best.pt\").exists():\n"
              "    train(load_config(CONFIG, [f\"name={Path(RUN_DIR).name}\",\n"
-             "                               f\"runs_dir={Path(RUN_DIR).parent}\"]), "
-             "progress=False)"),
+             "                               f\"runs_dir={Path(RUN_DIR).parent}\",\n"
+             "                               f\"data.source={SOURCE}\"]), progress=False)"),
         code("import torch\nfrom cmar.data import decode, prepare_data\n"
              "from cmar.evaluation import load_run\n\ncfg, tokenizer, model = load_run(RUN_DIR)\n"
              "data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(\"train\", SPLIT), "
@@ -337,12 +369,16 @@ NOTEBOOKS = {
                            "study that stopped continues where it was.") + [
         parameters('# "smoke": 2 runs, seconds; "readme": the README\'s study, 54 runs of 3 '
                    'epochs (about\n# 2 h on a 2-core CPU; finished runs are read back); '
-                   '"full": the same 54 runs at 10 epochs (hours)\n'
+                   '"full": the same 54 runs at the preset\'s 8 epochs (hours)\n'
                    'GRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else "readme")\n'
                    'RUNS_DIR = "runs/study" if GRID != "smoke" else "runs/study-smoke"'),
-        code("from pathlib import Path\n\nfrom IPython.display import Image, Markdown, display\n\n"
+        code("import dataclasses\nfrom pathlib import Path\n\n"
+             "from IPython.display import Image, Markdown, display\n\n"
              "from cmar.study import GRIDS, run_study\n\n"
-             "grid = GRIDS[GRID]\nprint(grid)\nresult = run_study(grid, RUNS_DIR)"),
+             "grid = GRIDS[GRID]\nif SOURCE != \"shapestories\":  # every run reads SOURCE\n"
+             "    grid = dataclasses.replace(grid, overrides=(*grid.overrides, "
+             "f\"data.source={SOURCE}\"))\n"
+             "print(grid)\nresult = run_study(grid, RUNS_DIR)"),
         md("## Mean and spread over seeds, beside the floors\n\nEach cell is the mean ± "
            "sample standard deviation over seeds on the test split. \"minus concat\" is the "
            "mean and spread of a fusion's score minus concat's on the run with the same "
@@ -356,6 +392,72 @@ NOTEBOOKS = {
         code("for row in result[\"rows\"][:6]:\n"
              "    print(row[\"run\"], {k: round(v, 3) for k, v in row.items() if "
              "isinstance(v, float)})"),
+    ],
+    "06_your_data": header("06_your_data", "06 · Your own dataset",
+                           "A folder of your images and one captions file becomes a cmar "
+                           "source: validated (what was skipped and why), trained with the "
+                           "smoke preset and scored beside the floors.") + [
+        parameters('FOLDER = "data/my_stories"  # your folder: images + captions.csv\n'
+                   'STAND_IN = True  # write a stand-in folder from SOURCE first; False: '
+                   'use yours as it is\nN_STORIES = 60 if SMOKE else 400  # stand-in stories'),
+        md("## The layout\n\nOne folder, any images PIL reads (any size), and a "
+           "`captions.csv` with one line per frame:\n\n"
+           "```\nstory_id,frame,image,caption\nbeach,1,beach/01.jpg,Ana walks down to the "
+           "water with her dog.\nbeach,2,beach/02.jpg,The dog runs ahead and barks at a gull.\n"
+           "```\n\n`frame` orders a story's frames; `image` is relative to the folder. An "
+           "optional `split` column (`train`, `validation`, `test`) places whole stories; "
+           "whatever it leaves out is carved from `train` by story. A `captions.jsonl` with the "
+           "same fields per line works too, or one story per line: `{\"story_id\": ..., "
+           "\"images\": [...], \"captions\": [...]}`.\n\n"
+           "Here a stand-in folder is written from SOURCE's stories, with three mistakes a real "
+           "folder often has, made on purpose: a missing image, a frame given two captions, an "
+           "empty caption."),
+        code("import csv\nimport shutil\nfrom pathlib import Path\n\n"
+             "from cmar.config import load_config\nfrom cmar.data.own import write_own_folder\n"
+             "from cmar.data.prepare import load_split\n\n"
+             "if STAND_IN:\n    shutil.rmtree(FOLDER, ignore_errors=True)\n"
+             "    source = load_config(\"smoke\", [f\"data.source={SOURCE}\", "
+             "f\"data.n_stories={N_STORIES}\"])\n"
+             "    stories = load_split(source.data, \"train\", progress=False)[:N_STORIES]\n"
+             "    captions = write_own_folder(stories, FOLDER)\n"
+             "    lines = list(csv.DictReader(captions.open()))\n"
+             "    (Path(FOLDER) / lines[0][\"image\"]).unlink()  # 1: a missing image\n"
+             "    lines.append({**lines[7], \"caption\": \"A second caption for this frame.\"})"
+             "  # 2\n"
+             "    lines[14][\"caption\"] = \"\"  # 3: an empty caption\n"
+             "    with captions.open(\"w\", newline=\"\") as handle:\n"
+             "        writer = csv.DictWriter(handle, fieldnames=lines[0].keys())\n"
+             "        writer.writeheader()\n        writer.writerows(lines)\n"
+             "print(\"\".join((Path(FOLDER) / \"captions.csv\").open().readlines()[:4]))"),
+        md("## The validation report\n\nEvery story of the file is read; a story with a problem "
+           "is skipped whole and counted under its reason, with examples, so no frame is "
+           "misaligned and nothing is lost silently. Stories shorter than a window "
+           "(k + 1 frames) are skipped as `too_short`."),
+        code("from cmar.data import load_stories\n\ncfg = load_config(\"smoke\", "
+             "[f\"data.source={FOLDER}\", \"name=own-data\"])\n"
+             "for split in (\"train\", \"validation\", \"test\"):\n"
+             "    stories = load_split(cfg.data, split, progress=False)\n"
+             "    print(stories.report.summary())\n"
+             "    for reason, examples in stories.report.examples.items():\n"
+             "        print(f\"    {reason}: {examples}\")"),
+        md("## Train the smoke preset on it\n\nThe same as `cmar train --config smoke --set "
+           "data.source=data/my_stories` from the command line (`cmar data` first prints the "
+           "same report)."),
+        code("from cmar.plots import loss_curves_figure\nfrom cmar.train import Trainer\n"
+             "import matplotlib.pyplot as plt\n\n"
+             "shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # a fresh run\n"
+             "trainer = Trainer(cfg, progress=False)\nhistory = trainer.fit()\n"
+             "loss_curves_figure(history)\nplt.show()"),
+        md("## Scores beside the floors\n\nFree-running generation on the test split, each "
+           "score beside the systems that learn nothing (copy the last caption, the most "
+           "frequent caption, the nearest training caption). A model that does not beat them "
+           "has learned nothing from your images and captions yet: train longer "
+           "(`train.epochs`), or on more stories."),
+        code("from IPython.display import Markdown, display\n\n"
+             "from cmar.evaluation import evaluate_run\nfrom cmar.evaluation.report import "
+             "render\n\nmetrics = evaluate_run(trainer.run_dir, progress=False, "
+             "bootstrap=200)\n"
+             "display(Markdown(render(metrics)))"),
     ],
 }
 
@@ -376,5 +478,19 @@ def main(names: list[str]) -> None:
         print("wrote", FOLDER / f"{name}.ipynb")
 
 
+def relink() -> None:
+    """Rewrite the header cells (title, badge, install) of every notebook, outputs kept."""
+    for name, cells in NOTEBOOKS.items():
+        path = FOLDER / f"{name}.ipynb"
+        notebook = nbformat.read(path, as_version=4)
+        for i in range(2):
+            notebook.cells[i].source = cells[i].source
+        nbformat.write(notebook, path)
+        print("relinked", path, "to", REPO)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--links"]:
+        relink()
+    else:
+        main(sys.argv[1:])

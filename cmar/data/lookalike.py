@@ -1,0 +1,102 @@
+"""A StoryReasoning look-alike: hand-written rows in the hub's schema and layout, no real rows.
+
+``daniel3303/StoryReasoning`` is CC-BY-ND-4.0, so no row of it is ever committed or shipped.
+This writes a small local copy in the hub's layout (``data/train-*.parquet``,
+``data/test-*.parquet``) from invented movie-scene prose with the dataset's quirks: names with
+titles and initials, possessives, quotes, a mis-closed tag (``<gda char1>stands</gdo>``),
+575 x 240 frames, and ``chain_of_thought`` tables with boxes in original pixels. Tests and
+the notebooks' CI pass (``CMAR_SOURCE``) read it wherever the real dataset would go::
+
+    python -m cmar.data.lookalike data/storyreasoning-lookalike
+    cmar train --config smoke --set data.source=data/storyreasoning-lookalike
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import datasets
+from PIL import Image, ImageDraw
+
+from cmar.data.shapestories import FEATURES
+
+CAST = [("Tom", "Mrs. Alvarez"), ("J. Edgar", "Renée"), ("José", "Dr. Okafor"), ("Mike", "Zoë")]
+# One paragraph per frame, 45-60 words each, in the dataset's style; {a} and {b} are the cast.
+PARAGRAPHS = [
+    '<gdo char1>{a}</gdo> <gda char1>slides</gda> a creased envelope across <gdl bg1>the '
+    'counter</gdl>. <gdo char2>{b}</gdo> doesn\'t touch it. "Not here," she whispers, glancing at '
+    'the door while the rain streaks the window behind them and a radio murmurs the late news '
+    'from somewhere in the back room. Neither of them moves to turn it off.',
+    '<gdo char2>{b}</gdo> <gda char2>opens</gda> the envelope with a butter knife. Inside, a '
+    "photograph of <gdo char1>{a}'s</gdo> brother, taken in the 1960s, curls at the edges. <gdo "
+    'char1>{a}</gdo> <gda char1>stands</gdo> very still and waits for her to say something, '
+    'anything, before the kettle starts to whistle. The clock above the stove ticks on, loud in '
+    'the quiet kitchen.',
+    '<gdo char1>{a}</gdo> <gda char1>paces</gda> beside <gdl bg2>the window</gdl>, the well-worn '
+    'coat still on. "You knew him?" he asks. <gdo char2>{b}</gdo> only nods, her eyes on the '
+    'street below, where a taxi idles with its wipers going and nobody gets out. He finally sits '
+    'down on the arm of the old sofa.',
+    'Outside, <gdo char2>{b}</gdo> <gda char2>hails</gda> the taxi while <gdo char1>{a}</gdo> '
+    'locks the shop behind them. The sign on the glass reads "Closed—back at 3:15", though '
+    'neither of them means to come back tonight, and the street lamps flicker as they go. A dog '
+    'barks twice somewhere down the block, then stops, and the rain eases off.',
+    '<gdo char1>{a}</gdo> and <gdo char2>{b}</gdo> <gda char1 char2>sit</gda> in the back of <gdo'
+    ' obj1>the taxi</gdo>. The driver asks twice where they are headed. "The pier," <gdo '
+    'char2>{b}</gdo> says at last, and the city slides past in long smears of orange light. '
+    'Nobody speaks again until the bridge, where the traffic slows to a crawl.',
+    'At <gdl bg3>the pier</gdl>, <gdo char1>{a}</gdo> <gda char1>spots</gda> a figure under the '
+    'lamp. It is the man from the photograph, older, thinner, holding a suitcase. <gdo '
+    'char2>{b}</gdo> takes a step back and grips the railing as the foghorn sounds. The water '
+    'below is black and very calm tonight, like glass.',
+]
+COLOURS = [(200, 60, 60), (60, 160, 80), (60, 90, 210), (220, 190, 40), (150, 70, 180),
+           (230, 120, 30)]
+
+
+def frame(t: int) -> tuple[bytes, dict[str, tuple[int, int, int, int]]]:
+    """A 575 x 240 frame with the two characters drawn as boxes that move with t."""
+    image = Image.new("RGB", (575, 240), COLOURS[t % len(COLOURS)])
+    draw = ImageDraw.Draw(image)
+    boxes = {"char1": (40 + 30 * t, 60, 140 + 30 * t, 230),
+             "char2": (400 - 20 * t, 50, 500 - 20 * t, 235)}
+    for name, box in boxes.items():
+        draw.rectangle(box, fill=(255, 255, 255) if name == "char1" else (0, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue(), boxes
+
+
+def prose_row(i: int, n_frames: int) -> dict:
+    a, b = CAST[i % len(CAST)]
+    frames = [frame(t) for t in range(n_frames)]
+    story = "\n".join(f"<gdi image{t + 1}>\n{PARAGRAPHS[(i + t) % len(PARAGRAPHS)]}\n</gdi>"
+                      .format(a=a, b=b) for t in range(n_frames))
+    cot = "\n\n".join(
+        f"## Image {t + 1}\n### Characters\n| Character ID | Name | Bounding Box |\n|---|---|---|\n"
+        + "\n".join(f"| {cid} | {name} | {','.join(map(str, box))} |"
+                    for (cid, box), name in zip(boxes.items(), (a, b), strict=True))
+        for t, (_, boxes) in enumerate(frames))
+    return {"story_id": f"movie{i:02d}", "images": [{"bytes": png, "path": None}
+                                                     for png, _ in frames],
+            "frame_count": n_frames, "chain_of_thought": cot, "story": story}
+
+
+def write_lookalike(folder: str | Path, train: int = 24, test: int = 6) -> Path:
+    """Write ``train`` and ``test`` stories of 5-6 frames as parquet files in the hub's layout
+    under ``folder`` (which then works as ``data.source``); returns ``folder``."""
+    folder = Path(folder)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", range(train)), ("test", range(100, 100 + test))):
+        records = [prose_row(i, 5 + i % 2) for i in rows]
+        columns = {name: [record[name] for record in records] for name in FEATURES}
+        datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(
+            str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m cmar.data.lookalike FOLDER")
+    print(write_lookalike(sys.argv[1]))
