@@ -15,14 +15,16 @@ import sys
 from pathlib import Path
 
 from cmar.bench import TARGETS as BENCH_TARGETS
-from cmar.config import load_config
+from cmar.config import DEVICES, load_config
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="default",
-                        help="preset name (smoke, default, storyreasoning) or YAML file")
+                        help="The preset (smoke, default, storyreasoning or storyreasoning-clip) "
+                             "or YAML file to read the config from (default: %(default)s).")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value, e.g. data.k=4")
+                        metavar="KEY=VALUE", help="Override one config value, e.g. data.k=4 or "
+                                                  "device=cpu; repeat it for several.")
 
 
 def _print_summary(summary: dict) -> None:
@@ -84,9 +86,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     metrics = evaluate_run(run_dir, split=args.split, strategy=args.strategy,
                            beam_size=args.beam, meteor=args.meteor, tokenizer=args.tokenizer,
-                           bootstrap=args.bootstrap)
+                           bootstrap=args.bootstrap, device=args.device)
     print(render(metrics))
-    print(f"\nwritten: {run_dir}/metrics.json, predictions.jsonl, report.md")
+    print(f"\nwritten: {run_dir / 'metrics.json'}, predictions.jsonl, report.md")
     return 0
 
 
@@ -151,7 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.target == "all":
         bench_all(args.out, repeats=args.repeats)
-        print(f"written: {args.out}/*.json")
+        print(f"written: {Path(args.out) / '*.json'}")
         return 0
     result = run_target(args.target, args.config, args.overrides, batches=args.batches,
                         repeats=args.repeats, workers=args.workers, beam=args.beam,
@@ -176,7 +178,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     result = run_study(grid, args.runs_dir, modes=tuple(args.only_mode or ()),
                        ablate=not args.no_ablation)
     print((Path(args.runs_dir) / "study.md").read_text())
-    print(f"{len(result['rows'])} runs; written: {args.runs_dir}/study.json, study.md, "
+    print(f"{len(result['rows'])} runs; written: {Path(args.runs_dir) / 'study.json'}, study.md, "
           "study.png")
     return 0
 
@@ -205,116 +207,235 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cmar", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _command(commands, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` shows ``description`` as written (its examples too)."""
+    parser = commands.add_parser(name, help=help, description=description, add_help=False,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    return parser
 
-    data = commands.add_parser("data", help="load every split and print the dataset summary")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmar", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train, evaluate and inspect CMAR models, which write the next caption of a\n"
+                    "visual story from its first k frames and their captions. Each command\n"
+                    "that reads a config takes --config PRESET_OR_FILE and any number of\n"
+                    "--set key.sub=value; `cmar COMMAND --help` describes a command.")
+    parser.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Log at INFO level (by default only warnings are shown).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="The command to run, one of those below.")
+
+    data = _command(commands, "data", "Load every split and print the dataset summary.", """\
+Load every split of the configured dataset (generating or downloading it on
+first use) and print its summary: stories, frames, windows and caption lengths
+per split, then one example window. Nothing is written but the data cache
+(data.cache_dir).
+
+example:
+  cmar data --config smoke --set data.k=4""")
     _add_config_args(data)
-    data.add_argument("--json", action="store_true", help="print the summary as JSON")
+    data.add_argument("--json", action="store_true",
+                      help="Print the summary as JSON instead of a table.")
     data.set_defaults(run=cmd_data)
 
-    train = commands.add_parser("train", help="train a model into runs/<name>/")
+    train = _command(commands, "train", "Train a model into runs/<name>/ or continue a "
+                                        "stopped run.", """\
+Train a model on the configured dataset into its run folder, runs_dir/name
+(runs/<name>/ by default): config.yaml, the tokenizer, best.pt and last.pt,
+history.json and loss_curves.png. A stopped run continues exactly where it
+stopped with --resume. It runs on the config key device (auto: CUDA, else MPS,
+else the CPU).
+
+examples:
+  cmar train --config smoke
+  cmar train --config default --set train.epochs=12 --set device=cpu
+  cmar train --resume runs/default""")
     _add_config_args(train)
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="Continue the stopped run in RUN_DIR with its own config.")
     train.add_argument("--overwrite", action="store_true",
-                       help="delete an existing run folder of the same name first")
+                       help="Delete an existing run folder of the same name first.")
     train.set_defaults(run=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="score a run: captions, floors, alignment")
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("--split", help="default: the run's eval.split (test)")
-    evaluate.add_argument("--strategy", choices=["greedy", "beam", "sample"])
-    evaluate.add_argument("--beam", type=int, help="beam size for --strategy beam")
+    evaluate = _command(commands, "evaluate", "Score a trained run: its captions beside the "
+                                              "floors, and its alignment.", """\
+Generate the next caption of every window of a split with a trained run, score
+the captions at corpus level beside the floors (copy last caption, nearest
+neighbour, ...) and measure the alignment scores. Writes metrics.json,
+predictions.jsonl and report.md into the run folder, and prints the report.
+
+example:
+  cmar evaluate runs/smoke --strategy beam --beam 5""")
+    evaluate.add_argument("run_dir", help="The run folder to score (written by cmar train).")
+    evaluate.add_argument("--split", help="The split to score (default: the run's eval.split, "
+                                          "test).")
+    evaluate.add_argument("--strategy", choices=["greedy", "beam", "sample"],
+                          help="How captions are decoded (default: the run's eval.strategy).")
+    evaluate.add_argument("--beam", type=int, help="The beam size for --strategy beam "
+                                                   "(default: the run's eval.beam_size).")
     evaluate.add_argument("--meteor", action="store_true", default=None,
-                          help="also METEOR (needs Java); default: the run's eval.meteor")
+                          help="Also score METEOR, which needs Java (default: the run's "
+                               "eval.meteor).")
     evaluate.add_argument("--tokenizer", choices=["python", "ptb"],
-                          help="how the metrics split words (ptb needs Java); "
-                               "default: the run's eval.tokenizer")
+                          help="How the metrics split words; ptb needs Java (default: the "
+                               "run's eval.tokenizer).")
     evaluate.add_argument("--bootstrap", type=int, metavar="N",
-                          help="story resamples for the 95%% intervals (0: none); "
-                               "default: the run's eval.bootstrap")
+                          help="Resample the stories N times for the 95%% intervals, 0 for "
+                               "none (default: the run's eval.bootstrap).")
+    evaluate.add_argument("--device", choices=list(DEVICES),
+                          help="Run on this device instead of the one the run's config key "
+                               "device names (auto: CUDA, else MPS, else the CPU).")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    generate = commands.add_parser("generate", help="print one window's context and prediction, "
-                                                    "or the next caption of your own frames")
-    generate.add_argument("run_dir")
-    generate.add_argument("--split", default="test")
-    generate.add_argument("--window", type=int, default=0, help="window number in the split")
-    generate.add_argument("--strategy", default="beam", choices=["greedy", "beam", "sample"])
-    generate.add_argument("--beam", type=int, default=5)
+    generate = _command(commands, "generate", "Print the caption a run predicts for one "
+                                              "window, or after your own frames.", """\
+Load a trained run and print one window of a split (its context captions, the
+predicted next caption and the reference), or, with --images and --captions,
+the caption predicted after your own k frames. Nothing is written.
+
+examples:
+  cmar generate runs/smoke --window 3
+  cmar generate runs/smoke --images 1.png 2.png 3.png --captions "A" "B" "C"
+""")
+    generate.add_argument("run_dir", help="The run folder to load (written by cmar train).")
+    generate.add_argument("--split", default="test",
+                          help="The split to take the window from (default: %(default)s).")
+    generate.add_argument("--window", type=int, default=0,
+                          help="The window's number in the split (default: %(default)s).")
+    generate.add_argument("--strategy", default="beam", choices=["greedy", "beam", "sample"],
+                          help="How the caption is decoded (default: %(default)s).")
+    generate.add_argument("--beam", type=int, default=5,
+                          help="The beam size for --strategy beam (default: %(default)s).")
     generate.add_argument("--images", nargs="+", metavar="IMAGE",
-                          help="your own story: the k frames (any format or size PIL reads)")
+                          help="Your own story's k frames, in story order (any format or size "
+                               "PIL reads).")
     generate.add_argument("--captions", nargs="+", metavar="CAPTION",
-                          help="... and their k captions, in the same order")
+                          help="The k captions of those frames, in the same order.")
     generate.set_defaults(run=cmd_generate)
 
-    model = commands.add_parser("model", help="build the configured model, print parameters")
+    model = _command(commands, "model", "Build the configured model and print its parameter "
+                                        "counts.", """\
+Build the configured model (after training its tokenizer on the training
+split) and print the parameters of each part, then the fusion part of every
+fusion, whose budgets are matched to cmar's. Nothing is written but the data
+cache.
+
+example:
+  cmar model --config default --set model.fusion=cross""")
     _add_config_args(model)
     model.set_defaults(run=cmd_model)
 
-    study = commands.add_parser("study", help="fusion x decoder x decoder memory x seed "
-                                             "ablation study")
+    study = _command(commands, "study", "Run the ablation study: fusion x decoder x decoder "
+                                        "memory x seed.", """\
+Train and evaluate every run of a grid (fusion x decoder x decoder memory x
+seed, per mode), then the modality ablations of the best runs. Writes one run
+folder per cell under --runs-dir and study.json, study.md and study.png beside
+them; a run already trained with the same config is read back, not retrained.
+
+example:
+  cmar study --grid smoke --runs-dir runs/study-smoke""")
     study.add_argument("--grid", default="readme", choices=["smoke", "readme", "full", "v2"],
-                       help="smoke: 2 runs, seconds; readme: the README's study, 54 runs of 3 "
-                            "epochs; full: the same 54 at the preset's epochs (8); v2: 90 runs "
-                            "of next mode, 3 epochs, decoder memory story vs full, 5 seeds")
-    study.add_argument("--runs-dir", default="runs/study")
-    study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar", "cmar_lite"])
-    study.add_argument("--decoders", nargs="+", choices=["lstm", "gru", "transformer"])
+                       help="The grid to run (default: %(default)s). smoke: 2 runs, seconds; "
+                            "readme: the README's study, 54 runs of 3 epochs; full: the same "
+                            "54 at the preset's epochs (8); v2: 90 runs of next mode, 3 epochs, "
+                            "decoder memory story vs full, 5 seeds.")
+    study.add_argument("--runs-dir", default="runs/study",
+                       help="The folder of the study's runs and results (default: "
+                            "%(default)s).")
+    study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar", "cmar_lite"],
+                       help="Use these fusions instead of the grid's.")
+    study.add_argument("--decoders", nargs="+", choices=["lstm", "gru", "transformer"],
+                       help="Use these decoders instead of the grid's.")
     study.add_argument("--memories", nargs="+", choices=["story", "words", "full"],
-                       help="what the decoder attends over: story: the story states only; "
-                            "words: + context words; full: + words and regions (every grid's "
-                            "default but v2's)")
-    study.add_argument("--seeds", nargs="+", type=int)
-    study.add_argument("--epochs", type=int, help="override the grid's epochs")
+                       help="Use these decoder memories instead of the grid's; they say what "
+                            "the decoder attends over. story: the story states only; words: "
+                            "also the context words; full: the words and the regions (every "
+                            "grid's default but v2's).")
+    study.add_argument("--seeds", nargs="+", type=int,
+                       help="Use these seeds instead of the grid's.")
+    study.add_argument("--epochs", type=int,
+                       help="Train every run for this many epochs instead of the grid's.")
     study.add_argument("--only-mode", nargs="+", choices=["next", "grounded"],
-                       help="train only these modes' cells (to share a grid between "
-                            "processes; runs already trained are read back)")
+                       help="Train only these modes' runs, to share a grid between processes "
+                            "(runs already trained are read back).")
     study.add_argument("--no-ablation", action="store_true",
-                       help="skip the modality ablations of the best run")
+                       help="Skip the modality ablations of the best runs.")
     study.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a config value in every run")
+                       metavar="KEY=VALUE", help="Override a config value in every run, e.g. "
+                                                 "device=cpu; repeat it for several.")
     study.set_defaults(run=cmd_study)
 
-    probe = commands.add_parser("probe", help="can a small CNN read the ShapeStories facing "
-                                             "dot? accuracy beside chance and floors")
+    probe = _command(commands, "probe", "Measure whether a small CNN can read the ShapeStories "
+                                        "facing dot.", """\
+Train a small CNN to read which way ShapeStories characters face (their dot)
+and print its accuracy beside chance and the floors; with --run, probe a
+trained run's region features instead. Writes the JSON result into --out, or
+region_probe.json into the run folder with --run.
+
+examples:
+  cmar probe --config default --epochs 5
+  cmar probe --run runs/default""")
     _add_config_args(probe)
-    probe.add_argument("--image-size", type=int, help="frame size in pixels (data.image_size)")
+    probe.add_argument("--image-size", type=int,
+                       help="The frame size in pixels (default: the config's data.image_size).")
     probe.add_argument("--epochs", type=int, default=None,
-                       help="training epochs (default: cmar.probe.DEFAULT_EPOCHS)")
-    probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's "
-                       "default); 1 keeps the result reproducible and the machine shared")
-    probe.add_argument("--out", default="runs/probe", help="folder for the JSON result")
+                       help="The probe's training epochs (default: "
+                            "cmar.probe.DEFAULT_EPOCHS).")
+    probe.add_argument("--seed", type=int, default=0,
+                       help="The probe's random seed (default: %(default)s).")
+    probe.add_argument("--threads", type=int, default=1,
+                       help="Torch CPU threads, 0 for torch's default; 1 keeps the result "
+                            "reproducible and the machine shared (default: %(default)s).")
+    probe.add_argument("--out", default="runs/probe",
+                       help="The folder for the JSON result (default: %(default)s).")
     probe.add_argument("--run", dest="run_dir", metavar="RUN_DIR",
-                       help="probe a trained run instead: do its region features under each "
-                       "character hold its facing? (linear probe beside an untrained model "
-                       "and the stand-only floor; JSON in RUN_DIR)")
+                       help="Probe a trained run instead: do its region features under each "
+                            "character hold its facing? A linear probe beside an untrained "
+                            "model and the stand-only floor; the JSON goes into RUN_DIR.")
     probe.set_defaults(run=cmd_probe)
 
-    bench = commands.add_parser("bench", help="benchmarks")
+    bench = _command(commands, "bench", "Measure speed, memory and FLOPs: one target, or all "
+                                        "of them.", """\
+Benchmark one target and print its result table, or run every target. Writes
+the JSON results into --out (TARGET.json, or one file per target and all.json).
+
+examples:
+  cmar bench loader --workers 0 2
+  cmar bench decode --beam 5 --checkpoint runs/smoke/best.pt
+  cmar bench all""")
     bench.add_argument("target", choices=[*BENCH_TARGETS, "all"],
-                       help="what to measure; all: every table in about 9 minutes on 2 cores "
-                            "(pretrained: a preset's memory and time on stand-ins of its hf: "
-                            "parts, estimated; config default: storyreasoning-clip)")
+                       help="What to measure, or all: every table, in about 9 minutes on 2 "
+                            "cores. pretrained estimates a preset's memory and time on "
+                            "stand-ins of its hf: parts (its config default: "
+                            "storyreasoning-clip).")
     _add_config_args(bench)
     bench.add_argument("--batches", type=int, default=50,
-                       help="loader: batches timed; train: training steps timed")
-    bench.add_argument("--repeats", type=int, default=3)
+                       help="How many batches (loader) or training steps (train) are timed "
+                            "(default: %(default)s).")
+    bench.add_argument("--repeats", type=int, default=3,
+                       help="How many times each measurement is repeated (default: "
+                            "%(default)s).")
     bench.add_argument("--workers", type=int, nargs="+", default=[0, 2],
-                       help="loader: DataLoader worker counts to compare side by side")
-    bench.add_argument("--beam", type=int, default=5, help="decode: beam size")
-    bench.add_argument("--batch-size", type=int, default=64, help="decode: windows per batch")
-    bench.add_argument("--checkpoint", help="decode: a saved model (default: untrained)")
+                       help="The DataLoader worker counts compared side by side (loader; "
+                            "default: 0 2).")
+    bench.add_argument("--beam", type=int, default=5,
+                       help="The beam size (decode; default: %(default)s).")
+    bench.add_argument("--batch-size", type=int, default=64,
+                       help="The windows per batch (decode; default: %(default)s).")
+    bench.add_argument("--checkpoint",
+                       help="A saved model to decode with (decode; default: an untrained one).")
     bench.add_argument("--workload", nargs="+", default=["demo"],
                        choices=["demo", "storyreasoning-sized"],
-                       help="memory: what to run in a child process and measure")
+                       help="What to run in a child process and measure (memory; default: "
+                            "demo).")
     bench.add_argument("--keep-data", action="store_true",
-                       help="memory: keep the generated dataset and caches (deleted by default; "
-                            "14 GB for storyreasoning-sized)")
-    bench.add_argument("--out", default="runs/bench", help="folder for the JSON results")
+                       help="Keep the generated dataset and caches (memory; by default they "
+                            "are deleted: 14 GB for the storyreasoning-sized workload).")
+    bench.add_argument("--out", default="runs/bench",
+                       help="The folder for the JSON results (default: %(default)s).")
     bench.set_defaults(run=cmd_bench)
     return parser
 

@@ -117,7 +117,8 @@ def _cached(run_dir: Path, cfg: Config) -> dict | None:
         previous = load_config(saved)
     except (KeyError, ValueError):  # written by an older cmar (a renamed key): train it again
         return None
-    if dataclasses.replace(previous, runs_dir=cfg.runs_dir) != cfg:
+    # where it ran (runs_dir, device) does not change what a finished run is
+    if dataclasses.replace(previous, runs_dir=cfg.runs_dir, device=cfg.device) != cfg:
         return None
     from cmar.models.checkpoint import CheckpointError, load_model
 

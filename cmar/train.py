@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
-from cmar.config import Config, load_config, save_config
+from cmar.config import LOSS_TERMS, Config, load_config, save_config, selectable_keys
 from cmar.data import load_tokenizer, prepare_data, save_tokenizer
+from cmar.devices import mps_or_cpu, resolve_device
 from cmar.guards import StopRequest, check_first_step, largest_windows
 from cmar.models import build_model, load_model, save_model
 from cmar.models.hf.loading import tokenizers_for
@@ -36,7 +38,7 @@ from cmar.optim import parameter_groups
 from cmar.plots import plot_loss_curves
 from cmar.processes import decide_on_main, gather, main_process_first, rank
 
-TERMS = ("caption", "align", "next")  # the loss terms of every run, then "ground" if asked
+TERMS = LOSS_TERMS  # the loss terms of every run, then "ground" if asked
 
 
 def seed_everything(seed: int) -> None:
@@ -103,16 +105,18 @@ class Trainer:
             cfg = load_config(self.run_dir / "config.yaml")
         self.cfg, self.progress = cfg, progress
         self.terms = (*TERMS, *(("ground",) if cfg.model.w_ground > 0 else ()), "total")
-        selectable = [f"{split}_{term}" for split in ("val", "train") for term in self.terms]
+        selectable = selectable_keys(cfg)  # a Config built in Python skips load_config
         if cfg.train.select not in selectable:
             raise ValueError(f"train.select must be one of {selectable}, got {cfg.train.select!r}")
-        amp = cfg.train.amp and torch.cuda.is_available()
+        device = resolve_device(cfg.device)  # a device this machine lacks fails here, at once
+        amp = cfg.train.amp and device.type == "cuda"
         bf16 = amp and torch.cuda.is_bf16_supported()
         # Several processes without CUDA (torchrun on CPUs): Accelerate needs cpu=True to join
-        # the process group over gloo; otherwise every process would think it is alone.
+        # the process group over gloo; otherwise every process would think it is alone. With
+        # device: cpu it must not pick a GPU (CUDA or MPS) by itself.
         cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1
         self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "fp16" if amp else "no",
-                                       cpu=cpu_group)
+                                       cpu=cpu_group or cfg.device == "cpu")
         self.main = self.accelerator.is_main_process
         decide_on_main(lambda: self._check_run_dir(resume, overwrite))
         seed_everything(cfg.seed)
@@ -126,6 +130,12 @@ class Trainer:
                                      **tokenizers_for(cfg.model, tokenizer))
             self.tokenizer = self.data.tokenizer
             self.model = build_model(cfg.model, self.tokenizer, cfg.data)
+            if self.accelerator.device.type == "mps" and \
+                    mps_or_cpu(self.model, self._probe_step).type == "cpu":
+                # Accelerate's device is fixed once chosen: start it again on the CPU (MPS
+                # runs one process, so no process group is lost)
+                AcceleratorState._reset_state(reset_partial_state=True)
+                self.accelerator = Accelerator(mixed_precision="no", cpu=True)
             if cfg.model.freeze_image_encoder:
                 from cmar.models.feature_cache import attach_feature_cache
 
@@ -163,6 +173,15 @@ class Trainer:
         if not resume and (self.run_dir / "history.json").exists():
             raise FileExistsError(f"{self.run_dir} holds a run already: continue it with "
                                   "--resume, or pick another name with --set name=...")
+
+    def _probe_step(self, model, device: torch.device) -> None:
+        """One training step on two windows on ``device``, leaving no trace (see
+        :func:`cmar.devices.mps_or_cpu`: an op missing there raises NotImplementedError)."""
+        dataset = self.data.datasets["train"]
+        collate = self.data.loader("train", shuffle=False, num_workers=0).collate_fn
+        batch = collate([dataset[i] for i in range(min(2, len(dataset)))])
+        check_first_step(model.to(device), lambda b: self._losses(b)["total"], batch.to(device),
+                         "data.batch_size")
 
     # -- one epoch --------------------------------------------------------------------------
     def _loader(self, split: str, epoch: int = 0):
@@ -261,7 +280,8 @@ class Trainer:
                     f"loss is {row[-1]} at epoch {epoch}, step {at} (global step "
                     f"{(epoch - 1) * self.steps_per_epoch + at}); terms: "
                     + ", ".join(f"{k}={v:.4g}" for k, v in zip(sums, row, strict=True))
-                    + ". Lower train.lr or check the input data.")
+                    + ". Lower train.lr (or a loss weight: train.w_align, train.w_next, "
+                    "model.w_ground), or check the input data.")
             for term, value in zip(sums, row, strict=True):
                 sums[term] += value
         bar.set_postfix(loss=f"{rows[-1][-1]:.3f}")

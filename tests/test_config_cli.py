@@ -137,3 +137,47 @@ def test_run_commands_name_a_missing_run_folder_or_checkpoint(tmp_path, capsys):
     save_config(load_config("smoke"), tmp_path / "config.yaml")  # a run with no epoch done
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "holds no best.pt" in capsys.readouterr().err
+
+
+def _help_entries(text: str) -> list[list[str]]:
+    """[invocation, help] of every argument and sub-command an argparse --help lists."""
+    entries, listing = [], False
+    for line in text.splitlines():
+        if line in ("positional arguments:", "options:", "optional arguments:"):
+            listing = True
+        elif not line.strip():
+            listing = False
+        elif listing and len(line) - len(line.lstrip()) <= 4:  # a new argument or command
+            invocation, _, help_text = line.strip().partition("  ")
+            entries.append([invocation, help_text.strip()])
+        elif listing:  # its help text goes on
+            entries[-1][1] = f"{entries[-1][1]} {line.strip()}".strip()
+    return entries
+
+
+def test_every_help_text_reads_as_whole_sentences(capsys, monkeypatch):
+    import argparse
+
+    from cmar.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"data", "train", "evaluate", "generate", "model", "study", "probe", "bench"} <= \
+        set(commands)
+    for argv in ([], *([name] for name in commands)):
+        with pytest.raises(SystemExit) as stopped:
+            main([*argv, "--help"])
+        assert stopped.value.code == 0
+        text = capsys.readouterr().out
+        entries = _help_entries(text)
+        assert len(entries) >= 2, text  # -h and at least one more
+        for invocation, help_text in entries:
+            where = f"cmar {' '.join(argv)} --help: {invocation}"
+            assert help_text, f"{where} has no help"
+            assert help_text[0].isupper(), f"{where}: {help_text!r} starts in lower case"
+            assert help_text.endswith("."), f"{where}: {help_text!r} ends without a full stop"
+        if argv:  # each command says what it does, what it writes, and shows an example
+            description = text.split("\n\n")[1]
+            assert description[0].isupper() and description.rstrip().endswith("."), description
+            assert f"\n  cmar {argv[0]} " in text, f"cmar {argv[0]} --help shows no example"

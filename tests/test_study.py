@@ -153,6 +153,9 @@ def test_smoke_study_writes_tables_and_reuses_finished_runs(tmp_path, shapes_cac
     again = run_study(grid, tmp_path, ablate=False, progress=False)
     assert checkpoint.stat().st_mtime_ns == stamp  # read back, not retrained
     assert json.dumps(again["rows"]) == json.dumps(result["rows"])
+    on_cpu = dataclasses.replace(grid, overrides=(*grid.overrides, "device=cpu"))
+    run_study(on_cpu, tmp_path, ablate=False, progress=False)
+    assert checkpoint.stat().st_mtime_ns == stamp  # where it runs is not what it is
 
     moved = tmp_path / "moved"  # a run folder copied into another study is read back too
     shutil.copytree(tmp_path / "next-cmar-gru-s0", moved / "next-cmar-gru-s0")

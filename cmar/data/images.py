@@ -33,13 +33,13 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from cmar.config import IMAGE_FITS
 from cmar.data.markup import Box
 from cmar.data.story import Story, decode_image
 from cmar.processes import publish, temporary_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_FITS = ("letterbox", "center_crop", "squash")
 PAD_COLOUR = tuple(round(255 * m) for m in IMAGENET_MEAN)  # letterbox bands: 0 once normalised
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the original image
+from cmar.config import CAPTION_POLICIES
 
-CAPTION_POLICIES = ("first_sentence", "full")
+Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the original image
 
 _SEGMENT_OPEN = re.compile(r"<\s*gdi\s+image\s*(\d+)\s*>", re.IGNORECASE)
 _SEGMENT_CLOSE = re.compile(r"<\s*/\s*gdi\s*>", re.IGNORECASE)

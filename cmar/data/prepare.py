@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmar.config import DataConfig
+from cmar.config import SPLITS, DataConfig
 from cmar.data.batches import WindowDataset, make_loader
 from cmar.data.images import ImageStore
 from cmar.data.loading import load_stories
@@ -19,8 +19,6 @@ from cmar.data.mentions import MentionTargets
 from cmar.data.story import StoryList
 from cmar.data.tokenizer import encode, train_tokenizer
 from cmar.data.windows import MODES, make_windows
-
-SPLITS = ("train", "validation", "test")
 
 
 def shapestories_options(cfg: DataConfig) -> dict:
@@ -34,12 +32,15 @@ def shapestories_options(cfg: DataConfig) -> dict:
                 knobs=knobs)
 
 
-def no_story_left(cfg: DataConfig, stories: StoryList) -> str:
-    """Why a training split came out empty, and what to change."""
+def no_story_left(cfg: DataConfig, stories: StoryList, split: str = "train") -> str:
+    """Why a split came out empty, and what to change."""
     report = stories.report
     reasons = ", ".join(f"{n} {reason}" for reason, n in report.skipped.items()) or "none"
-    text = (f"{cfg.source}[train] has no usable story: {report.rows} rows read, skipped: "
+    text = (f"{cfg.source}[{split}] has no usable story: {report.rows} rows read, skipped: "
             f"{reasons}.")
+    if not report.rows and split != "train":
+        fraction = "data.val_fraction" if split == "validation" else "data.test_fraction"
+        text += f" Raise {fraction} (the share of train carved out when the source has none)."
     if "too_short" in report.skipped:
         examples = "; ".join(report.examples.get("too_short", [])[:3])
         text += (f" A window needs data.k + 1 = {cfg.k + 1} frames, more than these stories "
@@ -132,8 +133,8 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
                      stories=stories)
     frame_cache = Path(cfg.cache_dir) / "frames"
     for split, split_stories in stories.items():
-        if split == "train" and not split_stories:
-            raise ValueError(no_story_left(cfg, split_stories))
+        if split in ("train", "validation") and not split_stories:  # training validates
+            raise ValueError(no_story_left(cfg, split_stories, split))
         store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress,
                            fit=cfg.image_fit)
         windows = make_windows(split_stories, cfg.k)

@@ -24,6 +24,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from cmar.config import DIFFICULTIES  # the knobs of each data.difficulty
+
 NAMES = (
     "Ada", "Ann", "Bob", "Cid", "Dot", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim",
     "Lou", "Max", "Ned", "Oli", "Pam", "Rex", "Sam", "Tom", "Uma", "Vic", "Wes", "Zoe",
@@ -51,14 +53,6 @@ LANDMARK_RADIUS = 0.065
 TOWARD_CENTRE = 0.38
 SLOT_SPACING = 0.15
 MIN_GAP = 2.2 * CHAR_RADIUS  # closest two characters may stand: no figure hides another
-
-DIFFICULTIES = {
-    "easy": dict(n_characters=2, n_landmarks=4, n_distractors=0, noise=0.0, jitter=0),
-    "medium": dict(n_characters=3, n_landmarks=4, n_distractors=2, noise=0.02, jitter=1),
-    "hard": dict(n_characters=3, n_landmarks=4, n_distractors=4, noise=0.06, jitter=2,
-                 turn_prob=0.8),
-}
-
 
 @dataclass(frozen=True)
 class Knobs:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from cmar.config import MODES  # noqa: F401  (its home is the config: re-exported)
 from cmar.data.story import Story
 
 log = logging.getLogger("cmar.data")
 
-MODES = ("next", "grounded")
 
 
 def window_id(story_id: str, t: int) -> str:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from cmar.config import load_config
 from cmar.data import decode, load_tokenizer, prepare_data
 from cmar.data.tokenizer import UNK_ID, target_text
+from cmar.devices import mps_or_cpu, resolve_device
 from cmar.evaluation import alignment
 from cmar.evaluation.bootstrap import mean_with_interval
 from cmar.evaluation.captions import caption_section, image_use, reference_names, score_system
@@ -25,12 +26,10 @@ from cmar.models import load_model
 from cmar.models.hf.loading import tokenizers_for
 
 
-def device_for() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def device_for(name: str = "auto") -> torch.device:
+    """The device a run's config key ``device`` (``name``) stands for on this machine
+    (:func:`cmar.devices.resolve_device`; a device this machine lacks is an error)."""
+    return resolve_device(name)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best.pt"):
@@ -99,6 +98,15 @@ def generate_captions(model, data, split: str, strategy: str = "greedy", beam_si
     return out
 
 
+@torch.no_grad()
+def generate_one(model, data, split: str, device: torch.device) -> None:
+    """A greedy caption for the first window of ``split`` on ``device`` (``model`` moved
+    there): a probe for an op missing on MPS (:func:`cmar.devices.mps_or_cpu`)."""
+    batch = data.loader(split, shuffle=False, batch_size=1, num_workers=0).collate_fn(
+        [data.datasets[split][0]])
+    model.to(device).generate(batch.to(device), "greedy")
+
+
 def _place_chance(cfg) -> float:
     """Chance of the place slot on ShapeStories: the actor faces one of the other landmarks."""
     from cmar.data import Knobs
@@ -111,12 +119,13 @@ def _place_chance(cfg) -> float:
 def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | None = None,
                  beam_size: int | None = None, progress: bool = True,
                  meteor: bool | None = None, tokenizer: str | None = None,
-                 bootstrap: int | None = None) -> dict:
+                 bootstrap: int | None = None, device: str | None = None) -> dict:
     """Score a run on ``split`` and write metrics.json, predictions.jsonl and report.md.
 
     Unset arguments come from the run's ``eval`` config (``split``, ``strategy``,
     ``beam_size``, ``meteor``, ``tokenizer``: the metrics' python or ptb tokenizer,
-    ``bootstrap``: resamples of the 95% intervals, 0 for none). References are the target
+    ``bootstrap``: resamples of the 95% intervals, 0 for none) and its key ``device`` (auto,
+    cpu, cuda or mps; an old run without the key: auto). References are the target
     captions exactly as the model was trained on them (cut at ``data.max_tokens`` tokens), and
     every floor's captions pass through the same cut, so all systems face one text pipeline.
     """
@@ -128,8 +137,10 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | 
     meteor = ev.meteor if meteor is None else meteor
     tokenizer = tokenizer or ev.tokenizer
     bootstrap = ev.bootstrap if bootstrap is None else bootstrap
-    model.to(device_for())
+    model.to(device_for(device or cfg.device))
     data = run_data(cfg, tok, model, ("train", split), progress)
+    if next(model.parameters()).device.type == "mps":
+        mps_or_cpu(model, lambda m, d: generate_one(m, data, split, d))
     texts = windows_text(data, split)
 
     def as_trained(text: str) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cmar.config import ModelConfig
+from cmar.config import NEXT_NEGATIVES, NEXT_TARGETS, ModelConfig
 from cmar.models.fusion import FusedFrame
 from cmar.models.hf.loading import hf_source
 from cmar.models.image_encoder import RegionEncoder
@@ -33,8 +33,6 @@ from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
 
-NEXT_TARGETS = ("shared", "detached")
-NEXT_NEGATIVES = ("batch", "story")
 PARTS = ("image_encoder", "text_encoder", "fusion", "story_encoder", "decoder", "next_frame")
 MEMORY_KINDS = 4  # story state, caption token, context-frame region, target-frame region
 

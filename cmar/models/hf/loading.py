@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HF_PREFIX = "hf:"
+from cmar.config import HF_PREFIX
 
 
 class PretrainedLoadError(RuntimeError):
