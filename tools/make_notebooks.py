@@ -395,11 +395,13 @@ NOTEBOOKS = {
     ],
     "06_your_data": header("06_your_data", "06 · Your own dataset",
                            "A folder of your images and one captions file becomes a cmar "
-                           "source: validated (what was skipped and why), trained with the "
-                           "smoke preset and scored beside the floors.") + [
-        parameters('FOLDER = "data/my_stories"  # your folder: images + captions.csv\n'
+                           "source: validated (what was skipped and why), trained and scored "
+                           "beside the floors.") + [
+        parameters('CONFIG = "smoke" if SMOKE else "default"\n'
+                   'FOLDER = "data/my_stories"  # your folder: images + captions.csv\n'
                    'STAND_IN = True  # write a stand-in folder from SOURCE first; False: '
-                   'use yours as it is\nN_STORIES = 60 if SMOKE else 400  # stand-in stories'),
+                   'use yours as it is\nN_STORIES = 60 if SMOKE else 600  # stand-in stories '
+                   '(before the test and validation carve)'),
         md("## The layout\n\nOne folder, any images PIL reads (any size), and a "
            "`captions.csv` with one line per frame:\n\n"
            "```\nstory_id,frame,image,caption\nbeach,1,beach/01.jpg,Ana walks down to the "
@@ -416,7 +418,7 @@ NOTEBOOKS = {
              "from cmar.config import load_config\nfrom cmar.data.own import write_own_folder\n"
              "from cmar.data.prepare import load_split\n\n"
              "if STAND_IN:\n    shutil.rmtree(FOLDER, ignore_errors=True)\n"
-             "    source = load_config(\"smoke\", [f\"data.source={SOURCE}\", "
+             "    source = load_config(CONFIG, [f\"data.source={SOURCE}\", "
              "f\"data.n_stories={N_STORIES}\"])\n"
              "    stories = load_split(source.data, \"train\", progress=False)[:N_STORIES]\n"
              "    captions = write_own_folder(stories, FOLDER)\n"
@@ -433,16 +435,19 @@ NOTEBOOKS = {
            "is skipped whole and counted under its reason, with examples, so no frame is "
            "misaligned and nothing is lost silently. Stories shorter than a window "
            "(k + 1 frames) are skipped as `too_short`."),
-        code("from cmar.data import load_stories\n\ncfg = load_config(\"smoke\", "
-             "[f\"data.source={FOLDER}\", \"name=own-data\"])\n"
+        code("import logging\n\ncfg = load_config(CONFIG, [f\"data.source={FOLDER}\", "
+             "\"name=own-data\"])\n"
+             "logging.getLogger(\"cmar.data\").setLevel(logging.ERROR)  # printed here instead "
+             "of logged at every load\n"
              "for split in (\"train\", \"validation\", \"test\"):\n"
              "    stories = load_split(cfg.data, split, progress=False)\n"
              "    print(stories.report.summary())\n"
              "    for reason, examples in stories.report.examples.items():\n"
              "        print(f\"    {reason}: {examples}\")"),
-        md("## Train the smoke preset on it\n\nThe same as `cmar train --config smoke --set "
-           "data.source=data/my_stories` from the command line (`cmar data` first prints the "
-           "same report)."),
+        md("## Train on it\n\nThe notebook's preset (`smoke` in CI, `default` otherwise) with "
+           "`data.source` set to the folder: from the command line, `cmar train --config "
+           "default --set data.source=data/my_stories` (`cmar data` with the same flags prints "
+           "the report above)."),
         code("from cmar.plots import loss_curves_figure\nfrom cmar.train import Trainer\n"
              "import matplotlib.pyplot as plt\n\n"
              "shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # a fresh run\n"

@@ -79,12 +79,15 @@ def _looks_local(source: str) -> bool:
             or source.count("/") > 1 or "\\" in source or bool(PureWindowsPath(source).drive))
 
 
-def open_source(source: str, cache_dir: str | Path = "data", **shapestories: Any):
-    """Open ``source`` as a ``datasets.DatasetDict`` (see the module docstring for the forms)."""
+def open_source(source: str, cache_dir: str | Path = "data", progress: bool = True,
+                **shapestories: Any):
+    """Open ``source`` as a ``datasets.DatasetDict`` (see the module docstring for the forms);
+    ``progress``: ShapeStories' generation shows its progress bars."""
     if source == "shapestories":
         from cmar.data.shapestories import shapestories_on_disk
 
-        source = str(shapestories_on_disk(cache_dir=cache_dir, **shapestories))
+        source = str(shapestories_on_disk(cache_dir=cache_dir, progress=progress,
+                                          **shapestories))
     elif source == "storyreasoning":
         source = STORYREASONING_HUB_ID
     path = Path(source).expanduser()
@@ -319,7 +322,7 @@ def load_stories(
         A :class:`StoryList` (a list of :class:`Story`) whose ``.report`` says how many rows
         were read, loaded and skipped, per reason, with example story ids.
     """
-    dataset_dict = open_source(source, cache_dir=cache_dir, **shapestories)
+    dataset_dict = open_source(source, cache_dir=cache_dir, progress=progress, **shapestories)
     rows = _select_split(dataset_dict, split, id_column, val_fraction, test_fraction, split_seed)
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))

@@ -179,6 +179,10 @@ def write_own_folder(stories, folder: str | Path, split: str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / ("captions.csv" if fmt == "csv" else "captions.jsonl")
     fresh = not target.exists()
+    columns = [*COLUMNS, *(["split"] if split else [])]
+    if not fresh and fmt == "csv":  # appending: the header already written decides
+        with target.open(newline="", encoding="utf-8") as handle:
+            columns = next(csv.reader(handle))
     lines = []
     for story in stories:
         (folder / story.story_id).mkdir(exist_ok=True)
@@ -189,7 +193,7 @@ def write_own_folder(stories, folder: str | Path, split: str | None = None,
                           "caption": caption, **({"split": split} if split else {})})
     with target.open("a", newline="", encoding="utf-8") as handle:
         if fmt == "csv":
-            writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, "split"])
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
             if fresh:
                 writer.writeheader()
             writer.writerows(lines)

@@ -8,6 +8,7 @@ StoryReasoning, so it goes through the same parser and loader. The rules are in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -176,12 +177,14 @@ def make_shapestories(
 
 def shapestories_on_disk(
     cache_dir: str | Path = "data", n_stories: int = 2000, seed: int = 0,
-    difficulty: str = "medium", knobs: dict | None = None, **more_knobs,
+    difficulty: str = "medium", knobs: dict | None = None, progress: bool = True,
+    **more_knobs,
 ) -> Path:
     """Generate (once) and cache a ShapeStories dataset with ``save_to_disk``; return its folder.
 
     ``knobs`` and ``more_knobs`` override fields of :class:`Knobs`. The folder name encodes
-    every setting, so changing a knob never reads a stale cache.
+    every setting, so changing a knob never reads a stale cache. ``progress=False`` also keeps
+    the ``datasets`` progress bars of the writing quiet.
     """
     settings = Knobs.from_difficulty(difficulty, **(knobs or {}), **more_knobs)
     fields = asdict(settings)
@@ -198,16 +201,31 @@ def shapestories_on_disk(
     work = temporary_path(folder)
     # Streamed to an Arrow file 50 stories at a time: memory stays bounded at any size
     # (4,000 stories at 224 px are about 5 GB of PNG bytes).
-    dataset = datasets.Dataset.from_generator(
-        _stories, features=FEATURES, cache_dir=str(work / "arrow"), writer_batch_size=50,
-        gen_kwargs={"n_stories": n_stories, "seed": seed, "knobs": settings})
-    # small shards: save_to_disk holds about one shard in memory while writing it
-    dataset.save_to_disk(str(work / "dataset"), max_shard_size="100MB")
+    with _datasets_bars(progress):
+        dataset = datasets.Dataset.from_generator(
+            _stories, features=FEATURES, cache_dir=str(work / "arrow"), writer_batch_size=50,
+            gen_kwargs={"n_stories": n_stories, "seed": seed, "knobs": settings,
+                        "progress": progress})
+        # small shards: save_to_disk holds about one shard in memory while writing it
+        dataset.save_to_disk(str(work / "dataset"), max_shard_size="100MB")
     del dataset
     (work / "dataset" / "shapestories.json").write_text(key)
     publish(work / "dataset", folder)
     shutil.rmtree(work, ignore_errors=True)
     return folder
+
+
+@contextlib.contextmanager
+def _datasets_bars(progress: bool):
+    """``datasets``' own progress bars on or off for a while (as they were afterwards)."""
+    was_off = datasets.utils.are_progress_bars_disabled()
+    if not progress:
+        datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not progress and not was_off:
+            datasets.utils.enable_progress_bars()
 
 
 def _stories(n_stories: int, seed: int, knobs: Knobs, progress: bool = True):
