@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from cmar.bench import TARGETS as BENCH_TARGETS
-from cmar.config import DEVICES, load_config
+from cmar.config import DEVICES, METRIC_TOKENIZERS, MODES, STRATEGIES, load_config
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -272,14 +272,14 @@ example:
     evaluate.add_argument("run_dir", help="The run folder to score (written by cmar train).")
     evaluate.add_argument("--split", help="The split to score (default: the run's eval.split, "
                                           "test).")
-    evaluate.add_argument("--strategy", choices=["greedy", "beam", "sample"],
+    evaluate.add_argument("--strategy", choices=STRATEGIES,
                           help="How captions are decoded (default: the run's eval.strategy).")
     evaluate.add_argument("--beam", type=int, help="The beam size for --strategy beam "
                                                    "(default: the run's eval.beam_size).")
     evaluate.add_argument("--meteor", action="store_true", default=None,
                           help="Also score METEOR, which needs Java (default: the run's "
                                "eval.meteor).")
-    evaluate.add_argument("--tokenizer", choices=["python", "ptb"],
+    evaluate.add_argument("--tokenizer", choices=METRIC_TOKENIZERS,
                           help="How the metrics split words; ptb needs Java (default: the "
                                "run's eval.tokenizer).")
     evaluate.add_argument("--bootstrap", type=int, metavar="N",
@@ -305,7 +305,7 @@ examples:
                           help="The split to take the window from (default: %(default)s).")
     generate.add_argument("--window", type=int, default=0,
                           help="The window's number in the split (default: %(default)s).")
-    generate.add_argument("--strategy", default="beam", choices=["greedy", "beam", "sample"],
+    generate.add_argument("--strategy", default="beam", choices=STRATEGIES,
                           help="How the caption is decoded (default: %(default)s).")
     generate.add_argument("--beam", type=int, default=5,
                           help="The beam size for --strategy beam (default: %(default)s).")
@@ -358,7 +358,7 @@ example:
                        help="Use these seeds instead of the grid's.")
     study.add_argument("--epochs", type=int,
                        help="Train every run for this many epochs instead of the grid's.")
-    study.add_argument("--only-mode", nargs="+", choices=["next", "grounded"],
+    study.add_argument("--only-mode", nargs="+", choices=MODES,
                        help="Train only these modes' runs, to share a grid between processes "
                             "(runs already trained are read back).")
     study.add_argument("--no-ablation", action="store_true",
