@@ -77,7 +77,8 @@ def test_bad_lines_are_counted_skips_and_nothing_is_lost(tmp_path):
     target = write_own_folder(hand_stories(8), folder)
     lines = target.read_text().splitlines()
     rows = [line.split(",") for line in lines[1:]]
-    (folder / rows[0][2]).unlink()  # s0: a missing image
+    (folder / rows[0][2]).unlink()
+    rows[0][2] = "s0"  # s0: no image file (a folder named instead)
     (folder / rows[5][2]).write_bytes(b"not a png")  # s1 frame 2): a corrupt image
     s2 = [r for r in rows if r[0] == "s2"]
     extra = [s2[1][0], s2[1][1], s2[1][2], "A second caption for frame 2.", ""]  # s2: 2 captions
@@ -92,7 +93,7 @@ def test_bad_lines_are_counted_skips_and_nothing_is_lost(tmp_path):
                                     "too_short": 2}
     assert report.rows == 8 == report.loaded + report.n_skipped
     assert {s.story_id for s in loaded} == {"s5", "s7"}
-    assert report.examples["missing_image"] == ["s0: frame 1: no file s0/01.png"]
+    assert report.examples["missing_image"] == ["s0: frame 1: no file mine/s0"]
     assert report.examples["caption_count_mismatch"] == ["s2: 5 captions for 4 images"]
     assert "missing_image=1" in report.summary()
 
@@ -104,10 +105,14 @@ def test_a_json_story_per_line_with_more_captions_than_images_is_skipped(tmp_pat
             "captions": ["One.", "Two.", "Three."]}
     bad = {"story_id": "uneven", "images": ["s0/01.png", "s0/02.png"],
            "captions": ["One.", "Two.", "Three."]}
+    gone = {"story_id": "gone", "images": ["s0/01.png", "s0/nowhere.png"],
+            "captions": ["One.", "Two."]}
     with (folder / "captions.jsonl").open("a") as handle:
-        handle.write(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")
+        lines = [json.dumps(good), "", json.dumps(bad), json.dumps(gone)]  # a blank line too
+        handle.write("\n".join(lines) + "\n")
     loaded = load_all(folder)
-    assert dict(loaded.report.skipped) == {"caption_count_mismatch": 1}
+    assert dict(loaded.report.skipped) == {"caption_count_mismatch": 1, "missing_image": 1}
+    assert loaded.report.examples["missing_image"] == ["gone: frame 2: no file s0/nowhere.png"]
     assert loaded.report.examples["caption_count_mismatch"] == ["uneven: 3 captions for 2 images"]
     assert next(s for s in loaded if s.story_id == "whole").captions == ["One.", "Two.", "Three."]
 

@@ -214,7 +214,7 @@ def _encoded(value: Any) -> bytes | None:
     if isinstance(value, dict):
         if value.get("bytes"):
             return value["bytes"]
-        if value.get("path") and Path(value["path"]).exists():
+        if value.get("path") and Path(value["path"]).is_file():
             return Path(value["path"]).read_bytes()
         return None
     if isinstance(value, bytes | bytearray):
@@ -223,7 +223,7 @@ def _encoded(value: Any) -> bytes | None:
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
         return buffer.getvalue()
-    if isinstance(value, str) and Path(value).exists():
+    if isinstance(value, str) and Path(value).is_file():
         return Path(value).read_bytes()
     return None
 
