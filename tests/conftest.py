@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 
-import datasets
 import pytest
 from PIL import Image
 
-from cmar.data.shapestories import FEATURES
+from cmar.data.shapestories import schema_dataset as sr_dataset  # rows -> Dataset
 
 # Each frame is a solid colour and its caption names that colour, so a test can check that
 # frame t's image and caption t still belong together after loading.
@@ -47,11 +46,6 @@ def sr_row(story_id: str, colours: list[str], story: str | None = None,
         "story": story if story is not None else "\n".join(
             segment(n, c) for n, c in enumerate(colours, start=1)),
     }
-
-
-def sr_dataset(rows: list[dict]) -> datasets.Dataset:
-    columns = {name: [row[name] for row in rows] for name in FEATURES}
-    return datasets.Dataset.from_dict(columns, features=FEATURES)
 
 
 COLOUR_CYCLE = list(PALETTE)

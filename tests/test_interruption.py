@@ -65,6 +65,11 @@ def test_a_run_stopped_at_a_random_moment_resumes_to_the_uninterrupted_weights(
     out, _ = process.communicate(timeout=120)
     if process.returncode == 0:
         pytest.skip(f"the run ended before the signal at {delay:.1f} s")
+    epochs = len(json.loads((whole / "history.json").read_text()))
+    done = (run / "history.json").exists() and \
+        len(json.loads((run / "history.json").read_text())) == epochs
+    if process.returncode == -signum and done:  # after the last epoch: no stop to handle
+        pytest.skip(f"the signal at {delay:.1f} s came after the last epoch, while exiting")
     if signum != signal.SIGKILL and (run / "last.pt").exists():
         assert process.returncode == 130 and "--resume" in out
     resumed = subprocess.run([sys.executable, "-m", "cmar", "train", "--resume", str(run)],

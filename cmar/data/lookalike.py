@@ -17,10 +17,9 @@ import io
 import sys
 from pathlib import Path
 
-import datasets
 from PIL import Image, ImageDraw
 
-from cmar.data.shapestories import FEATURES
+from cmar.data.shapestories import schema_dataset
 
 CAST = [("Tom", "Mrs. Alvarez"), ("J. Edgar", "Renée"), ("José", "Dr. Okafor"), ("Mike", "Zoë")]
 # One paragraph per frame, 45-60 words each, in the dataset's style; {a} and {b} are the cast.
@@ -89,9 +88,7 @@ def write_lookalike(folder: str | Path, train: int = 24, test: int = 6) -> Path:
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", range(train)), ("test", range(100, 100 + test))):
-        records = [prose_row(i, 5 + i % 2) for i in rows]
-        columns = {name: [record[name] for record in records] for name in FEATURES}
-        datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(
+        schema_dataset([prose_row(i, 5 + i % 2) for i in rows]).to_parquet(
             str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     return folder
 

@@ -37,10 +37,11 @@ from pathlib import Path
 
 import datasets
 
+from cmar.config import SPLITS
+
 CAPTIONS_FILES = ("captions.csv", "captions.jsonl")
 COLUMNS = ("story_id", "frame", "image", "caption")
 CAPTIONS_COLUMN = "captions"  # the column of the converted rows that holds the captions
-SPLIT_NAMES = ("train", "validation", "test")
 FEATURES = datasets.Features({
     "story_id": datasets.Value("string"),
     "images": datasets.List({"bytes": datasets.Value("binary"), "path": datasets.Value("string")}),
@@ -124,8 +125,8 @@ def read_own_rows(source: str | Path) -> dict[str, list[dict]]:
         if not story_id:
             raise ValueError(f"{where}: no story_id")
         split = str(record.get("split") or "train").strip().lower()
-        if split not in SPLIT_NAMES:
-            raise ValueError(f"{where}: split {split!r} is not one of {', '.join(SPLIT_NAMES)}")
+        if split not in SPLITS:
+            raise ValueError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
         if split_of.setdefault(story_id, split) != split:
             raise ValueError(f"{where}: story {story_id!r} is in both {split_of[story_id]} and "
                              f"{split}; a story belongs to one split")

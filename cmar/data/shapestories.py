@@ -170,7 +170,11 @@ def make_shapestories(
         **knobs: any :class:`cmar.data.shapes_world.Knobs` field, overriding the preset.
     """
     settings = Knobs.from_difficulty(difficulty, **knobs)
-    rows = list(_stories(n_stories, seed, settings, progress))
+    return schema_dataset(list(_stories(n_stories, seed, settings, progress)))
+
+
+def schema_dataset(rows: list[dict]) -> datasets.Dataset:
+    """Rows in the StoryReasoning schema (dicts with the :data:`FEATURES` keys) as a Dataset."""
     columns = {name: [row[name] for row in rows] for name in FEATURES}
     return datasets.Dataset.from_dict(columns, features=FEATURES)
 
