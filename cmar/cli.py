@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from cmar.bench import TARGETS as BENCH_TARGETS
 from cmar.config import DEVICES, METRIC_TOKENIZERS, MODES, STRATEGIES, load_config
+from cmar.research.bench.runner import TARGETS as BENCH_TARGETS
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +149,7 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cmar.bench import bench_all, render, run_target
+    from cmar.research.bench.runner import bench_all, render, run_target
 
     if args.target == "all":
         bench_all(args.out, repeats=args.repeats)
@@ -166,7 +166,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from cmar.study import GRIDS, run_study
+    from cmar.research.study.grid import GRIDS, run_study
 
     grid = GRIDS[args.grid]
     changes = {k: tuple(v) for k, v in (("fusions", args.fusions), ("decoders", args.decoders),
@@ -186,12 +186,12 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     import torch
 
-    from cmar.probe import DEFAULT_EPOCHS, render_result, run_probe, save_result
+    from cmar.research.probes.facing import DEFAULT_EPOCHS, render_result, run_probe, save_result
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run_dir:
-        from cmar.region_probe import render_region_probe, run_region_probe
+        from cmar.research.probes.region import render_region_probe, run_region_probe
 
         result = run_region_probe(args.run_dir, seed=args.seed)
         print(render_region_probe(result))
@@ -383,7 +383,7 @@ examples:
                        help="The frame size in pixels (default: the config's data.image_size).")
     probe.add_argument("--epochs", type=int, default=None,
                        help="The probe's training epochs (default: "
-                            "cmar.probe.DEFAULT_EPOCHS).")
+                            "cmar.research.probes.facing.DEFAULT_EPOCHS).")
     probe.add_argument("--seed", type=int, default=0,
                        help="The probe's random seed (default: %(default)s).")
     probe.add_argument("--threads", type=int, default=1,

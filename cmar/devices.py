@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from cmar.config import DEVICES
+from cmar.settings import DEVICES
 
 
 def mps_available() -> bool:

@@ -3,9 +3,9 @@
 
 import json
 
-from cmar.bench import bench_cost, bench_metrics
 from cmar.config import load_config
 from cmar.data import prepare_data
+from cmar.research.bench.runner import bench_cost, bench_metrics
 
 
 def test_cost_counts_flops_for_every_fusion(shapes_cache):
@@ -25,7 +25,7 @@ def test_metrics_bench_scores_the_requested_number_of_items():
 
 
 def test_decode_images_counts_every_frame(shapes_cache):
-    from cmar.bench import bench_decode_images
+    from cmar.research.bench.runner import bench_decode_images
 
     cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}"])
     data = prepare_data(cfg.data, splits=("train",), progress=False)
@@ -38,7 +38,7 @@ def test_peak_memory_sees_a_child_allocation_and_reports_its_failure():
 
     import pytest
 
-    from cmar.memory import peak_memory
+    from cmar.research.bench.ram import peak_memory
 
     small = peak_memory([sys.executable, "-c", "import time; time.sleep(0.3)"])
     big = peak_memory([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); "
@@ -51,7 +51,7 @@ def test_peak_memory_sees_a_child_allocation_and_reports_its_failure():
 
 
 def test_memory_bench_trains_and_evaluates_in_child_processes(tmp_path, shapes_cache):
-    from cmar.bench import render, run_target
+    from cmar.research.bench.runner import render, run_target
 
     result = run_target("memory", "smoke", [f"data.cache_dir={shapes_cache}"],
                         out_dir=tmp_path)
@@ -77,7 +77,7 @@ def test_memory_bench_refuses_to_start_without_the_disk_it_needs(tmp_path, monke
     import pytest
 
     from cmar.config import load_config
-    from cmar.memory import MEMORY_WORKLOADS, bench_memory, expected_disk_mb
+    from cmar.research.bench.ram import MEMORY_WORKLOADS, bench_memory, expected_disk_mb
 
     sized = load_config("default", MEMORY_WORKLOADS["storyreasoning-sized"]).data
     demo = load_config("default", MEMORY_WORKLOADS["demo"]).data
@@ -92,7 +92,7 @@ def test_memory_bench_refuses_to_start_without_the_disk_it_needs(tmp_path, monke
 
 
 def test_every_target_renders_a_table(tmp_path, shapes_cache):
-    from cmar.bench import render, run_target
+    from cmar.research.bench.runner import render, run_target
 
     sets = [f"data.cache_dir={shapes_cache}"]
     expected = {"data": "DataLoader, 0 workers", "decode": "identical outputs: True",
@@ -119,14 +119,14 @@ def result_of(folder, target):
 
 
 def table_of(folder, target):
-    from cmar.bench import render
+    from cmar.research.bench.runner import render
 
     return render(result_of(folder, target))
 
 
 def test_train_bench_reports_the_spread_of_every_pass_and_the_cache_speedup(tmp_path,
                                                                            shapes_cache):
-    from cmar.bench import bench_train, render
+    from cmar.research.bench.runner import bench_train, render
 
     cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}",
                                 "model.freeze_image_encoder=true"])

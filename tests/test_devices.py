@@ -7,7 +7,7 @@ import yaml
 from accelerate.state import AcceleratorState
 
 import cmar.devices
-import cmar.train
+import cmar.train.launch
 from cmar.cli import main
 from cmar.config import load_config, save_config
 from cmar.devices import mps_or_cpu, resolve_device
@@ -126,7 +126,7 @@ def test_an_op_missing_on_mps_falls_back_to_the_cpu(monkeypatch, capsys):
         mps_or_cpu(model, broken)
 
 
-class MpsAccelerator(cmar.train.Accelerator):
+class MpsAccelerator(cmar.train.launch.Accelerator):
     """An Accelerator that says it holds MPS unless asked for the CPU (the trainer reads its
     device before the probe step, which the test replaces, so nothing goes to MPS)."""
 
@@ -144,7 +144,7 @@ def test_training_on_mps_with_a_missing_op_restarts_on_the_cpu(shapes_cache, tmp
                                                                capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(cmar.devices, "mps_available", lambda: True)
-    monkeypatch.setattr(cmar.train, "Accelerator", MpsAccelerator)
+    monkeypatch.setattr(cmar.train.launch, "Accelerator", MpsAccelerator)
     probed = []
 
     def missing(self, model, device):

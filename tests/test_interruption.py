@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_training import smoke
 
+import cmar.train.trainer
 from cmar.models import load_model
 from cmar.models.checkpoint import CheckpointError
 from cmar.train import Trainer
@@ -86,32 +87,32 @@ def test_a_run_stopped_at_a_random_moment_resumes_to_the_uninterrupted_weights(
     assert history == reference
 
 
-def test_ctrl_c_mid_epoch_saves_the_steps_done(shapes_cache, tmp_path):
+def test_ctrl_c_mid_epoch_saves_the_steps_done(shapes_cache, tmp_path, monkeypatch):
     """The graceful stop, in process: a stop request during epoch 2 leaves a checkpoint with
     epoch 1 complete and the steps of epoch 2 so far, and resuming finishes epoch 2 first."""
     import math
 
     trainer = Trainer(smoke(shapes_cache, tmp_path, "train.epochs=2"), progress=False)
-    original = trainer._losses
+    original = cmar.train.trainer.loss_terms
     calls = []
     val_batches = math.ceil(len(trainer.data.datasets["validation"]) / 16)
     # the memory check's step, epoch 1 and its validation, then 3 steps of epoch 2
     stop_at = 1 + trainer.steps_per_epoch + val_batches + 3
 
-    def counting(batch):
+    def counting(model, batch, cfg):
         calls.append(1)
         if len(calls) == stop_at:
             trainer.stop.requested = True
-        return original(batch)
+        return original(model, batch, cfg)
 
-    trainer._losses = counting
+    monkeypatch.setattr(cmar.train.trainer, "loss_terms", counting)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     _, state = load_model(trainer.run_dir / "last.pt")
     assert state["epoch"] == 1 and state["partial"]["epoch"] == 2
     assert state["partial"]["steps"] == 3
     resumed = Trainer(None, run_dir=trainer.run_dir, resume=True, progress=False)
-    assert resumed.start_epoch == 2 and resumed.partial["steps"] == 3
+    assert resumed.state.start_epoch == 2 and resumed.state.partial["steps"] == 3
     assert [r["epoch"] for r in resumed.fit()] == [1, 2]
 
 
@@ -124,4 +125,4 @@ def test_a_truncated_checkpoint_is_named_and_the_previous_one_used(shapes_cache,
     with pytest.raises(CheckpointError, match="last.pt.*truncated or corrupt"):
         load_model(run / "last.pt")
     resumed = Trainer(None, run_dir=run, resume=True, progress=False)
-    assert resumed.start_epoch == 2  # last.pt.prev holds epoch 1
+    assert resumed.state.start_epoch == 2  # last.pt.prev holds epoch 1

@@ -66,7 +66,7 @@ class TinyFusion(torch.nn.Module):
         from cmar.models import FusedFrame
 
         self.calls += 1
-        return FusedFrame(self.mix(torch.cat([image, text], -1)), tokens, image, text)
+        return FusedFrame(self.mix(torch.cat([image, text], -1)), tokens)
 
 
 def test_components_hook_swaps_a_part():

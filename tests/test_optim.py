@@ -2,7 +2,7 @@
 
 from model_helpers import tiny_model
 
-from cmar.optim import parameter_groups
+from cmar.train.optim import parameter_groups
 
 
 def names_in(model, group):

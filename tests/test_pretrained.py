@@ -34,7 +34,8 @@ def parts(tmp_path_factory, shapes_cache):
 
 def hf_model(parts, mode="next", fusion="cmar", **overrides) -> StoryModel:
     tokenizer = pretrained_tokenizer(str(parts["decoder"]))
-    cfg = ModelConfig(d_model=32, n_heads=2, dropout=0.0, fusion=fusion,
+    cfg = ModelConfig(d_model=32, n_heads=2, dropout=0.0, fusion=fusion, region_layers=0,
+                      copy_tokens=False,  # an hf: decoder has its own vocabulary: no copy head
                       **{part: f"hf:{folder}" for part, folder in parts.items()}, **overrides)
     torch.manual_seed(0)
     return StoryModel(cfg, len(tokenizer), 32, mode=mode, max_len=12,
@@ -166,7 +167,7 @@ def test_names_that_cannot_load_offline_say_what_to_do(tmp_path, monkeypatch):
         StoryModel(cfg, 30, 32)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PretrainedLoadError, match="does not hold a loadable"):
-        StoryModel(ModelConfig(decoder=f"hf:{tmp_path / 'empty'}"), 30, 32)
+        StoryModel(ModelConfig(decoder=f"hf:{tmp_path / 'empty'}", copy_tokens=False), 30, 32)
     assert hf_source("lstm") is None and hf_source("hf:gpt2") == "gpt2"
     with pytest.raises(ValueError, match="names no model"):
         hf_source("hf:")
@@ -196,7 +197,7 @@ def test_cli_trains_evaluates_and_generates_with_every_part_pretrained(parts, sh
 
 
 def test_the_pretrained_cost_estimate_measures_a_step_and_labels_estimates():
-    from cmar.bench_pretrained import bench_pretrained, render_pretrained
+    from cmar.research.bench.pretrained import bench_pretrained, render_pretrained
 
     result = bench_pretrained("storyreasoning-clip", ["data.batch_size=2", "data.max_tokens=8",
                                                       "model.d_model=32", "model.n_heads=2"],

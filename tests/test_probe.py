@@ -14,7 +14,13 @@ from cmar.cli import main
 from cmar.data import make_shapestories, parse_tables, split_frames
 from cmar.data.shapes_world import RING8, Knobs, ring_positions
 from cmar.data.shapestories import generate_story, shapestories_on_disk
-from cmar.probe import FacingExamples, crop_half, frame_facings, probe_data, train_probe
+from cmar.research.probes.facing import (
+    FacingExamples,
+    crop_half,
+    frame_facings,
+    probe_data,
+    train_probe,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_training import smoke
 
-import cmar.train
+import cmar.train.launch
 from cmar.config import load_config
 from cmar.data import prepare_data
 from cmar.models import load_model
@@ -130,6 +130,7 @@ from pathlib import Path
 import torch
 
 from cmar.config import load_config
+import cmar.train.trainer
 from cmar.processes import rank
 from cmar.train import Trainer
 
@@ -148,17 +149,17 @@ def trainer(name):
 trainer("whole").fit()
 stopped = trainer("stopped")
 calls = []
-original = stopped._losses
+original = cmar.train.trainer.loss_terms
 
 
-def losses(batch):  # the second process alone asks to stop, at step 2 of epoch 1
+def losses(model, batch, cfg):  # the second process alone asks to stop, at step 2 of epoch 1
     calls.append(1)
     if rank() == 1 and len(calls) == 3:  # 1: the memory check before epoch 1
         stopped.stop.requested = True
-    return original(batch)
+    return original(model, batch, cfg)
 
 
-stopped._losses = losses
+cmar.train.trainer.loss_terms = losses
 try:
     stopped.fit()
     raise SystemExit("the stop request was not honoured")
@@ -232,7 +233,7 @@ def test_the_readme_notebook_launcher_recipe_with_two_processes(tmp_path):
     assert [row["windows_seen"] for row in history] == [windows_of_one_process(tmp_path / "cache")]
 
 
-class ScaledAccelerator(cmar.train.Accelerator):
+class ScaledAccelerator(cmar.train.launch.Accelerator):
     """An Accelerator with a gradient scaler on the CPU, as fp16 on CUDA has one; its scale
     doubles every step, so a scaler restarted from scratch ends with another scale."""
 
@@ -253,7 +254,7 @@ def one_thread():
 
 def test_the_gradient_scaler_state_is_saved_and_resumed(shapes_cache, tmp_path, monkeypatch,
                                                         one_thread):
-    monkeypatch.setattr(cmar.train, "Accelerator", ScaledAccelerator)
+    monkeypatch.setattr(cmar.train.launch, "Accelerator", ScaledAccelerator)
     tiny = ("data.n_stories=24", "train.epochs=2")
     whole = Trainer(smoke(shapes_cache, tmp_path / "a", *tiny), progress=False)
     whole.fit()

@@ -8,8 +8,8 @@ import torch
 from cmar.cli import main
 from cmar.config import load_config
 from cmar.data import load_split
-from cmar.probe import frame_facings, frame_tables
-from cmar.region_probe import character_cells, linear_probe, region_examples
+from cmar.research.probes.facing import frame_facings, frame_tables
+from cmar.research.probes.region import character_cells, linear_probe, region_examples
 from cmar.train import Trainer
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from test_training import smoke
 
-from cmar.guards import ResourceError, check_first_step, is_out_of_memory, largest_windows
 from cmar.train import Trainer
+from cmar.train.guards import ResourceError, check_first_step, is_out_of_memory, largest_windows
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_the_first_epoch(shapes_cache, tmp_path):

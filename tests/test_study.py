@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from cmar.config import load_config
+from cmar.evaluation.stats import ci95, t_975
 from cmar.models import StoryModel
 from cmar.models.checkpoint import CHECKPOINT_FORMAT
-from cmar.stats import ci95, t_975
-from cmar.study import (
+from cmar.research.study.grid import (
     GRIDS,
     Grid,
     cells,
@@ -23,7 +23,7 @@ from cmar.study import (
     run_study,
     summarise,
 )
-from cmar.study_report import markdown
+from cmar.research.study.report import markdown
 
 
 def test_summary_is_mean_and_sample_sd_over_seeds():

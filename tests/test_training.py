@@ -115,7 +115,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(shapes_cache, tmp_path
     interrupted.fit(stop_after=1)
     del interrupted
     resumed = Trainer(None, run_dir=tmp_path / "b" / "smoke", resume=True, progress=False)
-    assert resumed.start_epoch == 2
+    assert resumed.state.start_epoch == 2
     resumed.fit()
     a, _ = load_model(tmp_path / "a" / "smoke" / "last.pt")
     b, _ = load_model(tmp_path / "b" / "smoke" / "last.pt")
@@ -233,7 +233,7 @@ def test_the_loop_syncs_with_the_host_once_per_logging_interval(shapes_cache, tm
     row = trainer._train_epoch(1)
     monkeypatch.undo()
     assert trainer.steps_per_epoch > 5
-    assert syncs == ["cpu in train.py", "tolist in train.py"], syncs  # once, not 7 per step
+    assert syncs == ["cpu in tally.py", "tolist in tally.py"], syncs  # once, not 7 per step
     assert row["windows_seen"] == len(trainer.data.datasets["train"])
 
 

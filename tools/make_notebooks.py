@@ -4,12 +4,18 @@
 
 ``python tools/make_notebooks.py --links`` rewrites only the Colab badge and install cell of
 every notebook, outputs kept: run it after changing the repository address, which lives in one
-place, ``[project.urls] Repository`` in pyproject.toml."""
+place, ``[project.urls] Repository`` in pyproject.toml.
+
+``python tools/make_notebooks.py --check [05_ablations ...]`` writes nothing: it exits non-zero
+when a committed notebook's cells (type, source, the tags set here) differ from what this file
+would write, naming each differing cell with a diff of the first; outputs and execution counts
+are not compared. ``--notebooks DIR`` reads and writes DIR instead of notebooks/."""
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import re
-import sys
 from pathlib import Path
 
 import nbformat
@@ -374,7 +380,7 @@ NOTEBOOKS = {
                    'RUNS_DIR = "runs/study" if GRID != "smoke" else "runs/study-smoke"'),
         code("import dataclasses\nfrom pathlib import Path\n\n"
              "from IPython.display import Image, Markdown, display\n\n"
-             "from cmar.study import GRIDS, run_study\n\n"
+             "from cmar.research.study.grid import GRIDS, run_study\n\n"
              "grid = GRIDS[GRID]\nif SOURCE != \"shapestories\":  # every run reads SOURCE\n"
              "    grid = dataclasses.replace(grid, overrides=(*grid.overrides, "
              "f\"data.source={SOURCE}\"))\n"
@@ -467,26 +473,23 @@ NOTEBOOKS = {
 }
 
 
-def main(names: list[str]) -> None:
+def write(names: list[str], folder: Path = FOLDER) -> None:
     """Write the named notebooks (all when none is named); writing clears their outputs."""
-    FOLDER.mkdir(exist_ok=True)
-    unknown = sorted(set(names) - set(NOTEBOOKS))
-    if unknown:
-        raise SystemExit(f"unknown notebook(s) {unknown}; choose from {sorted(NOTEBOOKS)}")
+    folder.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
         if names and name not in names:
             continue
         notebook = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}})
-        nbformat.write(notebook, FOLDER / f"{name}.ipynb")
-        print("wrote", FOLDER / f"{name}.ipynb")
+        nbformat.write(notebook, folder / f"{name}.ipynb")
+        print("wrote", folder / f"{name}.ipynb")
 
 
-def relink() -> None:
+def relink(folder: Path = FOLDER) -> None:
     """Rewrite the header cells (title, badge, install) of every notebook, outputs kept."""
     for name, cells in NOTEBOOKS.items():
-        path = FOLDER / f"{name}.ipynb"
+        path = folder / f"{name}.ipynb"
         notebook = nbformat.read(path, as_version=4)
         for i in range(2):
             notebook.cells[i].source = cells[i].source
@@ -494,8 +497,104 @@ def relink() -> None:
         print("relinked", path, "to", REPO)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--links"]:
-        relink()
+def cell_differences(expected, committed) -> list[str]:
+    """What differs between a generated cell and a committed one: type, source, and the
+    metadata keys the generator sets (tags always), not outputs, counts or ids."""
+    found = []
+    if expected.cell_type != committed.cell_type:
+        found.append(f"type {committed.cell_type}, generator writes {expected.cell_type}")
+    if expected.source != committed.source:
+        found.append("source")
+    for key in sorted({"tags", *expected.metadata}):
+        if expected.metadata.get(key) != committed.metadata.get(key):
+            found.append(f"metadata {key} {committed.metadata.get(key)!r}, generator writes "
+                         f"{expected.metadata.get(key)!r}")
+    return found
+
+
+def source_diff(expected: str, committed: str, name: str, index: int,
+                max_lines: int = 30) -> list[str]:
+    """A unified diff (committed -> generated) of one cell's source, cut at max_lines."""
+    lines = list(difflib.unified_diff(committed.splitlines(), expected.splitlines(),
+                                      f"{name}.ipynb cell {index} (committed)",
+                                      f"{name}.ipynb cell {index} (generator)", lineterm=""))
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... ({len(lines) - max_lines} more diff lines)"]
+    return lines
+
+
+def notebook_differences(name: str, path: Path) -> list[str]:
+    """Report lines for one committed notebook against its generator; empty when they match."""
+    if not path.exists():
+        return [f"{path}: missing"]
+    expected = NOTEBOOKS[name]
+    committed = nbformat.read(path, as_version=4).cells
+    report = []
+    first_source = None
+    for index in range(max(len(expected), len(committed))):
+        if index >= len(committed):
+            report.append(f"  cell {index}: missing (generator writes a "
+                          f"{expected[index].cell_type} cell)")
+            continue
+        if index >= len(expected):
+            report.append(f"  cell {index}: extra {committed[index].cell_type} cell, not in the "
+                          "generator")
+            continue
+        found = cell_differences(expected[index], committed[index])
+        if found:
+            report.append(f"  cell {index}: " + "; ".join(found))
+            if first_source is None and "source" in found:
+                first_source = index
+    if not report:
+        return []
+    lines = [f"{path}: {len(report)} cell(s) differ from tools/make_notebooks.py"] + report
+    if first_source is not None:
+        lines += ["  " + line for line in source_diff(
+            expected[first_source].source, committed[first_source].source, name, first_source)]
+    return lines
+
+
+def check(names: list[str], folder: Path = FOLDER) -> int:
+    """0 when every named notebook (all when none is named) matches its generator, else 1.
+    Reads only; prints what differs."""
+    lines = []
+    chosen = [name for name in NOTEBOOKS if not names or name in names]
+    for name in chosen:
+        lines += notebook_differences(name, folder / f"{name}.ipynb")
+    if lines:
+        print("\n".join(lines))
+        print("notebooks differ from their generator: edit tools/make_notebooks.py or the "
+              "notebook so they agree, then re-execute (make notebooks)")
+        return 1
+    print(f"OK: {len(chosen)} notebook(s) in {folder} match tools/make_notebooks.py")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="notebooks to write or check (default: all)")
+    parser.add_argument("--links", action="store_true",
+                        help="rewrite only the header cells of every notebook, outputs kept")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when a notebook's cells differ from here")
+    parser.add_argument("--notebooks", type=Path, default=FOLDER, metavar="DIR",
+                        help="the notebooks folder (default: notebooks/)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        parser.error(f"unknown notebook(s) {unknown}; choose from {sorted(NOTEBOOKS)}")
+    if args.links and args.check:
+        parser.error("--links and --check do not go together")
+    if args.check:
+        return check(args.names, args.notebooks)
+    if args.links:
+        if args.names:
+            parser.error("--links rewrites every notebook; name none")
+        relink(args.notebooks)
     else:
-        main(sys.argv[1:])
+        write(args.names, args.notebooks)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

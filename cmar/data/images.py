@@ -33,10 +33,10 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from cmar.config import IMAGE_FITS
 from cmar.data.markup import Box
 from cmar.data.story import Story, decode_image
 from cmar.processes import publish, temporary_path
+from cmar.settings import IMAGE_FITS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -36,10 +36,10 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cmar.config import SPLITS
 from cmar.data.markup import apply_caption_policy, parse_boxes, parse_segments
 from cmar.data.own import CAPTIONS_COLUMN, captions_file, open_own
 from cmar.data.story import LoadReport, Story, StoryList, decode_image
+from cmar.settings import SPLITS
 
 log = logging.getLogger("cmar.data")
 

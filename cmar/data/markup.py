@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cmar.config import CAPTION_POLICIES
+from cmar.settings import CAPTION_POLICIES
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels of the original image
 

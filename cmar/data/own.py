@@ -37,7 +37,7 @@ from pathlib import Path
 
 import datasets
 
-from cmar.config import SPLITS
+from cmar.settings import SPLITS
 
 CAPTIONS_FILES = ("captions.csv", "captions.jsonl")
 COLUMNS = ("story_id", "frame", "image", "caption")

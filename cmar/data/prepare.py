@@ -1,4 +1,4 @@
-"""One call from a :class:`cmar.config.DataConfig` to loaders: the whole data flow.
+"""One call from a :class:`cmar.settings.DataConfig` to loaders: the whole data flow.
 
 ``prepare_data(cfg)`` loads every split with :func:`load_stories`, trains the tokenizer on the
 training captions only (or reuses the one given, e.g. a run's), builds the windows, decodes
@@ -11,7 +11,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmar.config import SPLITS, DataConfig
 from cmar.data.batches import WindowDataset, make_loader
 from cmar.data.images import ImageStore
 from cmar.data.loading import load_stories
@@ -19,6 +18,7 @@ from cmar.data.mentions import MentionTargets
 from cmar.data.story import StoryList
 from cmar.data.tokenizer import encode, train_tokenizer
 from cmar.data.windows import MODES, make_windows
+from cmar.settings import SPLITS, DataConfig
 
 
 def shapestories_options(cfg: DataConfig) -> dict:

@@ -24,7 +24,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from cmar.config import DIFFICULTIES  # the knobs of each data.difficulty
+from cmar.settings import DIFFICULTIES  # the knobs of each data.difficulty
 
 NAMES = (
     "Ada", "Ann", "Bob", "Cid", "Dot", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cmar.config import MODES  # noqa: F401  (its home is the config: re-exported)
 from cmar.data.story import Story
+from cmar.settings import MODES  # noqa: F401  (its home is cmar.settings: re-exported)
 
 log = logging.getLogger("cmar.data")
 

@@ -143,8 +143,8 @@ def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_s
         batch = batch.to(device)
         out = model(batch)
         preds.append(out.next_pred.float().cpu())
-        images.append(out.encoded.fused.image.float().cpu())
-        texts.append(out.encoded.fused.text.float().cpu())
+        images.append(out.encoded.image.float().cpu())
+        texts.append(out.encoded.text.float().cpu())
         loss_true.append(per_window_caption_loss(out.logits, batch).cpu())
         if partner is not None:
             rows = partner[start:start + len(batch)].tolist()

@@ -16,7 +16,7 @@ from cmar.config import load_config
 from cmar.data import decode, load_tokenizer, prepare_data
 from cmar.data.tokenizer import UNK_ID, target_text
 from cmar.devices import mps_or_cpu, resolve_device
-from cmar.evaluation import alignment
+from cmar.evaluation.alignment import alignment_scores
 from cmar.evaluation.bootstrap import mean_with_interval
 from cmar.evaluation.captions import caption_section, image_use, reference_names, score_system
 from cmar.evaluation.floors import all_floors, windows_text
@@ -174,7 +174,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | 
             {**slots, "model, context images blanked": slot_accuracy(blanked, references)},
             _place_chance(cfg))
     per_window: dict = {}
-    metrics["alignment"] = alignment.alignment_scores(
+    metrics["alignment"] = alignment_scores(
         model, data, split, ev.candidates, ev.retrieval_windows, ev.batch_size, progress,
         per_window=per_window)
     metrics["main alignment score"] = _main_alignment_interval(metrics["alignment"],

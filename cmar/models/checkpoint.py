@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from cmar.config import ModelConfig
 from cmar.models.hf.loading import hf_source
 from cmar.models.story_model import StoryModel
+from cmar.settings import ModelConfig
 
 FROZEN_BACKBONE = "image_encoder.backbone"  # parts a checkpoint may name, not store
 FROZEN_TEXT = "text_encoder.model"

@@ -7,8 +7,9 @@ Contract of every decoder (register yours in ``DECODERS``)::
         logits (B, L, V): position i predicts target_out[:, i]
     decoder.init_state(memory, memory_mask, memory_ids=None) -> state     for generation
     decoder.step(tokens (N,), state) -> logits (N, V), state
-        state: a dict of batch-first tensors; entries named ``memory...`` are the same for
-        every beam of a window (beam search never copies them), the others follow the beams
+        state: a :class:`cmar.models.decoding.State` of batch-first tensors; the entries in
+        ``state.shared`` (the memory and what is computed from it once) are the same for
+        every beam of a window (beam search never reorders them), the others follow the beams
 
 Greedy, beam and nucleus decoding come from :class:`cmar.models.decoding.Decoding`.
 With ``copy=True`` (``model.copy_tokens``) and ``memory_ids`` (B, M), the token id held by each
@@ -69,7 +70,7 @@ class CaptionDecoder(Decoding, nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int = 4, n_layers: int = 1,
                  dropout: float = 0.1, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
-                 unk_id: int = 3, max_len: int = 128, copy: bool = False):
+                 unk_id: int | None = 3, max_len: int = 128, copy: bool = False):
         super().__init__()
         self.max_len = max_len
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = pad_id, bos_id, eos_id, unk_id
@@ -80,7 +81,8 @@ class CaptionDecoder(Decoding, nn.Module):
 
     def _copy_state(self, memory: torch.Tensor, memory_ids: torch.Tensor | None) -> State:
         """What the copy head reads at every step: its keys over the memory and the memory's
-        token ids (named ``memory...``: beams of a window share them). Empty without copy."""
+        token ids (beams of a window share them, and no step changes them). Empty without
+        copy."""
         if self.copy is None or memory_ids is None:
             return {}
         return {"memory_copy_keys": self.copy.key(memory), "memory_ids": memory_ids}
@@ -138,8 +140,9 @@ class _RNNDecoder(CaptionDecoder):
 
     def init_state(self, memory, memory_mask, memory_ids=None) -> State:
         keys, values = self.attention.keys_values(memory)  # once per caption
-        return {"memory_mask": memory_mask, "memory_keys": keys, "memory_values": values,
-                **self._copy_state(memory, memory_ids), **self._initial(memory, memory_mask)}
+        fixed = {"memory_mask": memory_mask, "memory_keys": keys, "memory_values": values,
+                 **self._copy_state(memory, memory_ids)}  # the same for every beam
+        return State({**fixed, **self._initial(memory, memory_mask)}, shared=fixed)
 
     def step(self, tokens, state: State):
         carried = {name: state[name] for name in self.carried}
@@ -247,13 +250,15 @@ class TransformerDecoder(CaptionDecoder):
         if not self.use_cache:
             empty = torch.empty(b, 0, dtype=torch.long, device=memory.device)
             ids = {} if memory_ids is None else {"memory_ids": memory_ids}
-            return {"memory": memory, "memory_mask": memory_mask, "tokens": empty, **ids}
-        state = {"memory_mask": memory_mask, **self._copy_state(memory, memory_ids)}
+            fixed = {"memory": memory, "memory_mask": memory_mask, **ids}
+            return State({**fixed, "tokens": empty}, shared=fixed)  # the tokens follow beams
+        fixed = {"memory_mask": memory_mask, **self._copy_state(memory, memory_ids)}
+        cache = {}  # each beam's own: the keys and values of the tokens it has said
         nothing = memory.new_zeros(b, self.n_heads, 0, d // self.n_heads)
         for i, (keys, values) in enumerate(self._memory_kv(memory)):
-            state[f"memory_keys.{i}"], state[f"memory_values.{i}"] = keys, values
-            state[f"keys.{i}"], state[f"values.{i}"] = nothing, nothing
-        return state
+            fixed[f"memory_keys.{i}"], fixed[f"memory_values.{i}"] = keys, values
+            cache[f"keys.{i}"], cache[f"values.{i}"] = nothing, nothing
+        return State({**fixed, **cache}, shared=fixed)
 
     def step(self, tokens, state: State):
         if not self.use_cache:  # the whole prefix again, and the memory projected again

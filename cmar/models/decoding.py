@@ -2,17 +2,21 @@
 
 A decoder only supplies (see :class:`CaptionDecoder` in ``decoders.py``)::
 
-    init_state(memory, memory_mask) -> state      dict of batch-first tensors
+    init_state(memory, memory_mask) -> state      a State: batch-first tensors, (B, ...) each
     step(tokens, state) -> logits, state          tokens (N,), logits (N, V)
 
 Beam search runs all windows and all beams as one batch of N = B * beam rows; reordering
-beams is one ``index_select`` on every state tensor that changes. State entries whose name
-starts with ``memory`` (the memory, its mask, its projected keys and values) are the same for
-every beam of a window and are never copied again. Each step takes the 2 x beam best
-continuations of every window: those ending in [EOS] among the beam best join a pool of
-finished captions (:class:`FinishedPool`), the beam best that did not end stay live, so a
-finished caption never takes a live beam's place. A window stops when no live beam can beat
-its finished ones under the length penalty.
+beams is one ``index_select`` on every state tensor that follows the beams. Which entries those
+are, the decoder says: ``init_state`` returns a :class:`State` whose ``shared`` names the
+entries that are the same for every beam of a window and that ``step`` never changes (the
+memory, its mask, its projected keys and values); beam search copies them once per beam and
+never reorders them again. Every other entry (a recurrent state, a cache of past tokens)
+follows its beam. A plain dict shares nothing: always correct, only slower.
+
+Each step takes the 2 x beam best continuations of every window: those ending in [EOS] among
+the beam best join a pool of finished captions (:class:`FinishedPool`), the beam best that did
+not end stay live, so a finished caption never takes a live beam's place. A window stops when
+no live beam can beat its finished ones under the length penalty.
 
 Every strategy returns token ids (B, T), T <= max_len, ending with [EOS] (unless cut at
 max_len) and padded after it.
@@ -23,18 +27,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-State = dict[str, torch.Tensor]
+
+class State(dict):
+    """A decoder's generation state: a dict of batch-first tensors, (N, ...) each, and
+    ``shared``, the names of the entries that are the same for every beam of a window and
+    that ``step`` never changes. Beam search reorders every other entry with its beams::
+
+        State({"memory_mask": mask, "hidden": h}, shared={"memory_mask"})
+
+    Only ``init_state``'s answer needs to be a State: beam search reads ``shared`` from it
+    once, so ``step`` may return a plain dict (``{**state, "hidden": h}``)."""
+
+    def __init__(self, entries=(), shared=()):
+        super().__init__(entries)
+        self.shared = frozenset(shared)
 
 
-def reorder(state: State, index: torch.Tensor, keep_memory: bool = False) -> State:
-    """Pick rows ``index`` of every state tensor (all are batch-first); with ``keep_memory``,
-    entries named ``memory...`` are left as they are (they are equal across a window's beams).
+def reorder(state: dict, index: torch.Tensor, shared: frozenset[str] = frozenset()) -> dict:
+    """Pick rows ``index`` (N,) of every state tensor (all are batch-first); the entries
+    named in ``shared`` are left as they are (they are equal across a window's beams).
     An entry that is not a tensor but a Hugging Face cache (a pretrained decoder's
     ``past_key_values``) is reordered in place by its own ``reorder_cache``.
     """
     out = {}
     for key, value in state.items():
-        if keep_memory and key.startswith("memory"):
+        if key in shared:
             out[key] = value
         elif isinstance(value, torch.Tensor):
             out[key] = value.index_select(0, index)
@@ -42,6 +59,17 @@ def reorder(state: State, index: torch.Tensor, keep_memory: bool = False) -> Sta
             value.reorder_cache(index)
             out[key] = value
     return out
+
+
+def penalise_repeats(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """logits (N, V) with the words of history (N, T), those already said, made less likely
+    by the CTRL rule (Keskar et al., 2019) that Hugging Face uses: a positive logit is divided
+    by ``penalty``, a negative one multiplied. With penalty 1.2, logits (log 9, 0) (p = 0.9)
+    become (log 9 / 1.2, 0) (p = 0.862). For a decoder that copies, whose "logits" are
+    log-probabilities (all negative), every repeat's is multiplied."""
+    seen = logits.gather(1, history)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, history, seen)
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -92,7 +120,21 @@ class FinishedPool:
 
 class Decoding:
     """Mixin: ``generate`` over ``init_state`` / ``step``. Needs ``pad_id``, ``bos_id``,
-    ``eos_id`` and ``unk_id`` attributes."""
+    ``eos_id`` and ``unk_id`` attributes (``unk_id``: the caption tokenizer's, never
+    generated; None when it has none).
+
+    A decoder supplies::
+
+        init_state(memory (B, M, d), memory_mask (B, M)) -> State
+        step(tokens (N,), state) -> logits (N, V), state
+
+    ``init_state`` returns a :class:`State`: batch-first tensors, and in ``state.shared`` the
+    names of the entries the same for every beam of a window that ``step`` never changes
+    (the memory, its mask, projections of it). Beam search copies them once per beam and
+    leaves them there; it reorders every other entry with the beams, whatever its name. An
+    entry that differs between beams (a recurrent state, a cache of past tokens, a coverage
+    of the memory) must not be in ``shared``; a plain dict shares nothing.
+    """
 
     pad_id: int
     bos_id: int
@@ -126,15 +168,16 @@ class Decoding:
                                 repetition_penalty, generator)
         raise ValueError(f"strategy must be greedy, beam or sample, got {strategy!r}")
 
-    def _loop(self, state: State, batch: int, max_len: int, choose) -> torch.Tensor:
-        """Shared loop of greedy and sampling: ``choose(scores, history)`` picks (B,) ids."""
+    def _loop(self, state: dict, batch: int, max_len: int, choose) -> torch.Tensor:
+        """Shared loop of greedy and sampling: ``choose(logits (B, V), history (B, T))``
+        picks (B,) ids from the decoder's logits and the ids said so far."""
         device = next(iter(state.values())).device
         tokens = torch.full((batch,), self.bos_id, dtype=torch.long, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         history = torch.empty(batch, 0, dtype=torch.long, device=device)
         for _ in range(max_len):
             logits, state = self.step(tokens, state)
-            tokens = choose(self._scores(logits), history)
+            tokens = choose(logits, history)
             tokens = tokens.masked_fill(finished, self.pad_id)
             history = torch.cat([history, tokens[:, None]], dim=1)
             finished |= tokens == self.eos_id
@@ -142,17 +185,15 @@ class Decoding:
                 break
         return history
 
-    def _greedy(self, state: State, batch: int, max_len: int) -> torch.Tensor:
-        return self._loop(state, batch, max_len, lambda scores, _: scores.argmax(-1))
+    def _greedy(self, state: dict, batch: int, max_len: int) -> torch.Tensor:
+        return self._loop(state, batch, max_len, lambda logits, _: self._scores(logits).argmax(-1))
 
     def _sample(self, state, batch, max_len, top_p, temperature, repetition_penalty, generator):
-        def choose(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-            logits = scores / max(temperature, 1e-5)
-            if repetition_penalty != 1.0 and history.numel():
-                seen = logits.gather(1, history)  # penalise words already said (CTRL-style)
-                seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
-                logits = logits.scatter(1, history, seen)
-            probs = logits.softmax(-1)
+        def choose(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+            logits = logits.float()
+            if repetition_penalty != 1.0 and history.numel():  # on the logits, before the
+                logits = penalise_repeats(logits, history, repetition_penalty)  # temperature
+            probs = self._scores(logits / max(temperature, 1e-5)).exp()
             sorted_probs, order = probs.sort(-1, descending=True)
             outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the nucleus only
             sorted_probs = sorted_probs.masked_fill(outside, 0.0)
@@ -161,8 +202,9 @@ class Decoding:
 
         return self._loop(state, batch, max_len, choose)
 
-    def _beam(self, state: State, batch: int, max_len: int, beam: int, alpha: float):
+    def _beam(self, state: dict, batch: int, max_len: int, beam: int, alpha: float):
         device = next(iter(state.values())).device
+        shared = state.shared if isinstance(state, State) else frozenset()
         rows = torch.arange(batch, device=device)
         state = reorder(state, rows.repeat_interleave(beam))  # (B * beam, ...)
         tokens = torch.full((batch * beam,), self.bos_id, dtype=torch.long, device=device)
@@ -187,7 +229,7 @@ class Decoding:
             scores = best_scores.gather(1, live)  # the beam best that did not end, in order
             pick = source.gather(1, live).view(-1)
             tokens = new.gather(1, live).view(-1)
-            state = reorder(state, pick, keep_memory=True)
+            state = reorder(state, pick, shared)
             history = torch.cat([history[pick], tokens[:, None]], dim=1)
             done |= pool.beyond_reach(scores, length)
             if done.all():

@@ -6,6 +6,12 @@ Contract of every fusion (register yours in ``FUSIONS``; see CONTRIBUTING.md)::
       regions   (N, R, d)  image regions of N frames        image (N, d)  their pooled vector
       tokens    (N, L, d)  caption token states             text  (N, d)  their pooled vector
       text_mask (N, L)     True on real tokens
+    FusedFrame(frame (N, d), tokens (N, L, d), attention (N, rounds, L, R) or None,
+               regions (N, R, d) or None)
+
+``image`` and ``text`` are inputs a fusion may read (the built-in ones pool the regions and
+words themselves); a fusion returns only what it computes. The alignment loss compares the
+pooled vectors from before fusion, which the StoryModel keeps (``Encoded.image``/``text``).
 
 CMAR, with image regions V and word states W, repeats for r rounds::
 
@@ -19,9 +25,11 @@ feed-forward block sized so their parameter count matches CMAR's (``budget``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmar.models.registry import FUSIONS, count_parameters
@@ -30,12 +38,12 @@ from cmar.models.sequence import masked_mean
 
 @dataclass
 class FusedFrame:
+    """What a fusion computes for N frames."""
+
     frame: torch.Tensor  # (N, d) the fused frame vector the story encoder reads
     tokens: torch.Tensor  # (N, L, d) word states after fusion (decoder memory)
-    image: torch.Tensor  # (N, d) pooled image *before* fusion (alignment loss)
-    text: torch.Tensor  # (N, d) pooled text *before* fusion: fused vectors would see the
-    #                     other modality, making the alignment loss trivial
-    attention: torch.Tensor | None = None  # (N, rounds, L, R) word -> region weights
+    attention: torch.Tensor | None = None  # (N, rounds, L, R) word -> region weights, each
+    #                                        row sums to 1 (before dropout)
     regions: torch.Tensor | None = None  # (N, R, d) regions after fusion (decoder memory)
 
 
@@ -53,10 +61,37 @@ class GatedAttention(nn.Module):
         self.channel_gate = None if token_gate else nn.Parameter(torch.zeros(d_model))
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x, y, y_mask=None):
-        """x (N, Lx, d) attends to y (N, Ly, d); returns new x and weights (N, Lx, Ly)."""
+    def probabilities(self, x, y, y_mask=None) -> torch.Tensor:
+        """The attention probabilities of x (N, Lx, d) over y (N, Ly, d) with ``self.attend``'s
+        projections, before dropout, averaged over heads: (N, Lx, Ly), each row sums to 1.
+        ``y_mask`` (N, Ly) is True on entries that may be read."""
+        n, d, heads = x.shape[0], x.shape[-1], self.attend.num_heads
+        w_q, w_k, _ = self.attend.in_proj_weight.chunk(3)
+        b_q, b_k, _ = self.attend.in_proj_bias.chunk(3)
+
+        def split(z):  # (N, L, d) -> (N, heads, L, d / heads)
+            return z.view(n, z.shape[1], heads, d // heads).transpose(1, 2)
+
+        q, k = split(F.linear(x, w_q, b_q)), split(F.linear(y, w_k, b_k))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d // heads)  # (N, heads, Lx, Ly)
+        if y_mask is not None:
+            scores = scores.masked_fill(~y_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1).mean(1)
+
+    def forward(self, x, y, y_mask=None, need_weights: bool = False):
+        """x (N, Lx, d) attends to y (N, Ly, d); returns new x and, if asked, the weights
+        (N, Lx, Ly): the probabilities before dropout (else None).
+
+        ``nn.MultiheadAttention`` returns its weights after dropout: in training their rows
+        would not sum to 1, and a weight dropped to 0 would give the grounding loss no
+        gradient. So in training they are computed again, before dropout, when asked.
+        """
         a, weights = self.attend(x, y, y, key_padding_mask=None if y_mask is None else ~y_mask,
                                  need_weights=True, average_attn_weights=True)
+        if not need_weights:
+            weights = None
+        elif self.training and self.attend.dropout > 0:
+            weights = self.probabilities(x, y, y_mask)
         if self.gate is not None:
             g = torch.sigmoid(self.gate(torch.cat([x, a], dim=-1)))
         else:
@@ -64,7 +99,7 @@ class GatedAttention(nn.Module):
         return self.norm(x + g * a), weights
 
 
-class _Pool(nn.Module):
+class Pool(nn.Module):
     """[mean regions ; mean words] -> frame vector, through a feed-forward block of width
     ``hidden`` (0 for a single projection)."""
 
@@ -78,11 +113,12 @@ class _Pool(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, regions, tokens, text_mask):
+        """regions (N, R, d), tokens (N, L, d), text_mask (N, L) -> frame vectors (N, d)."""
         pooled = torch.cat([regions.mean(1), masked_mean(tokens, text_mask)], dim=-1)
         return self.norm(self.project(pooled))  # (N, d)
 
 
-def _hidden_for(budget: int | None, d_model: int, fixed: int) -> int:
+def hidden_for(budget: int | None, d_model: int, fixed: int) -> int:
     """Width h of the pooling MLP that brings a fusion with ``fixed`` other parameters to
     ``budget``: the MLP 2d -> h -> d holds h (3d + 1) + d parameters."""
     if budget is None:
@@ -101,15 +137,17 @@ class CMARFusion(nn.Module):
                                            for _ in range(rounds))
         self.image_to_text = nn.ModuleList(GatedAttention(d_model, n_heads, dropout, token_gates)
                                            for _ in range(rounds))
-        self.pool = _Pool(d_model, 0, dropout)
+        self.pool = Pool(d_model, 0, dropout)
 
     def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+        """The fusion contract (module docstring); ``image`` and ``text`` are not read."""
         maps = []
         for t2i, i2t in zip(self.text_to_image, self.image_to_text, strict=True):
-            tokens, weights = t2i(tokens, regions)  # words gather evidence from regions
+            # words gather evidence from regions
+            tokens, weights = t2i(tokens, regions, need_weights=return_attention)
             regions, _ = i2t(regions, tokens, text_mask)  # regions re-read the refined words
-            maps.append(weights)  # (N, L, R)
-        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text,
+            maps.append(weights)  # (N, L, R), or None when not asked
+        return FusedFrame(self.pool(regions, tokens, text_mask), tokens,
                           torch.stack(maps, 1) if return_attention else None, regions)
 
 
@@ -123,7 +161,7 @@ class CMARLiteFusion(CMARFusion):
                  budget: int | None = None):
         super().__init__(d_model, n_heads, rounds=1, dropout=dropout, token_gates=False)
         fixed = count_parameters(self.text_to_image) + count_parameters(self.image_to_text)
-        self.pool = _Pool(d_model, _hidden_for(budget, d_model, fixed + 2 * d_model), dropout)
+        self.pool = Pool(d_model, hidden_for(budget, d_model, fixed + 2 * d_model), dropout)
 
 
 @FUSIONS.register("cross")
@@ -135,11 +173,12 @@ class CrossFusion(nn.Module):
         super().__init__()
         self.text_to_image = GatedAttention(d_model, n_heads, dropout)
         fixed = count_parameters(self.text_to_image) + 2 * d_model  # + the pool's LayerNorm
-        self.pool = _Pool(d_model, _hidden_for(budget, d_model, fixed), dropout)
+        self.pool = Pool(d_model, hidden_for(budget, d_model, fixed), dropout)
 
     def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
-        tokens, weights = self.text_to_image(tokens, regions)
-        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text,
+        """The fusion contract (module docstring); ``image`` and ``text`` are not read."""
+        tokens, weights = self.text_to_image(tokens, regions, need_weights=return_attention)
+        return FusedFrame(self.pool(regions, tokens, text_mask), tokens,
                           weights.unsqueeze(1) if return_attention else None, regions)
 
 
@@ -150,8 +189,8 @@ class ConcatFusion(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 4, rounds: int = 2, dropout: float = 0.1,
                  budget: int | None = None):
         super().__init__()
-        self.pool = _Pool(d_model, _hidden_for(budget, d_model, 2 * d_model), dropout)
+        self.pool = Pool(d_model, hidden_for(budget, d_model, 2 * d_model), dropout)
 
     def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
-        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, image, text, None,
-                          regions)
+        """The fusion contract (module docstring); ``image`` and ``text`` are not read."""
+        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, None, regions)

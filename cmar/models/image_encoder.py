@@ -187,16 +187,42 @@ def load_torchvision(name: str, pretrained: bool) -> nn.Module:
     return model.features  # MobileNetV2: its convolutions, without the classifier
 
 
-def _torchvision_class(name: str) -> type:
+class _TorchvisionEncoder(_GridEncoder):
+    """A torchvision backbone (``torchvision_name``, a key of ``TORCHVISION``) up to its last
+    block, then the shared tail: images (N, 3, S, S) -> regions (N, R, d), global (N, d)."""
+
+    torchvision_name: str  # set by each subclass
+
     def __init__(self, d_model: int = 128, image_size: int = 224, freeze: bool = False,
                  pretrained: bool = False):
-        _GridEncoder.__init__(self, load_torchvision(name, pretrained), TORCHVISION[name],
-                              d_model, image_size, freeze)
-
-    doc = f"torchvision {name} up to its last block: S/32 x S/32 regions."
-    class_name = "".join(part.capitalize() for part in name.split("_"))
-    return type(class_name, (_GridEncoder,), {"__init__": __init__, "__doc__": doc})
+        name = self.torchvision_name
+        super().__init__(load_torchvision(name, pretrained), TORCHVISION[name], d_model,
+                         image_size, freeze)
 
 
-for _name in TORCHVISION:
-    IMAGE_ENCODERS.register(_name)(_torchvision_class(_name))
+@IMAGE_ENCODERS.register("resnet18")
+class Resnet18(_TorchvisionEncoder):
+    """torchvision resnet18 up to its last block: S/32 x S/32 regions."""
+
+    torchvision_name = "resnet18"
+
+
+@IMAGE_ENCODERS.register("resnet34")
+class Resnet34(_TorchvisionEncoder):
+    """torchvision resnet34 up to its last block: S/32 x S/32 regions."""
+
+    torchvision_name = "resnet34"
+
+
+@IMAGE_ENCODERS.register("resnet50")
+class Resnet50(_TorchvisionEncoder):
+    """torchvision resnet50 up to its last block: S/32 x S/32 regions."""
+
+    torchvision_name = "resnet50"
+
+
+@IMAGE_ENCODERS.register("mobilenet_v2")
+class MobilenetV2(_TorchvisionEncoder):
+    """torchvision mobilenet_v2 up to its last block: S/32 x S/32 regions."""
+
+    torchvision_name = "mobilenet_v2"

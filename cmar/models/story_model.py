@@ -13,7 +13,8 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
     next_frame(summary)                             -> predicted image embedding (B, d)
 
 ``forward`` returns the logits and the three loss terms (caption cross-entropy, alignment
-InfoNCE, next-frame InfoNCE); the trainer weights them. ``components=`` replaces any part:
+InfoNCE of the image and text vectors from before fusion, next-frame InfoNCE); the trainer
+weights them. ``components=`` replaces any part:
 ``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
 """
 
@@ -25,15 +26,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from cmar.config import NEXT_NEGATIVES, NEXT_TARGETS, ModelConfig
 from cmar.models.fusion import FusedFrame
 from cmar.models.hf.loading import hf_source
 from cmar.models.image_encoder import RegionEncoder
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
+from cmar.settings import NEXT_NEGATIVES, NEXT_TARGETS, ModelConfig
 
 PARTS = ("image_encoder", "text_encoder", "fusion", "story_encoder", "decoder", "next_frame")
+FRAME_POSITIONS = 32  # rows of the frame-position table unless data.k needs more
 MEMORY_KINDS = 4  # story state, caption token, context-frame region, target-frame region
 
 
@@ -82,6 +84,10 @@ class Encoded:
     memory_ids: torch.Tensor  # (B, M) the context token an entry holds, [PAD] for the others
     summary: torch.Tensor  # (B, d)
     fused: FusedFrame  # per context frame, N = B * k
+    image: torch.Tensor  # (B*k, d) each context image's vector, before fusion
+    text: torch.Tensor  # (B*k, d) each context caption's vector, before fusion: the alignment
+    #                     loss compares these two (fused vectors would see the other modality,
+    #                     making it trivial)
     target: tuple[torch.Tensor, torch.Tensor] | None = None  # target frame (regions, global),
     #                                                           encoded in grounded mode
 
@@ -99,7 +105,8 @@ class ModelOutput:
 class StoryModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, image_size: int, mode: str = "next",
                  max_len: int = 40, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
-                 max_frames: int = 32, components: dict | None = None, unk_id: int | None = 3):
+                 max_frames: int = FRAME_POSITIONS, components: dict | None = None,
+                 unk_id: int | None = 3):
         super().__init__()
         self.cfg, self.mode, self.max_len = cfg, mode, max_len
         self.init_args = dict(vocab_size=vocab_size, image_size=image_size, mode=mode,
@@ -126,18 +133,20 @@ class StoryModel(nn.Module):
             "decoder": lambda: DECODERS.build(cfg.decoder, vocab_size=vocab_size, d_model=d,
                                               n_heads=cfg.n_heads, n_layers=cfg.decoder_layers,
                                               dropout=drop, pad_id=pad_id, bos_id=bos_id,
-                                              eos_id=eos_id, max_len=max_len,
+                                              eos_id=eos_id, unk_id=unk_id, max_len=max_len,
                                               **({"copy": True} if cfg.copy_tokens else {})),
             "next_frame": lambda: NextFrameHead(d, drop),
             **pretrained_builders(cfg, vocab_size, image_size, max_len, pad_id, bos_id, eos_id,
                                   unk_id),
         }
-        for part in PARTS:
-            setattr(self, part, components.get(part) or builders[part]())
+        for part in PARTS:  # `is None`, not `or`: a given module may be falsy (empty, or __len__)
+            given = components.get(part)
+            setattr(self, part, builders[part]() if given is None else given)
         # optional, after any image encoder (model.region_layers; None keeps old checkpoints)
         self.region_encoder = (RegionEncoder(d, cfg.region_layers, cfg.n_heads, drop)
                                if cfg.region_layers else None)
-        self.frame_position = nn.Embedding(max_frames, d)  # which context frame a token is from
+        # which context frame a token is from: one row per frame, so max_frames >= data.k
+        self.frame_position = nn.Embedding(max_frames, d)
         self.memory_kind = nn.Embedding(MEMORY_KINDS, d)
         if cfg.next_target not in NEXT_TARGETS:
             raise ValueError(f"model.next_target must be one of {NEXT_TARGETS}, "
@@ -190,6 +199,11 @@ class StoryModel(nn.Module):
 
     def encode(self, batch, return_attention: bool = False) -> Encoded:
         b, k = batch.context_tokens.shape[:2]
+        frames = self.frame_position.num_embeddings
+        if k > frames:
+            raise ValueError(f"this model holds positions for {frames} context frames "
+                             f"(max_frames), the batch has k = {k}: build it with "
+                             "max_frames >= data.k (build_model does)")
         regions, image = self.encode_frames(batch.context_images, batch.context_features,
                                             flat=True)  # (B*k, R, d), (B*k, d)
         mask = batch.context_mask.flatten(0, 1)  # (B*k, Lc)
@@ -219,7 +233,7 @@ class StoryModel(nn.Module):
         ids = torch.full(memory.shape[:2], self.pad_id, dtype=torch.long, device=memory.device)
         if self.cfg.memory_tokens:  # the word entries follow the k story states
             ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
-        return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, target)
+        return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target)
 
     def forward(self, batch, return_attention: bool = False) -> ModelOutput:
         ground = self.cfg.w_ground > 0 and batch.context_boxes is not None
@@ -258,8 +272,8 @@ class StoryModel(nn.Module):
         context_ids, target_ids = batch.frame_ids(batch.context_tokens.shape[1])
         context_ids = context_ids.flatten()  # (B*k,) the order of enc.fused
         align_tau, next_tau = self.temperatures()
-        align = info_nce(enc.fused.image, enc.fused.text, align_tau, context_ids)
-        context = enc.fused.image  # (B*k, d) the context frames, in the target's space
+        align = info_nce(enc.image, enc.text, align_tau, context_ids)
+        context = enc.image  # (B*k, d) the context frames, in the target's space
         if self.cfg.next_target == "detached":
             next_true, context = next_true.detach(), context.detach()
         story = self.cfg.next_negatives == "story"

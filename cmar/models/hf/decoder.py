@@ -4,6 +4,8 @@ Same contract as :class:`cmar.models.decoders.CaptionDecoder`::
 
     decoder(target_in (B, L), memory (B, M, d), memory_mask (B, M)) -> logits (B, L, V)
     decoder.init_state(memory, memory_mask) -> state;  decoder.step(tokens (N,), state)
+        state: a State; its shared entries (the bridged memory and its mask) are the same
+        for every beam, the cache ("past") follows the beams
 
 The model loads with ``add_cross_attention=True``: every block gains a cross-attention over the
 story memory, projected from ``d_model`` to the model's width. Those layers are new (randomly
@@ -74,7 +76,8 @@ class HFDecoder(Decoding, nn.Module):
         return out.logits
 
     def init_state(self, memory, memory_mask, memory_ids=None) -> State:
-        return self._memory(memory, memory_mask)  # the cache ("past") starts at the first step
+        fixed = self._memory(memory, memory_mask)  # the same for every beam
+        return State(fixed, shared=fixed)  # the cache ("past", per beam) starts at step one
 
     def step(self, tokens, state: State):
         out = self.lm(input_ids=tokens[:, None], encoder_hidden_states=state["memory_states"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmar.config import HF_PREFIX
+from cmar.settings import HF_PREFIX
 
 
 class PretrainedLoadError(RuntimeError):

@@ -1,7 +1,7 @@
 """Benchmarks, run side by side on the same machine: ``cmar bench TARGET`` prints a table and
 writes ``TARGET.json``; ``cmar bench all`` runs every target at sizes that fit 10 minutes on a
-2-core CPU. Memory is measured in :mod:`cmar.memory`, tables are drawn by
-:mod:`cmar.bench_tables`.
+2-core CPU. Memory is measured in :mod:`cmar.research.bench.ram`, tables are drawn by
+:mod:`cmar.research.bench.tables`.
 
 Timings are reported as median and spread over repeats, never asserted in unit tests.
 """
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cmar.bench_tables import render
-from cmar.memory import FROZEN_RESNET, bench_memory
+from cmar.research.bench.ram import FROZEN_RESNET, bench_memory
+from cmar.research.bench.tables import render
 
 if TYPE_CHECKING:
     from cmar.data.prepare import StoryData
@@ -394,7 +394,7 @@ def run_target(target: str, config: str = "default", overrides: list[str] = (),
         batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
         result["fusions"] = bench_cost(cfg.model, cfg.data, data.tokenizer, batch)
     elif target == "pretrained":
-        from cmar.bench_pretrained import bench_pretrained
+        from cmar.research.bench.pretrained import bench_pretrained
 
         result.update(bench_pretrained(config, overrides, steps=repeats))
     elif target == "memory":

@@ -1,5 +1,5 @@
 """The study's report: its tables as Markdown and its chart, from the rows of
-:func:`cmar.study.run_study`."""
+:func:`cmar.research.study.grid.run_study`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from cmar.evaluation.report import SHOWN
-from cmar.study import (
+from cmar.research.study.table import (
     HEADERS,
     MEMORY_TEXT,
     METRICS,

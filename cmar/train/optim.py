@@ -1,4 +1,5 @@
-"""The optimiser's parameter groups: weight decay on weight matrices only.
+"""The optimiser and its schedule: AdamW with weight decay on weight matrices only, a linear
+warm-up, then a cosine decay to zero.
 
 Decay pulls a weight towards zero. That regularises the matrices of linear, convolution and
 recurrent layers, but not the parameters whose scale or offset is the point: biases, the gains
@@ -8,6 +9,9 @@ and learned position codes. Those get no decay.
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -31,3 +35,26 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             (decay if decays(module, name, parameter) else no_decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(total_steps: int, warmup: float):
+    """LR multiplier: linear warm-up over ``warmup`` of the steps, then cosine to zero."""
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, train_cfg, total_steps: int):
+    """(AdamW over :func:`parameter_groups`, its warm-up then cosine schedule) for
+    ``total_steps`` optimiser steps of ``train_cfg`` (a :class:`cmar.settings.TrainConfig`)."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, train_cfg.weight_decay),
+                                  lr=train_cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, train_cfg.warmup))
+    return optimizer, scheduler

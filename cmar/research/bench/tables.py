@@ -112,7 +112,7 @@ def render(result: dict) -> str:
                      f"disk (memory-mapped); {w['data_disk_mb']} MB of data in all, "
                      + ("kept" if w["data_kept"] else "deleted after measuring"))
     elif target == "pretrained":
-        from cmar.bench_pretrained import render_pretrained
+        from cmar.research.bench.pretrained import render_pretrained
 
         body = render_pretrained(result)
     else:

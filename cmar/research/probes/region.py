@@ -1,8 +1,8 @@
 """Does a trained story model *see* the facing dot? A linear probe on its own region features.
 
-:mod:`cmar.probe` shows that a small CNN trained for it reads the ShapeStories facing dot
-(accuracy about 0.999). This module asks the question one step later: after the story model
-was trained on captions, does its image encoder keep that information where the decoder can
+:mod:`cmar.research.probes.facing` shows that a small CNN trained for it reads the ShapeStories
+facing dot (accuracy about 0.999). This module asks the question one step later: after the story
+model was trained on captions, does its image encoder keep that information where the decoder can
 read it? For every character of every frame, take the model's region vector (image encoder,
 then region encoder if any: exactly what the fusion and the decoder get) at the grid cell under
 the character's box centre, append where the character stands (one-hot ring position), and fit
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmar.probe import frame_facings, frame_tables
+from cmar.research.probes.facing import frame_facings, frame_tables
 
 
 def character_cells(boxes: list[tuple[float, float, float, float]], size: int,

@@ -223,7 +223,7 @@ def predict(model: FacingCNN, examples: FacingExamples, batch_size: int = 512) -
 
 def frame_tables(cfg) -> dict[str, str]:
     """Story id -> its ``chain_of_thought`` (the frame tables with boxes and facings), for
-    every generated story of the ShapeStories dataset a :class:`cmar.config.DataConfig`
+    every generated story of the ShapeStories dataset a :class:`cmar.settings.DataConfig`
     names (the splits are carved from its one ``train`` split)."""
     from cmar.data import open_source
     from cmar.data.prepare import shapestories_options

@@ -21,29 +21,25 @@ import shutil
 from pathlib import Path
 
 from cmar.config import Config, load_config
-from cmar.stats import ci95, mean_sd
+from cmar.research.study.report import markdown, plot
+from cmar.research.study.table import (  # noqa: F401  (re-exported: the study's tables)
+    HEADERS,
+    MEMORIES,
+    MEMORY_TEXT,
+    METRICS,
+    PAIRED,
+    fusion_means,
+    paired_differences,
+    rows_in,
+    section,
+    sections_of,
+    summarise,
+)
 
+# The arms of the README's study (any registered part may be named instead: see check_parts)
 FUSIONS = ("concat", "cross", "cmar")
 DECODERS = ("lstm", "gru", "transformer")
-# What the decoder attends over: (model.memory_tokens, model.memory_regions). The story
-# states are always there; "full" is the model's default and every study before v2.
-MEMORIES = {"story": (False, False), "words": (True, False), "full": (True, True)}
-MEMORY_TEXT = {"story": "the story states only (the context reaches it through the fused frames)",
-               "words": "the story states + every context frame's fused words",
-               "full": "the story states + every context frame's fused words and regions"}
-# Per-cell table columns: the caption score, how much of it needs the images (ShapeStories
-# places are only in the images), the fusion's word-to-region grounding, then the rest.
-METRICS = ("BLEU-4", "BLEU-4 images blanked", "slot place", "slot place images blanked",
-           "grounding", "CIDEr", "caption R@1", "context gap", "train seconds")
-HEADERS = {"CIDEr": "CIDEr-D", "BLEU-4 images blanked": "BLEU-4, images blanked",
-           "slot place": "place", "slot place images blanked": "place, images blanked",
-           "train seconds": "training s"}
-# The paired comparisons with concat that the report and study.json give: the caption score
-# and the slot that only the images tell.
-PAIRED = ("BLEU-4", "slot place")
 
-# Student's t, 0.975 quantile (a two-sided 95% interval), by degrees of freedom: scipy is not
-# a dependency. Between entries the next lower df is used (a slightly wider interval).
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """What a study trains: every (mode, memory, fusion, decoder, seed) of the lists."""
@@ -79,11 +75,6 @@ def run_name(mode: str, memory: str, fusion: str, decoder: str, seed: int) -> st
     if memory == "full":
         return f"{mode}-{fusion}-{decoder}-s{seed}"
     return f"{mode}-{memory}-{fusion}-{decoder}-s{seed}"
-
-
-def section(mode: str, memory: str) -> str:
-    """The key of a (mode, memory) in ``study.json``'s per-section dicts, named like runs."""
-    return mode if memory == "full" else f"{mode}-{memory}"
 
 
 def run_config(grid: Grid, mode: str, memory: str, fusion: str, decoder: str, seed: int,
@@ -175,65 +166,6 @@ def run_cell(grid: Grid, cell: tuple[str, str, str, str, int], runs_dir: str | P
             "run": str(run_dir), **row_of(metrics, history), "floors": floors}
 
 
-def rows_in(rows: list[dict], mode: str, memory: str) -> list[dict]:
-    return [r for r in rows if r["mode"] == mode and r["memory"] == memory]
-
-
-def sections_of(rows: list[dict]) -> list[tuple[str, str]]:
-    return list(dict.fromkeys((r["mode"], r["memory"]) for r in rows))
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and sample standard deviation over seeds of every (mode, memory, fusion, decoder)."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        key = (row["mode"], row["memory"], row["fusion"], row["decoder"])
-        groups.setdefault(key, []).append(row)
-    table = []
-    for (mode, memory, fusion, decoder), group in groups.items():
-        entry = {"mode": mode, "memory": memory, "fusion": fusion, "decoder": decoder,
-                 "seeds": len(group)}
-        for key in METRICS:
-            entry[key], entry[key + " sd"] = mean_sd([r[key] for r in group])
-        table.append(entry)
-    return table
-
-
-def fusion_means(rows: list[dict], mode: str, memory: str = "full",
-                 key: str = "BLEU-4") -> dict[str, tuple]:
-    """{fusion: (mean, sd, n)} pooled over decoders and seeds, for the headline comparison."""
-    rows = rows_in(rows, mode, memory)
-    out = {}
-    for fusion in dict.fromkeys(r["fusion"] for r in rows):
-        values = [r[key] for r in rows if r["fusion"] == fusion]
-        out[fusion] = (*mean_sd(values), len(values))
-    return out
-
-
-def paired_differences(rows: list[dict], mode: str, memory: str = "full", key: str = "BLEU-4",
-                       base: str = "concat") -> dict[str, dict]:
-    """Each fusion minus ``base`` on the runs of one mode and one memory that share a decoder
-    and a seed.
-
-    Returns {fusion: {"mean", "sd", "n", "wins", "ci95"}}: the mean and sample sd of the n
-    paired differences, how many of them are above zero, and the 95% t interval of their mean
-    ([low, high]; None when n is 1). Pairing removes the decoder and the seed from the
-    comparison, which pooled means do not.
-    """
-    by_cell = {(r["fusion"], r["decoder"], r["seed"]): r[key] for r in rows_in(rows, mode, memory)}
-    out = {}
-    for fusion in dict.fromkeys(f for f, _, _ in by_cell):
-        if fusion == base:
-            continue
-        diffs = [value - by_cell[(base, d, s)] for (f, d, s), value in by_cell.items()
-                 if f == fusion and (base, d, s) in by_cell]
-        if diffs:
-            mean, sd = mean_sd(diffs)
-            out[fusion] = {"mean": mean, "sd": sd, "n": len(diffs),
-                           "wins": sum(d > 0 for d in diffs), "ci95": ci95(diffs)}
-    return out
-
-
 def modality_ablation(run_dir: str | Path, split: str = "test") -> dict[str, dict]:
     """A trained run re-evaluated with nothing, its images, then its captions blanked."""
     from cmar.evaluation.floors import windows_text
@@ -288,7 +220,6 @@ def run_study(grid: Grid, runs_dir: str | Path = "runs/study", modes: tuple[str,
                                                                           key="slot place")
                                       for m, mem in sections_of(rows)},
               "ablations": ablations}
-    from cmar.study_report import markdown, plot
 
     (runs_dir / "study.json").write_text(json.dumps(result, indent=2))
     (runs_dir / "study.md").write_text(markdown(rows, ablations))

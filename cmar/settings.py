@@ -1,0 +1,146 @@
+"""Settings: the config dataclasses, with a commented default on every field, and the closed
+sets of choices of the string keys.
+
+``Config()`` is exactly the ``default`` preset: the model each comment describes is the one
+``make demo`` trains. This module is a leaf: it imports nothing from cmar and no torch, so a
+notebook, a test or any other module can read, build and copy a config without the model.
+Loading YAML presets, ``--set`` overrides and every check live in :mod:`cmar.config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The closed sets of choices of the string keys. The modules that act on a choice import its
+# set from here (this module stays light: no torch), so each set is written once.
+SPLITS = ("train", "validation", "test")  # the splits of every source; eval.split
+MODES = ("next", "grounded")  # data.mode
+CAPTION_POLICIES = ("first_sentence", "full")  # data.caption_policy
+IMAGE_FITS = ("letterbox", "center_crop", "squash")  # data.image_fit
+# data.difficulty: the ShapeStories knobs (cmar.data.shapes_world.Knobs) each one sets
+DIFFICULTIES = {
+    "easy": dict(n_characters=2, n_landmarks=4, n_distractors=0, noise=0.0, jitter=0),
+    "medium": dict(n_characters=3, n_landmarks=4, n_distractors=2, noise=0.02, jitter=1),
+    "hard": dict(n_characters=3, n_landmarks=4, n_distractors=4, noise=0.06, jitter=2,
+                 turn_prob=0.8),
+}
+NEXT_TARGETS = ("shared", "detached")  # model.next_target
+NEXT_NEGATIVES = ("batch", "story")  # model.next_negatives
+STRATEGIES = ("greedy", "beam", "sample")  # eval.strategy
+METRIC_TOKENIZERS = ("python", "ptb")  # eval.tokenizer
+LOSS_TERMS = ("caption", "align", "next")  # every run's loss terms ("ground" too if asked)
+DEVICES = ("auto", "cpu", "cuda", "mps")  # the values of the key device (see cmar.devices)
+HF_PREFIX = "hf:"  # a part named hf:<hub id or folder> is a pretrained Hugging Face model
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapestories"  # "shapestories", "storyreasoning", a hub id or a local folder
+    k: int = 3  # context frames; the target is frame k+1 of each window
+    mode: str = "next"  # "next": context only; "grounded": also the target frame's image
+    images_column: str = "images"  # column with the list of frame images
+    captions_column: str | None = None  # list-of-captions column; None = StoryReasoning markup
+    caption_policy: str = "first_sentence"  # "first_sentence" | "full" (see max_tokens)
+    image_size: int = 64  # frames are resized to image_size x image_size
+    image_fit: str = "letterbox"  # "letterbox" (pads: keeps all characters) | center_crop | squash
+    val_fraction: float = 0.1  # share of train stories carved out as validation (by story)
+    test_fraction: float = 0.1  # carved only when the source has no test split
+    split_seed: int = 0  # seed of the carving; fixed so splits never move
+    limit: int | None = None  # at most this many stories per split (quick runs)
+    n_stories: int = 2000  # ShapeStories: stories generated (before splitting)
+    shapestories_seed: int = 0  # ShapeStories: generator seed
+    difficulty: str = "medium"  # ShapeStories: "easy" | "medium" | "hard"
+    shapestories_knobs: dict = field(default_factory=dict)  # ShapeStories: Knobs overrides
+    min_pair_freq: int = 2  # BPE: a pair seen fewer times is never merged (no word is lost)
+    vocab_size: int = 10000  # BPE vocabulary size, incl. the 256 byte symbols and 4 specials
+    max_tokens: int = 40  # the caption length: BPE tokens kept of every caption, in or out
+    batch_size: int = 32  # windows per batch
+    num_workers: int = 0  # DataLoader worker processes (0: batches built in the main process;
+    #                       on a 2-core CPU the model, not the loader, is the bottleneck)
+    cache_dir: str = "data"  # generated data, downloaded copies and decoded-frame caches
+
+
+@dataclass
+class ModelConfig:
+    image_encoder: str = "small_cnn"  # "small_cnn" (CPU, S/16 regions) | "small_cnn_fine" (S/8)
+    #                                  | "resnet18" | "resnet34" | "resnet50"
+    #                                  | "hf:<hub id or folder>": a CLIP/SigLIP/DINOv2/ViT tower
+    pretrained: bool = False  # ResNet: ImageNet weights through torchvision's weights API
+    freeze_image_encoder: bool = False  # keep the CNN or tower fixed (only its projection
+    #                                     trains; its features are then cached)
+    freeze_text_encoder: bool = False  # hf: text encoder: keep it fixed
+    freeze_decoder: bool = False  # hf: decoder: keep its pretrained weights fixed (its new
+    #                               cross-attention layers still train)
+    gradient_checkpointing: bool = False  # hf: parts recompute activations in backward
+    #                                       (less memory, about a third more time)
+    d_model: int = 128  # width of every representation the parts exchange
+    n_heads: int = 4  # attention heads in fusion, Transformer encoders and decoder
+    region_layers: int = 1  # self-attention layers over each frame's regions after the image
+    #                         encoder (0: none): a region can then hold what lies elsewhere
+    text_encoder: str = "gru"  # context captions: "gru" | "lstm" | "transformer"
+    #                            | "hf:<hub id or folder>": BERT, MiniLM, with its tokenizer
+    fusion: str = "cmar"  # per frame: "cmar" | "cmar_lite" | "cross" | "concat"
+    cmar_rounds: int = 2  # CMAR refinement rounds (text->image then image->text each)
+    story_encoder: str = "gru"  # over the k fused frames: "gru" | "lstm" | "transformer"
+    decoder: str = "transformer"  # "transformer" | "lstm" | "gru" | "hf:<hub id or folder>":
+    #                               a GPT-2-family LM that cross-attends; its tokenizer is the
+    #                               captions'
+    encoder_layers: int = 1  # layers of the text encoder and of the story encoder
+    decoder_layers: int = 2  # layers of the caption decoder
+    memory_tokens: bool = True  # decoder memory also holds every context frame's fused words
+    memory_regions: bool = True  # ... and every context frame's fused image regions
+    copy_tokens: bool = True  # pointer-generator decoder: a word may be copied from the
+    #                           context captions' tokens in its memory (needs memory_tokens):
+    #                           names are copied from the context, not memorised
+    dropout: float = 0.1  # dropout inside every part
+    infonce_temperature: float = 0.1  # of the alignment and next-frame InfoNCE losses
+    learn_temperature: bool = False  # learn both temperatures (log scale, from the one above)
+    next_target: str = "shared"  # next-frame target: "shared" (its gradient trains the image
+    #                              encoder too) | "detached" (a fixed target: stop-gradient)
+    next_negatives: str = "batch"  # "batch": the next frames of the batch's other windows |
+    #                                "story": also the window's own context frames
+    w_ground: float = 0.0  # weight of the grounding loss: the fusion's word-to-region
+    #                        attention at a character's name pulled onto the regions of its box
+    #                        (needs boxes in chain_of_thought and a cmar or cross fusion; 0: off)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8  # passes over the training windows
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay, on weight matrices only (cmar.train.optim)
+    warmup: float = 0.05  # share of all steps spent warming the learning rate up
+    grad_clip: float = 1.0  # max gradient norm (0 turns clipping off)
+    w_align: float = 0.1  # weight of the image-text alignment InfoNCE (0 turns it off)
+    w_next: float = 0.1  # weight of the next-frame InfoNCE (0 turns it off)
+    amp: bool = True  # mixed precision (bf16 where supported, else fp16) on CUDA only
+    select: str = "val_caption"  # history key that picks the best checkpoint (lower is better)
+    patience: int = 0  # stop after this many epochs without improvement (0: never)
+    log_every: int = 25  # steps between host syncs: loss shown, NaN check, stop agreed
+    save_frozen_weights: bool = False  # store a frozen pretrained backbone in checkpoints
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"  # split scored by `cmar evaluate`
+    strategy: str = "greedy"  # "greedy" | "beam" | "sample"
+    beam_size: int = 5  # beam width for strategy=beam
+    batch_size: int = 64  # windows per generation batch
+    candidates: int = 100  # retrieval candidates per window (the true one + others)
+    retrieval_windows: int = 500  # windows scored for retrieval (a seeded sample)
+    examples: int = 5  # example windows shown in report.md
+    meteor: bool = False  # also METEOR (pycocoevalcap's jar: needs Java on the PATH)
+    tokenizer: str = "python"  # how the metrics split words: "python" (no Java) | "ptb" (Java)
+    bootstrap: int = 1000  # resamples of stories for the 95% intervals (0: no intervals)
+
+
+@dataclass
+class Config:
+    name: str = "default"  # run folder name under runs_dir
+    runs_dir: str = "runs"  # where run folders are written
+    seed: int = 0  # seeds python, numpy, torch and the data order
+    device: str = "auto"  # "auto" (cuda, else mps, else cpu) | "cpu" | "cuda" | "mps"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,42 @@
+"""The Accelerator a run trains under: its device, precision and process group.
+
+One CPU, one GPU, Apple's MPS, or many processes (``accelerate launch``, ``torchrun``,
+``accelerate.notebook_launcher``): Accelerate reads the process group from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from cmar.devices import mps_or_cpu, resolve_device
+
+
+def make_accelerator(cfg) -> Accelerator:
+    """An Accelerator for ``cfg`` (a :class:`cmar.settings.Config`): its ``device`` (a device
+    this machine lacks fails here, at once) and mixed precision on CUDA only."""
+    device = resolve_device(cfg.device)
+    amp = cfg.train.amp and device.type == "cuda"
+    bf16 = amp and torch.cuda.is_bf16_supported()
+    # Several processes without CUDA (torchrun on CPUs): Accelerate needs cpu=True to join the
+    # process group over gloo; otherwise every process would think it is alone. With
+    # device: cpu it must not pick a GPU (CUDA or MPS) by itself.
+    cpu_group = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return Accelerator(mixed_precision="bf16" if bf16 else "fp16" if amp else "no",
+                       cpu=cpu_group or cfg.device == "cpu")
+
+
+def fall_back_from_mps(accelerator: Accelerator, model: torch.nn.Module,
+                       probe: Callable[[torch.nn.Module, torch.device], object]) -> Accelerator:
+    """``accelerator``, or a CPU one if it holds MPS and ``probe`` (one training step) finds an
+    op missing there (see :func:`cmar.devices.mps_or_cpu`)."""
+    if accelerator.device.type != "mps" or mps_or_cpu(model, probe).type != "cpu":
+        return accelerator
+    # Accelerate's device is fixed once chosen: start it again on the CPU (MPS runs one
+    # process, so no process group is lost)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision="no", cpu=True)
