@@ -345,10 +345,12 @@ example:
     study.add_argument("--runs-dir", default="runs/study",
                        help="The folder of the study's runs and results (default: "
                             "%(default)s).")
-    study.add_argument("--fusions", nargs="+", choices=["concat", "cross", "cmar", "cmar_lite"],
-                       help="Use these fusions instead of the grid's.")
-    study.add_argument("--decoders", nargs="+", choices=["lstm", "gru", "transformer"],
-                       help="Use these decoders instead of the grid's.")
+    study.add_argument("--fusions", nargs="+", metavar="FUSION",
+                       help="Use these fusions instead of the grid's: any registered fusion "
+                            "(cmar, cmar_lite, cross, concat, or one of your own).")
+    study.add_argument("--decoders", nargs="+", metavar="DECODER",
+                       help="Use these decoders instead of the grid's: any registered decoder "
+                            "(transformer, lstm, gru, or one of your own).")
     study.add_argument("--memories", nargs="+", choices=["story", "words", "full"],
                        help="Use these decoder memories instead of the grid's; they say what "
                             "the decoder attends over. story: the story states only; words: "

@@ -198,3 +198,24 @@ def test_smoke_study_with_story_only_memory(tmp_path, shapes_cache):
     assert "| cmar | 1 |" in text  # the pooled row, beside concat
     assert set(result["ablations"]) == set(result["versus_concat"]) == {"next-story"}
     assert (tmp_path / "study.png").stat().st_size > 1000
+
+
+def test_the_study_takes_any_registered_part_and_refuses_unknown_ones_before_training(
+        tmp_path, monkeypatch):
+    """Part names come from the registries: a fusion registered here is a grid arm like a
+    built-in one (the command line no longer lists names of its own), and a name no registry
+    holds is refused before the first run trains."""
+    from cmar.cli import build_parser
+    from cmar.models import FUSIONS, ConcatFusion
+    from cmar.research.study.grid import GRIDS, cells, run_config
+
+    args = build_parser().parse_args(["study", "--fusions", "film_in_a_test", "--decoders",
+                                      "my_decoder"])
+    assert args.fusions == ["film_in_a_test"] and args.decoders == ["my_decoder"]
+    grid = dataclasses.replace(GRIDS["smoke"], fusions=("film_in_a_test",))
+    with pytest.raises(ValueError, match="model.fusion must be one of .*got 'film_in_a_test'"):
+        run_study(grid, tmp_path / "unknown", ablate=False, progress=False)
+    assert not (tmp_path / "unknown").exists()  # nothing trained, nothing written
+    monkeypatch.setitem(FUSIONS, "film_in_a_test", ConcatFusion)
+    cfg = run_config(grid, *cells(grid)[0], tmp_path)
+    assert cfg.model.fusion == "film_in_a_test"

@@ -265,6 +265,14 @@ NOTEBOOKS = {
              "shutil.rmtree(Path(RUNS_DIR) / NAME, ignore_errors=True)  # a fresh run each time\n"
              "trainer = Trainer(cfg)\nprint(f\"{len(trainer.data.datasets['train'])} training "
              "windows, {trainer.steps_per_epoch} steps per epoch\")"),
+        md("## One training step\n\n`trainer.fit()` runs `train_step` on every batch: the "
+           "model's loss terms and their weighted sum (`loss_terms`), the gradients (through "
+           "Accelerate, which scales them under fp16), clipping, one AdamW step and one step of "
+           "the learning-rate schedule. The rest of `cmar/train/` is bookkeeping around it: "
+           "checkpoints and exact resume, the epoch's sums, a graceful stop on Ctrl-C. To "
+           "change how the model learns (a new loss term, another clip), start here."),
+        code("import inspect\n\nfrom cmar.train import loss_terms, train_step\n\n"
+             "print(inspect.getsource(loss_terms))\nprint(inspect.getsource(train_step))"),
         varying("history = trainer.fit()"),
         md("## Loss per epoch\n\nThe two curves everyone draws first, then every term of the "
            "loss: caption cross-entropy, image-text alignment and next-frame InfoNCE."),

@@ -128,17 +128,20 @@ def bench_metrics(n: int = 5000, repeats: int = 3, seed: int = 0) -> dict:
     return {"items": n, **median_spread(times, "seconds", digits=2)}
 
 
-def bench_cost(model_cfg, data_cfg, tokenizer, batch,
-               fusions=("concat", "cross", "cmar", "cmar_lite")) -> dict:
-    """FLOPs of one training step (forward + backward) per 1,000 windows, for each fusion,
-    counted with torch's FlopCounterMode; ``ratio_to_concat`` answers "does CMAR increase
-    training complexity?" as a number."""
+def bench_cost(model_cfg, data_cfg, tokenizer, batch, fusions: tuple[str, ...] | None = None
+               ) -> dict:
+    """FLOPs of one training step (forward + backward) per 1,000 windows, for each fusion
+    (default: every registered one), counted with torch's FlopCounterMode;
+    ``ratio_to_concat`` answers "does CMAR increase training complexity?" as a number."""
     import dataclasses
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cmar.models import build_model
+    from cmar.models import FUSIONS, build_model
+
+    if fusions is None:
+        fusions = tuple(FUSIONS)
 
     out = {}
     for fusion in fusions:

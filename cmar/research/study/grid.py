@@ -36,7 +36,8 @@ from cmar.research.study.table import (  # noqa: F401  (re-exported: the study's
     summarise,
 )
 
-# The arms of the README's study (any registered part may be named instead: see check_parts)
+# The arms of the README's study; a grid may name any registered part instead (a fusion or
+# decoder registered in a notebook included): load_config checks each name
 FUSIONS = ("concat", "cross", "cmar")
 DECODERS = ("lstm", "gru", "transformer")
 
@@ -200,8 +201,10 @@ def run_study(grid: Grid, runs_dir: str | Path = "runs/study", modes: tuple[str,
     if unknown:
         raise ValueError(f"unknown decoder memory {unknown}; choose from {list(MEMORIES)}")
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
     todo = cells(grid)
+    for cell in todo:  # every cell's config is checked (a part name unknown to the registries
+        run_config(grid, *cell, runs_dir)  # included) before the first run trains
+    runs_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     bar = tqdm(todo, desc="study", disable=not progress)
     for cell in bar:
