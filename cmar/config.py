@@ -37,6 +37,7 @@ from cmar.settings import (
     EvalConfig,
     ModelConfig,
     TrainConfig,
+    check_model,
 )
 
 __all__ = [  # the settings, re-exported, then what this module adds
@@ -120,7 +121,7 @@ AT_LEAST = {"data.k": 1, "data.batch_size": 1, "data.max_tokens": 1, "data.image
             "model.region_layers": 0, "model.w_ground": 0, "train.weight_decay": 0,
             "train.grad_clip": 0, "train.w_align": 0, "train.w_next": 0, "train.patience": 0,
             "eval.candidates": 2, "eval.retrieval_windows": 1, "eval.examples": 0,
-            "eval.bootstrap": 0,
+            "eval.bootstrap": 0, "train.process_timeout": 1,
             # InfoNCE logits are cosines / temperature: at most 1e4, finite even in fp16
             "model.infonce_temperature": 1e-4}
 ABOVE = {"train.lr": 0}  # keys that must exceed a bound
@@ -135,7 +136,6 @@ WITHIN = {"data.val_fraction": (0, 1, False), "data.test_fraction": (0, 1, False
 # string keys with a closed set of choices
 CHOICES = {"data.mode": MODES, "data.caption_policy": CAPTION_POLICIES,
            "data.image_fit": IMAGE_FITS, "data.difficulty": tuple(DIFFICULTIES),
-           "model.next_target": NEXT_TARGETS, "model.next_negatives": NEXT_NEGATIVES,
            "eval.split": SPLITS, "eval.strategy": STRATEGIES, "eval.tokenizer": METRIC_TOKENIZERS}
 # keys naming a registered part: key -> (its registry in cmar.models.registry, whether
 # hf:<hub id or folder> is allowed too)
@@ -256,28 +256,7 @@ def _check_parts(config: Config) -> None:
 def check_combinations(config: Config) -> Config:
     """``config``, or a ValueError naming the first keys whose values cannot run together."""
     m, d = config.model, config.data
-    if m.d_model % m.n_heads:
-        raise ValueError(f"config key model.d_model ({m.d_model}) must be divisible by "
-                         f"model.n_heads ({m.n_heads})")
-    if m.copy_tokens and not m.memory_tokens:
-        raise ValueError("config key model.copy_tokens (true) copies the context words of the "
-                         "decoder's memory: it needs model.memory_tokens=true, got false")
-    pretrained = [key for key in ("model.text_encoder", "model.decoder")
-                  if _get(config, key).startswith(HF_PREFIX)]
-    if m.copy_tokens and pretrained:
-        raise ValueError(f"config key model.copy_tokens (true) needs the built-in decoder and "
-                         f"text encoder (one shared vocabulary), got {pretrained[0]}="
-                         f"{_get(config, pretrained[0])}: set model.copy_tokens=false")
-    for freeze, key in (("freeze_text_encoder", "model.text_encoder"),
-                        ("freeze_decoder", "model.decoder")):
-        if getattr(m, freeze) and not _get(config, key).startswith(HF_PREFIX):
-            raise ValueError(f"config key model.{freeze} (true) keeps pretrained weights fixed: "
-                             f"it needs {key}={HF_PREFIX}<hub id or folder>, got "
-                             f"{key}={_get(config, key)}")
-    if m.w_ground > 0 and m.fusion == "concat":
-        raise ValueError(f"config key model.w_ground ({m.w_ground}) needs a fusion with "
-                         "word-to-region attention (cmar, cmar_lite or cross), got "
-                         "model.fusion=concat")
+    check_model(m)  # the model keys' own combinations (StoryModel runs them too)
     registry, encoders = _models()
     if m.pretrained:
         encoder = registry.IMAGE_ENCODERS.get(m.image_encoder)

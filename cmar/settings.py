@@ -118,6 +118,8 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without improvement (0: never)
     log_every: int = 25  # steps between host syncs: loss shown, NaN check, stop agreed
     save_frozen_weights: bool = False  # store a frozen pretrained backbone in checkpoints
+    process_timeout: int = 120  # minutes a process waits for the others (several processes),
+    #                             the main process building the data caches included
 
 
 @dataclass
@@ -144,3 +146,41 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
+    """``m``, or a ValueError naming the first model keys whose values cannot run together.
+
+    The checks that need no model code, so both :func:`cmar.config.check_combinations` (every
+    config loaded) and ``StoryModel`` (a model built from a ``ModelConfig`` in Python) run
+    these same lines. ``fusion_given``: the fusion is a module passed in, not ``m.fusion``.
+    """
+    for key, value, choices in (("next_target", m.next_target, NEXT_TARGETS),
+                                ("next_negatives", m.next_negatives, NEXT_NEGATIVES)):
+        if value not in choices:
+            raise ValueError(f"config key model.{key} must be one of {', '.join(choices)}, "
+                             f"got {value!r}")
+    if m.d_model % m.n_heads:
+        raise ValueError(f"config key model.d_model ({m.d_model}) must be divisible by "
+                         f"model.n_heads ({m.n_heads})")
+    if m.copy_tokens and not m.memory_tokens:
+        raise ValueError("config key model.copy_tokens (true) copies the context words of the "
+                         "decoder's memory: it needs model.memory_tokens=true, got false")
+    pretrained = [(key, value) for key, value in (("model.text_encoder", m.text_encoder),
+                                                  ("model.decoder", m.decoder))
+                  if value.startswith(HF_PREFIX)]
+    if m.copy_tokens and pretrained:
+        key, value = pretrained[0]
+        raise ValueError(f"config key model.copy_tokens (true) needs the built-in decoder and "
+                         f"text encoder (one shared vocabulary), got {key}={value}: set "
+                         "model.copy_tokens=false")
+    for freeze, key, value in (("freeze_text_encoder", "model.text_encoder", m.text_encoder),
+                               ("freeze_decoder", "model.decoder", m.decoder)):
+        if getattr(m, freeze) and not value.startswith(HF_PREFIX):
+            raise ValueError(f"config key model.{freeze} (true) keeps pretrained weights fixed: "
+                             f"it needs {key}={HF_PREFIX}<hub id or folder>, got {key}={value}")
+    if m.w_ground > 0 and m.fusion == "concat" and not fusion_given:
+        raise ValueError(f"config key model.w_ground ({m.w_ground}) needs a fusion with "
+                         "word-to-region attention (cmar, cmar_lite or cross), got "
+                         "model.fusion=concat")
+    return m

@@ -74,7 +74,7 @@ def test_no_ground_term_without_the_weight_or_without_boxes():
 
 
 def test_concat_has_no_attention_to_supervise():
-    with pytest.raises(ValueError, match="model.w_ground needs"):
+    with pytest.raises(ValueError, match=r"model.w_ground \(.*\) needs a fusion"):
         tiny_model(fusion="concat", w_ground=1.0)
 
 

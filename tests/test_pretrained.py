@@ -34,9 +34,10 @@ def parts(tmp_path_factory, shapes_cache):
 
 def hf_model(parts, mode="next", fusion="cmar", **overrides) -> StoryModel:
     tokenizer = pretrained_tokenizer(str(parts["decoder"]))
-    cfg = ModelConfig(d_model=32, n_heads=2, dropout=0.0, fusion=fusion, region_layers=0,
-                      copy_tokens=False,  # an hf: decoder has its own vocabulary: no copy head
-                      **{part: f"hf:{folder}" for part, folder in parts.items()}, **overrides)
+    # no copy head by default: an hf: decoder has its own vocabulary
+    cfg = ModelConfig(**{"d_model": 32, "n_heads": 2, "dropout": 0.0, "fusion": fusion,
+                         "region_layers": 0, "copy_tokens": False,
+                         **{part: f"hf:{folder}" for part, folder in parts.items()}, **overrides})
     torch.manual_seed(0)
     return StoryModel(cfg, len(tokenizer), 32, mode=mode, max_len=12,
                       pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,

@@ -32,7 +32,7 @@ from cmar.models.image_encoder import RegionEncoder
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
-from cmar.settings import NEXT_NEGATIVES, NEXT_TARGETS, ModelConfig
+from cmar.settings import ModelConfig, check_model
 
 PARTS = ("image_encoder", "text_encoder", "fusion", "story_encoder", "decoder", "next_frame")
 FRAME_POSITIONS = 32  # rows of the frame-position table unless data.k needs more
@@ -52,16 +52,10 @@ def pretrained_builders(cfg: ModelConfig, vocab_size: int, image_size: int, max_
     if source_text := hf_source(cfg.text_encoder):
         builders["text_encoder"] = lambda: hf.HFTextEncoder(
             source_text, cfg.d_model, cfg.freeze_text_encoder, checkpointing)
-    elif cfg.freeze_text_encoder:
-        raise ValueError("model.freeze_text_encoder keeps pretrained weights fixed; "
-                         f"text encoder {cfg.text_encoder!r} has none (use hf:<id>)")
     if source_decoder := hf_source(cfg.decoder):
         builders["decoder"] = lambda: hf.HFDecoder(
             source_decoder, vocab_size, cfg.d_model, pad_id, bos_id, eos_id, unk_id, max_len,
             cfg.freeze_decoder, checkpointing)
-    elif cfg.freeze_decoder:
-        raise ValueError("model.freeze_decoder keeps pretrained weights fixed; "
-                         f"decoder {cfg.decoder!r} has none (use hf:<id>)")
     return builders
 
 
@@ -118,6 +112,7 @@ class StoryModel(nn.Module):
         unknown = set(components) - set(PARTS)
         if unknown:
             raise KeyError(f"unknown components {sorted(unknown)}; parts are {PARTS}")
+        check_model(cfg, fusion_given="fusion" in components)  # as load_config does
         budget = count_parameters(FUSIONS.build("cmar", d_model=d, n_heads=cfg.n_heads,
                                                 rounds=cfg.cmar_rounds, dropout=drop))
         builders = {
@@ -148,22 +143,6 @@ class StoryModel(nn.Module):
         # which context frame a token is from: one row per frame, so max_frames >= data.k
         self.frame_position = nn.Embedding(max_frames, d)
         self.memory_kind = nn.Embedding(MEMORY_KINDS, d)
-        if cfg.next_target not in NEXT_TARGETS:
-            raise ValueError(f"model.next_target must be one of {NEXT_TARGETS}, "
-                             f"got {cfg.next_target!r}")
-        if cfg.next_negatives not in NEXT_NEGATIVES:
-            raise ValueError(f"model.next_negatives must be one of {NEXT_NEGATIVES}, "
-                             f"got {cfg.next_negatives!r}")
-        if cfg.copy_tokens and (hf_source(cfg.decoder) or hf_source(cfg.text_encoder)):
-            raise ValueError("model.copy_tokens (on in the default preset) needs the built-in "
-                             "decoder and text encoder, which share one vocabulary; an hf: part "
-                             "has its own: add --set model.copy_tokens=false")
-        if cfg.copy_tokens and not cfg.memory_tokens:
-            raise ValueError("model.copy_tokens copies the context words of the decoder's "
-                             "memory: it needs model.memory_tokens=true")
-        if cfg.w_ground > 0 and cfg.fusion == "concat" and "fusion" not in components:
-            raise ValueError("model.w_ground needs the fusion's word-to-region attention: "
-                             "use model.fusion=cmar or cross (concat has none), or w_ground=0")
         if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
             start = math.log(1 / cfg.infonce_temperature)
             self.infonce_log_scale = nn.Parameter(torch.full((2,), start))
