@@ -113,7 +113,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 turns clipping off)
     w_align: float = 0.1  # weight of the image-text alignment InfoNCE (0 turns it off)
     w_next: float = 0.1  # weight of the next-frame InfoNCE (0 turns it off)
-    amp: bool = True  # mixed precision (bf16 where supported, else fp16) on CUDA only
+    amp: bool = True  # mixed precision on CUDA only: bf16 from compute capability 8.0 (A100,
+    #                   H100), fp16 with the gradient scaler below it (T4): devices.amp_dtype
     select: str = "val_caption"  # history key that picks the best checkpoint (lower is better)
     patience: int = 0  # stop after this many epochs without improvement (0: never)
     log_every: int = 25  # steps between host syncs: loss shown, NaN check, stop agreed

@@ -10,7 +10,7 @@ import cmar.devices
 import cmar.train.launch
 from cmar.cli import main
 from cmar.config import load_config, save_config
-from cmar.devices import mps_or_cpu, resolve_device
+from cmar.devices import amp_dtype, mps_or_cpu, resolve_device
 from cmar.evaluation.run import device_for, evaluate_run
 from cmar.train import Trainer
 
@@ -158,3 +158,60 @@ def test_training_on_mps_with_a_missing_op_restarts_on_the_cpu(shapes_cache, tmp
     assert trainer.accelerator.device.type == "cpu" and not trainer.accelerator.pretend
     assert [row["epoch"] for row in trainer.fit()] == [1]
     assert next(trainer.model.parameters()).device.type == "cpu"
+
+
+def fake_gpu(monkeypatch, capability):
+    """A CUDA GPU of this compute capability, whatever this machine has. is_bf16_supported says
+    True, as it does on a real T4 (it counts emulation): a precision taken from it would be
+    bf16 there, so the T4 cases prove it is not what decides."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [((7, 5), torch.float16),  # T4 (Colab)
+                                                   ((7, 0), torch.float16),  # V100
+                                                   ((8, 0), torch.bfloat16),  # A100
+                                                   ((8, 6), torch.bfloat16),  # RTX 30xx
+                                                   ((9, 0), torch.bfloat16)])  # H100
+def test_amp_dtype_is_bf16_only_from_compute_capability_8(monkeypatch, capability, dtype):
+    fake_gpu(monkeypatch, capability)
+    assert amp_dtype(torch.device("cuda")) == dtype
+    assert amp_dtype("cuda") == amp_dtype("cuda:0") == dtype
+
+
+def test_amp_dtype_is_none_on_the_cpu_and_mps(monkeypatch):
+    fake_gpu(monkeypatch, (9, 0))  # even with a GPU present
+    for device in ("cpu", "mps", torch.device("cpu"), torch.device("mps")):
+        assert amp_dtype(device) is None
+
+
+class RecordedAccelerator:
+    """Stands in for Accelerate's Accelerator: keeps the arguments, builds nothing (a real one
+    would need the CUDA device these tests only pretend to have)."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+@pytest.mark.parametrize(("capability", "precision"), [((7, 5), "fp16"), ((8, 0), "bf16"),
+                                                       ((9, 0), "bf16")])
+def test_make_accelerator_picks_the_precision_of_the_gpu(monkeypatch, capability, precision):
+    fake_gpu(monkeypatch, capability)
+    monkeypatch.setattr(cmar.train.launch, "Accelerator", RecordedAccelerator)
+    for device in ("auto", "cuda"):
+        made = cmar.train.launch.make_accelerator(load_config("smoke", [f"device={device}"]))
+        assert made.kwargs["mixed_precision"] == precision
+        assert made.kwargs["cpu"] is False
+        assert len(made.kwargs["kwargs_handlers"]) == 1  # the process group's timeout
+    off = cmar.train.launch.make_accelerator(load_config("smoke", ["train.amp=false"]))
+    assert off.kwargs["mixed_precision"] == "no"
+
+
+def test_make_accelerator_takes_no_mixed_precision_on_the_cpu_or_mps(monkeypatch):
+    fake_gpu(monkeypatch, (9, 0))
+    monkeypatch.setattr(cmar.devices, "mps_available", lambda: True)
+    monkeypatch.setattr(cmar.train.launch, "Accelerator", RecordedAccelerator)
+    for device in ("cpu", "mps"):
+        made = cmar.train.launch.make_accelerator(load_config("smoke", [f"device={device}"]))
+        assert made.kwargs["mixed_precision"] == "no"
