@@ -45,7 +45,7 @@ __all__ = [  # the settings, re-exported, then what this module adds
     "METRIC_TOKENIZERS", "MODES", "NEXT_NEGATIVES", "NEXT_TARGETS", "SPLITS", "STRATEGIES",
     "Config", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig",
     "PRESETS_DIR", "check_combinations", "check_device", "check_ranges", "load_config",
-    "save_config", "selectable_keys",
+    "preset_for", "save_config", "selectable_keys",
 ]
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -127,7 +127,8 @@ AT_LEAST = {"data.k": 1, "data.batch_size": 1, "data.max_tokens": 1, "data.image
 ABOVE = {"train.lr": 0}  # keys that must exceed a bound
 # keys with a ceiling: the BPE trainer reserves room for the whole vocabulary up front (10^12
 # aborts the process) and counts pair frequencies in unsigned 64-bit integers
-AT_MOST = {"data.vocab_size": 1_000_000, "data.min_pair_freq": 2**64 - 1}
+AT_MOST = {"data.vocab_size": 1_000_000, "data.min_pair_freq": 2**64 - 1,
+           "train.process_timeout": 7 * 24 * 60}  # a week: far beyond any cache build
 FLOAT32_MAX = 3.4e38  # a float setting ends up in float32 tensors (a learning rate in AdamW's)
 # keys in an interval: key -> (low, high, whether high is allowed); low always is
 WITHIN = {"data.val_fraction": (0, 1, False), "data.test_fraction": (0, 1, False),
@@ -186,6 +187,9 @@ def check_ranges(config: Config) -> Config:
             raise _bad(key, value, f"in [{low}, {high}{']' if closed else ')'}")
     if config.data.limit is not None and config.data.limit < 1:
         raise _bad("data.limit", config.data.limit, "at least 1, or null (no limit)")
+    sizes = config.eval.candidate_sets
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in sizes):
+        raise _bad("eval.candidate_sets", sizes, "a list of integers, each at least 2")
     for key, choices in CHOICES.items():
         if _get(config, key) not in choices:
             raise _bad(key, _get(config, key), f"one of {', '.join(choices)}")
@@ -331,6 +335,16 @@ def check_device(config: Config) -> Config:
         raise ValueError(f"config key device must be one of {', '.join(DEVICES)}, "
                          f"got {config.device!r}")
     return config
+
+
+def preset_for(source: str, smoke: bool = False) -> str:
+    """The preset that suits ``source`` (a ``data.source`` value): ``"default"`` for
+    ShapeStories, ``"storyreasoning"`` for anything else (the hub's StoryReasoning, another hub
+    id, a local copy in the hub's layout, your own folder); with ``smoke``, their small
+    versions ``"smoke"`` and ``"storyreasoning-smoke"`` (seconds on a CPU, no download)."""
+    if source == "shapestories":  # exactly as cmar.data.loading.open_source tells it apart
+        return "smoke" if smoke else "default"
+    return "storyreasoning-smoke" if smoke else "storyreasoning"
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 import torch
+from accelerate.utils import InitProcessGroupKwargs
 from test_training import smoke
 
 import cmar.train.launch
@@ -122,6 +124,49 @@ def test_main_process_first_decide_on_main_and_gather_under_two_processes(tmp_pa
     assert main == ["decided by 0", [0, 1], "OSError: disk full"]
     assert other == ["by the main process", "decided by 0", [0, 1], "OSError: disk full"]
 
+
+
+TIMEOUT = """
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cmar.config import load_config
+from cmar.processes import main_process_first, rank
+from cmar.train.launch import make_accelerator
+
+make_accelerator(load_config("smoke", ["train.process_timeout=3"]))
+with main_process_first():  # the other process waits here while the main one builds caches
+    pass
+gloo = dist.group.WORLD._get_backend(torch.device("cpu"))  # the group the waits go through
+Path(sys.argv[1], f"timeout-{rank()}").write_text(str(gloo.options._timeout.total_seconds()))
+dist.destroy_process_group()
+"""
+
+
+def test_two_processes_wait_for_each_other_as_long_as_train_process_timeout(tmp_path):
+    """``train.process_timeout`` reaches the process group every wait goes through (the one
+    in main_process_first too), not gloo's default 30 minutes (NCCL's 10)."""
+    script = tmp_path / "timeout.py"
+    script.write_text(TIMEOUT)
+    done = torchrun(str(script), str(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(tmp_path / f"timeout-{r}").read_text() for r in (0, 1)] == ["180.0", "180.0"]
+
+
+def test_make_accelerator_passes_train_process_timeout(monkeypatch):
+    made = {}
+    monkeypatch.setattr(cmar.train.launch, "Accelerator", lambda **kwargs: made.update(kwargs))
+    for minutes in (7, 120):
+        cmar.train.launch.make_accelerator(load_config(
+            "smoke", ["device=cpu", f"train.process_timeout={minutes}"]))
+        [handler] = made["kwargs_handlers"]
+        assert isinstance(handler, InitProcessGroupKwargs)
+        # what Accelerate hands init_process_group (only what differs from its defaults)
+        assert handler.to_kwargs()["timeout"] == timedelta(minutes=minutes)
+    assert load_config("smoke").train.process_timeout == 120
 
 RESUME = """
 import sys
