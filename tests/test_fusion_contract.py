@@ -4,6 +4,8 @@ A new fusion registered with ``@FUSIONS.register("name")`` (and imported by
 ``cmar.models``, or by your test) is picked up here automatically; see CONTRIBUTING.md.
 """
 
+import inspect
+
 import pytest
 import torch
 
@@ -43,6 +45,31 @@ def check_fusion(name: str) -> None:
     first = fusion(regions.detach(), image.detach(), tokens.detach(), text.detach(), mask)
     assert torch.allclose(again.frame, first.frame, atol=1e-5)
     assert abs(count_parameters(fusion) / budget - 1) < 0.1, "keep within 10% of CMAR's budget"
+    if "region_mask" in inspect.signature(fusion.forward).parameters:
+        check_region_mask(fusion)
+
+
+def check_region_mask(fusion) -> None:
+    """Regions the mask drops (letterbox padding) must not matter, as padding words must not:
+    no change to the frame, the words or the kept regions, and no attention weight on them;
+    ``region_mask=None`` is the unmasked fusion."""
+    regions, image, tokens, text, mask = inputs(seed=1)
+    g = torch.Generator().manual_seed(2)
+    keep = torch.arange(R) >= torch.randint(0, R, (N, 1), generator=g)  # each frame keeps >= 1
+    keep[0, :2] = False  # at least one frame drops some
+    moved = regions.clone()
+    moved[~keep] = 100.0
+    first = fusion(regions, image, tokens, text, mask, True, region_mask=keep)
+    again = fusion(moved, image, tokens, text, mask, True, region_mask=keep)
+    assert torch.allclose(first.frame, again.frame, atol=1e-5)
+    assert torch.allclose(first.tokens, again.tokens, atol=1e-5)
+    if first.regions is not None:
+        assert torch.allclose(first.regions[keep], again.regions[keep], atol=1e-5)
+    if first.attention is not None:
+        assert (first.attention.transpose(1, 3)[~keep] == 0).all()  # (N, R, L, rounds)
+    plain = fusion(regions, image, tokens, text, mask, True)
+    unmasked = fusion(regions, image, tokens, text, mask, True, region_mask=None)
+    assert torch.equal(plain.frame, unmasked.frame)
 
 
 @pytest.mark.parametrize("name", sorted(FUSIONS))

@@ -17,6 +17,11 @@ A :class:`Batch` of B windows with k context frames, image side S:
 - ``context_boxes``   float (B, k, Lc, 4), only from ``prepare_data(..., boxes=True)``: at the
   first token of each character's name in a context caption, that character's box in the
   frame (x1, y1, x2, y2, frame pixels); NaN at every other token (:mod:`cmar.data.mentions`)
+- ``context_content`` float (B, k, 4) and ``target_content`` (B, 4): where each frame's picture
+  lies in the S x S frame (x1, y1, x2, y2, frame pixels; :meth:`ImageStore.content_box`), the
+  rest being letterbox padding. The model turns them into a mask of the regions that see any
+  picture (its encoder knows the grid). None when the store cannot tell (then nothing is
+  masked); a batch of images or of cached features carries them alike.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Batch:
     context_features: torch.Tensor | None = None
     target_features: torch.Tensor | None = None
     context_boxes: torch.Tensor | None = None
+    context_content: torch.Tensor | None = None
+    target_content: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         moved = {
@@ -131,6 +138,9 @@ class WindowDataset(Dataset):
             "target_ids": self.ids[w.story][w.t],
             "window_id": window_id(self.story_ids[w.story], w.t),
         }
+        content = getattr(self.store, "content_box", None)
+        if callable(content) and getattr(self.store, "geometry", True) is not None:
+            item["content"] = [content(w.story, t) for t in range(w.t - w.k, w.t + 1)]
         if self.mentions is not None:  # [(token position, box), ...] per context frame
             item["context_boxes"] = [
                 [(p, box) for p, box in self.mentions.frame(self.story_ids[w.story], c)
@@ -194,7 +204,17 @@ class Collate:
             target_mask=target_mask,
             window_ids=[it["window_id"] for it in items],
             context_boxes=_boxes(items, context_tokens.shape[-1]),
+            **_content(items),
         )
+
+
+def _content(items: list[dict]) -> dict[str, torch.Tensor]:
+    """The items' content boxes (picture within the letterboxed frame) as ``context_content``
+    (B, k, 4) and ``target_content`` (B, 4); none when the items hold none."""
+    if "content" not in items[0]:
+        return {}
+    boxes = torch.tensor([item["content"] for item in items], dtype=torch.float)  # (B, k+1, 4)
+    return {"context_content": boxes[:, :-1], "target_content": boxes[:, -1]}
 
 
 def _boxes(items: list[dict], length: int) -> torch.Tensor | None:

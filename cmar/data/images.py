@@ -19,6 +19,9 @@ Frames are fitted to a square ``image_size`` S by one of :data:`IMAGE_FITS`:
 Square frames (ShapeStories) give identical pixels under all three. Entity boxes stay in the
 original pixels in :class:`Story`; :meth:`ImageStore.fit_box` maps one into the S x S frame
 through the same :func:`fit_geometry` that resized the image, so the two cannot drift.
+:meth:`ImageStore.content_box` gives, through the same geometry, where the picture lies in the
+frame: batches carry it, and the model masks the regions that lie wholly in the padding
+(:func:`cmar.models.image_encoder.region_mask`).
 """
 
 from __future__ import annotations
@@ -101,6 +104,17 @@ def fitted_array(image: Image.Image, size: int, fit: str = "letterbox") -> np.nd
     return np.asarray(fit_image(image, size, fit), dtype=np.uint8).transpose(2, 0, 1)
 
 
+def content_box(width: int, height: int, size: int, fit: str = "letterbox") -> Box:
+    """Where the picture of a ``width`` x ``height`` image lies in its ``size`` x ``size`` frame
+    under ``fit`` (same :func:`fit_geometry` as the image): ``(x1, y1, x2, y2)`` in frame
+    pixels, clipped to the frame. The rest of the frame is letterbox padding; ``squash``,
+    ``center_crop`` and square images fill the frame: ``(0, 0, size, size)``."""
+    scale_x, scale_y, offset_x, offset_y = fit_geometry(width, height, size, fit)
+    new_w, new_h = round(width * scale_x), round(height * scale_y)
+    return (float(max(offset_x, 0)), float(max(offset_y, 0)),
+            float(min(offset_x + new_w, size)), float(min(offset_y + new_h, size)))
+
+
 def fit_box(box: Box, width: int, height: int, size: int,
             fit: str = "letterbox") -> Box | None:
     """A box ``(x1, y1, x2, y2)`` in pixels of a ``width`` x ``height`` image, in pixels of its
@@ -145,6 +159,11 @@ class FrameGeometry:
         """``box`` (original pixels of frame ``t`` of story ``story``) in the S x S frame's
         pixels, clipped; None when the fit crops it away entirely."""
         return fit_box(box, *self.original_size(story, t), self.image_size, self.fit)
+
+    def content_box(self, story: int, t: int) -> Box:
+        """Where frame ``t`` of story ``story``'s picture lies in its S x S frame
+        (:func:`content_box`): the rest is letterbox padding."""
+        return content_box(*self.original_size(story, t), self.image_size, self.fit)
 
 
 class ImageStore:
@@ -217,3 +236,8 @@ class ImageStore:
         in pixels of the S x S frame through the same geometry as the image (clipped to the
         frame); None when the fit crops it away entirely (``center_crop`` only)."""
         return self.geometry.fit_box(story, t, box)
+
+    def content_box(self, story: int, t: int) -> Box:
+        """``(x1, y1, x2, y2)``: where frame ``t`` of story ``story``'s picture lies in the
+        S x S frame; the rest is letterbox padding (the model masks regions wholly in it)."""
+        return self.geometry.content_box(story, t)

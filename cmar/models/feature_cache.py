@@ -6,7 +6,8 @@ With ``model.freeze_image_encoder`` the backbone's output for a frame never chan
 image store for a :class:`FeatureStore` over a float16 ``.npy`` file. The file name is a hash
 of the encoder config, the image transform, the frame size and fit (``data.image_fit``) and the
 frames' bytes, so any change recomputes. The feature store keeps the image store's frame
-geometry (original sizes, fit), so entity boxes still map into the frame (grounding).
+geometry (original sizes, fit), so entity boxes still map into the frame (grounding) and
+batches still carry each frame's content box (letterbox regions stay masked).
 Only the trainable projection and position embedding of the encoder run per batch.
 """
 
@@ -54,6 +55,12 @@ class FeatureStore:
     def fit_box(self, story: int, t: int, box):
         """Like :meth:`ImageStore.fit_box` (None without the frames' geometry)."""
         return None if self.geometry is None else self.geometry.fit_box(story, t, box)
+
+    def content_box(self, story: int, t: int):
+        """Like :meth:`ImageStore.content_box`: where the picture lies in the frame the
+        features were computed from, so letterbox regions stay masked with cached features
+        (None without the frames' geometry: then nothing is masked)."""
+        return None if self.geometry is None else self.geometry.content_box(story, t)
 
 
 def cache_key(encoder_name: str, pretrained: bool, store: ImageStore, weights_digest: str,

@@ -2,16 +2,24 @@
 
 Contract of every fusion (register yours in ``FUSIONS``; see CONTRIBUTING.md)::
 
-    fusion(regions, image, tokens, text, text_mask, return_attention=False) -> FusedFrame
+    fusion(regions, image, tokens, text, text_mask, return_attention=False,
+           region_mask=None) -> FusedFrame
       regions   (N, R, d)  image regions of N frames        image (N, d)  their pooled vector
       tokens    (N, L, d)  caption token states             text  (N, d)  their pooled vector
       text_mask (N, L)     True on real tokens
+      region_mask (N, R)   True on regions that see picture, or None: every region does
     FusedFrame(frame (N, d), tokens (N, L, d), attention (N, rounds, L, R) or None,
                regions (N, R, d) or None)
 
 ``image`` and ``text`` are inputs a fusion may read (the built-in ones pool the regions and
 words themselves); a fusion returns only what it computes. The alignment loss compares the
 pooled vectors from before fusion, which the StoryModel keeps (``Encoded.image``/``text``).
+
+``region_mask`` (optional; the model passes it only to a fusion whose ``forward`` takes it, and
+only when some region lies wholly in letterbox padding): a masked region must change nothing
+a fusion returns, as a padding word must not. It is no key of any attention (so it gets 0
+weight in ``attention``) and no part of a pooled vector; its own row of ``regions`` may hold
+anything, the model masks it in the decoder memory. ``None`` must take the unmasked path.
 
 CMAR, with image regions V and word states W, repeats for r rounds::
 
@@ -112,9 +120,11 @@ class Pool(nn.Module):
             self.project = nn.Linear(2 * d_model, d_model)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, regions, tokens, text_mask):
-        """regions (N, R, d), tokens (N, L, d), text_mask (N, L) -> frame vectors (N, d)."""
-        pooled = torch.cat([regions.mean(1), masked_mean(tokens, text_mask)], dim=-1)
+    def forward(self, regions, tokens, text_mask, region_mask=None):
+        """regions (N, R, d), tokens (N, L, d), text_mask (N, L), region_mask (N, R) or None
+        (every region) -> frame vectors (N, d)."""
+        image = regions.mean(1) if region_mask is None else masked_mean(regions, region_mask)
+        pooled = torch.cat([image, masked_mean(tokens, text_mask)], dim=-1)
         return self.norm(self.project(pooled))  # (N, d)
 
 
@@ -139,15 +149,17 @@ class CMARFusion(nn.Module):
                                            for _ in range(rounds))
         self.pool = Pool(d_model, 0, dropout)
 
-    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False,
+                region_mask=None):
         """The fusion contract (module docstring); ``image`` and ``text`` are not read."""
         maps = []
         for t2i, i2t in zip(self.text_to_image, self.image_to_text, strict=True):
-            # words gather evidence from regions
-            tokens, weights = t2i(tokens, regions, need_weights=return_attention)
-            regions, _ = i2t(regions, tokens, text_mask)  # regions re-read the refined words
+            # words gather evidence from regions (not from letterbox padding)
+            tokens, weights = t2i(tokens, regions, region_mask, need_weights=return_attention)
+            # regions re-read the refined words; a masked region's row is read by nothing
+            regions, _ = i2t(regions, tokens, text_mask)
             maps.append(weights)  # (N, L, R), or None when not asked
-        return FusedFrame(self.pool(regions, tokens, text_mask), tokens,
+        return FusedFrame(self.pool(regions, tokens, text_mask, region_mask), tokens,
                           torch.stack(maps, 1) if return_attention else None, regions)
 
 
@@ -175,10 +187,12 @@ class CrossFusion(nn.Module):
         fixed = count_parameters(self.text_to_image) + 2 * d_model  # + the pool's LayerNorm
         self.pool = Pool(d_model, hidden_for(budget, d_model, fixed), dropout)
 
-    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False,
+                region_mask=None):
         """The fusion contract (module docstring); ``image`` and ``text`` are not read."""
-        tokens, weights = self.text_to_image(tokens, regions, need_weights=return_attention)
-        return FusedFrame(self.pool(regions, tokens, text_mask), tokens,
+        tokens, weights = self.text_to_image(tokens, regions, region_mask,
+                                             need_weights=return_attention)
+        return FusedFrame(self.pool(regions, tokens, text_mask, region_mask), tokens,
                           weights.unsqueeze(1) if return_attention else None, regions)
 
 
@@ -191,6 +205,8 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.pool = Pool(d_model, hidden_for(budget, d_model, 2 * d_model), dropout)
 
-    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False,
+                region_mask=None):
         """The fusion contract (module docstring); ``image`` and ``text`` are not read."""
-        return FusedFrame(self.pool(regions, tokens, text_mask), tokens, None, regions)
+        return FusedFrame(self.pool(regions, tokens, text_mask, region_mask), tokens, None,
+                          regions)

@@ -7,13 +7,21 @@ Contract of every image encoder (register yours in ``IMAGE_ENCODERS``)::
                                     with a learned position embedding (where matters)
       -> global  (N, d_model)       mean of the regions
 
-``R`` depends on the image size (``encoder.n_regions``): 16 for the small CNN at 64 px.
-An encoder also accepts its backbone's features (N, C, h, w) in place of images: with a frozen
-backbone they are computed once and read from disk (:mod:`cmar.models.feature_cache`).
+``R`` depends on the image size (``encoder.n_regions``): 16 for the small CNN at 64 px;
+``encoder.grid`` is its (rows, columns), row-major. An encoder also accepts its backbone's
+features (N, C, h, w) in place of images: with a frozen backbone they are computed once and
+read from disk (:mod:`cmar.models.feature_cache`).
+
+Letterbox padding: a frame fitted with ``data.image_fit=letterbox`` has bands of padding, and
+a region whose cell lies wholly in them sees no picture. :func:`region_mask` turns each frame's
+content box (``Batch.context_content``) and the grid into a mask (N, R), True on the regions
+to keep; an encoder that takes ``region_mask=`` (the built-in ones) then pools only those.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +29,52 @@ import torchvision
 from torch import nn
 
 from cmar.models.registry import IMAGE_ENCODERS
+from cmar.models.sequence import masked_mean
+
+
+def region_mask(content: torch.Tensor, image_size: int,
+                grid: tuple[int, int]) -> torch.Tensor:
+    """Which regions of a (rows, cols) ``grid`` over the S x S frame see any picture.
+
+    ``content`` (..., 4): each frame's content box (x1, y1, x2, y2) in frame pixels (where the
+    picture lies; the rest is letterbox padding). Region (i, j) is the cell
+    ``[j S / cols, (j + 1) S / cols) x [i S / rows, (i + 1) S / rows)``; it is kept (True) when
+    its interior meets the box's: a region that sees any picture is kept, one wholly in the
+    padding is not. -> bool (..., rows * cols), row-major like the encoders' regions. A frame
+    whose box meets no cell (a NaN box: unknown) keeps every region.
+    """
+    rows, cols = grid
+    content = content.float()  # (not float64: MPS has none) box corners are whole pixels, and
+    # an edge i S / n is exact whenever it is whole, so a corner on an edge compares exactly
+
+    def overlap(n: int, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        edges = torch.arange(n + 1, dtype=torch.float32, device=content.device) * image_size / n
+        return (edges[:-1] < high) & (edges[1:] > low)  # (..., n)
+
+    x1, y1, x2, y2 = (content[..., i, None] for i in range(4))
+    keep = (overlap(rows, y1, y2)[..., :, None] & overlap(cols, x1, x2)[..., None, :])
+    keep = keep.flatten(-2)  # (..., rows * cols)
+    return keep | ~keep.any(-1, keepdim=True)
+
+
+def takes(function, name: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``name`` (or any, ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def region_grid(encoder: nn.Module) -> tuple[int, int] | None:
+    """The (rows, cols) of an image encoder's regions: its ``grid``, else a square grid of its
+    ``n_regions``; None when it names neither (then nothing is masked)."""
+    grid = getattr(encoder, "grid", None)
+    if grid is not None:
+        return tuple(grid)
+    regions = getattr(encoder, "n_regions", None)
+    side = math.isqrt(regions) if isinstance(regions, int) and regions > 0 else 0
+    return (side, side) if side and side * side == regions else None
 
 
 class _GridEncoder(nn.Module):
@@ -39,7 +93,7 @@ class _GridEncoder(nn.Module):
         with torch.no_grad():  # in eval mode: a 1 x 1 map of one frame breaks BatchNorm's
             h, w = self.backbone.eval()(torch.zeros(1, 3, image_size, image_size)).shape[-2:]
         self.backbone.train(was_training)
-        self.n_regions = h * w
+        self.n_regions, self.grid = h * w, (h, w)
         self.position = nn.Parameter(torch.randn(1, self.n_regions, d_model) * 0.02)
         self.norm = nn.LayerNorm(d_model)
 
@@ -49,15 +103,20 @@ class _GridEncoder(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images`` (N, 3, S, S) -> regions (N, R, d) and their mean (N, d)."""
-        return self.from_features(self.backbone(images))
+    def forward(self, images: torch.Tensor, region_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images`` (N, 3, S, S) -> regions (N, R, d) and their mean (N, d), over the
+        regions ``region_mask`` (N, R) keeps when given (:func:`region_mask`)."""
+        return self.from_features(self.backbone(images), region_mask)
 
-    def from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def from_features(self, features: torch.Tensor, region_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same from the backbone's features (N, C, h, w), e.g. from a feature cache."""
         regions = features.flatten(2).transpose(1, 2)  # (N, R, C)
         regions = self.norm(self.project(regions) + self.position)  # (N, R, d)
-        return regions, regions.mean(dim=1)
+        if region_mask is None:
+            return regions, regions.mean(dim=1)
+        return regions, masked_mean(regions, region_mask)  # letterbox padding left out
 
 
 def _conv_block(c_in: int, c_out: int, stride: int = 2) -> nn.Sequential:
@@ -102,7 +161,9 @@ class RegionEncoder(nn.Module):
     can read a relation of two (on ShapeStories the place needs one: which landmark the dot on
     the actor points at; measured, the default preset learns where the actor stands and which
     landmarks exist, not yet the dot: see ``cmar probe --run``). The regions already carry the
-    encoder's learned position embedding, so none is added.
+    encoder's learned position embedding, so none is added. ``region_mask`` (N, R), True on
+    the regions that see picture: the others are read by no region and left out of the mean
+    (their own outputs are meaningless, and the model masks them everywhere downstream).
     """
 
     def __init__(self, d_model: int, n_layers: int = 1, n_heads: int = 4, dropout: float = 0.1):
@@ -112,9 +173,13 @@ class RegionEncoder(nn.Module):
         self.layers = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        regions = self.norm(self.layers(regions))  # (N, R, d)
-        return regions, regions.mean(dim=1)
+    def forward(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if region_mask is None:
+            regions = self.norm(self.layers(regions))  # (N, R, d)
+            return regions, regions.mean(dim=1)
+        regions = self.norm(self.layers(regions, src_key_padding_mask=~region_mask))
+        return regions, masked_mean(regions, region_mask)
 
 
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # name -> last-layer channels

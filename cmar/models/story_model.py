@@ -12,6 +12,12 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
     decoder(target_in (B, L), memory)               -> logits (B, L, V)
     next_frame(summary)                             -> predicted image embedding (B, d)
 
+Letterbox padding: :meth:`StoryModel.region_mask` turns each frame's content box
+(``Batch.context_content``, ``target_content``) into a mask (N, R) of the regions that see
+picture. A region wholly in the padding is no key of any attention (region encoder, fusion,
+decoder memory), no part of any pooled vector (both InfoNCE terms, the frame vector) and gets
+0 weight in the attention maps. Square frames keep every region: mask None, unmasked code.
+
 ``forward`` returns the logits and the three loss terms (caption cross-entropy, alignment
 InfoNCE of the image and text vectors from before fusion, next-frame InfoNCE); the trainer
 weights them. ``components=`` replaces any part:
@@ -21,6 +27,7 @@ weights them. ``components=`` replaces any part:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +35,7 @@ from torch import nn
 
 from cmar.models.fusion import FusedFrame
 from cmar.models.hf.loading import hf_source
-from cmar.models.image_encoder import RegionEncoder
+from cmar.models.image_encoder import RegionEncoder, region_grid, region_mask, takes
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
@@ -84,6 +91,10 @@ class Encoded:
     #                     making it trivial)
     target: tuple[torch.Tensor, torch.Tensor] | None = None  # target frame (regions, global),
     #                                                           encoded in grounded mode
+    region_mask: torch.Tensor | None = None  # (B*k, R) True on context regions that see
+    #                                          picture; None: every region does
+    target_region_mask: torch.Tensor | None = None  # (B, R) the same of the target frame,
+    #                                                 grounded mode only
 
 
 @dataclass
@@ -162,19 +173,52 @@ class StoryModel(nn.Module):
         counts["total"] = count_parameters(self)
         return counts
 
+    def region_mask(self, content: torch.Tensor | None) -> torch.Tensor | None:
+        """Content boxes (..., 4) (``Batch.context_content`` / ``target_content``, frame
+        pixels) -> bool (..., R), True on the regions of the image encoder's grid that see any
+        picture (:func:`cmar.models.image_encoder.region_mask`). None, the unmasked path, when
+        every region does (square frames), when there are no boxes, or when the encoder
+        names no grid."""
+        grid = None if content is None else region_grid(self.image_encoder)
+        if grid is None:
+            return None
+        keep = region_mask(content, self.init_args["image_size"], grid)
+        return None if bool(keep.all()) else keep
+
     def encode_frames(self, images: torch.Tensor | None, features: torch.Tensor | None,
-                      flat: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      flat: bool = False, region_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Regions (N, R, d) and a vector (N, d) of frames given as images (N, 3, S, S) or
         as cached backbone features (N, C, h, w), whichever is not None; ``flat``: the
-        frames come as (B, k, ...) and N = B * k. The region encoder, if any, comes last."""
+        frames come as (B, k, ...) and N = B * k. The region encoder, if any, comes last.
+        ``region_mask`` (N, R) (see :meth:`region_mask`): the regions the vector pools and
+        the region encoder reads (an image encoder pools them only if it takes the mask)."""
+        method = (self.image_encoder.from_features if features is not None
+                  else self.image_encoder.forward)
+        extra = ({"region_mask": region_mask}
+                 if region_mask is not None and takes(method, "region_mask") else {})
         if features is not None:
             encoded = self.image_encoder.from_features(
-                features.flatten(0, 1) if flat else features)
+                features.flatten(0, 1) if flat else features, **extra)
         else:
-            encoded = self.image_encoder(images.flatten(0, 1) if flat else images)
+            encoded = self.image_encoder(images.flatten(0, 1) if flat else images, **extra)
         if self.region_encoder is None:
             return encoded
-        return self.region_encoder(encoded[0])
+        if region_mask is None:
+            return self.region_encoder(encoded[0])
+        return self.region_encoder(encoded[0], region_mask)
+
+    def fusion_mask(self, keep: torch.Tensor | None) -> dict:
+        """The fusion's ``region_mask`` argument; none when every region is kept or when its
+        ``forward`` takes none (it then reads padding regions, with a warning)."""
+        if keep is None:
+            return {}
+        if takes(self.fusion.forward, "region_mask"):
+            return {"region_mask": keep}
+        warnings.warn(f"{type(self.fusion).__name__}.forward takes no region_mask: it reads "
+                      "the regions that lie wholly in letterbox padding (see the fusion "
+                      "contract in cmar/models/fusion.py)", stacklevel=3)
+        return {}
 
     def encode(self, batch, return_attention: bool = False) -> Encoded:
         b, k = batch.context_tokens.shape[:2]
@@ -183,11 +227,14 @@ class StoryModel(nn.Module):
             raise ValueError(f"this model holds positions for {frames} context frames "
                              f"(max_frames), the batch has k = {k}: build it with "
                              "max_frames >= data.k (build_model does)")
+        keep = self.region_mask(getattr(batch, "context_content", None))  # (B, k, R) or None
+        keep = None if keep is None else keep.flatten(0, 1)  # (B*k, R)
         regions, image = self.encode_frames(batch.context_images, batch.context_features,
-                                            flat=True)  # (B*k, R, d), (B*k, d)
+                                            flat=True, region_mask=keep)  # (B*k, R, d), (B*k, d)
         mask = batch.context_mask.flatten(0, 1)  # (B*k, Lc)
         tokens, text = self.text_encoder(batch.context_tokens.flatten(0, 1), mask)
-        fused = self.fusion(regions, image, tokens, text, mask, return_attention)
+        fused = self.fusion(regions, image, tokens, text, mask, return_attention,
+                            **self.fusion_mask(keep))
         story, summary = self.story_encoder(fused.frame.view(b, k, -1))  # (B, k, d), (B, d)
         kinds = self.memory_kind.weight
         parts = [story + kinds[0]]
@@ -200,19 +247,23 @@ class StoryModel(nn.Module):
             r = fused.regions.shape[1]
             where = self.frame_position.weight[:k].repeat_interleave(r, 0)
             parts.append(fused.regions.reshape(b, k * r, -1) + where + kinds[2])
-            masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device))
-        target = None
+            masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device)
+                         if keep is None else keep.reshape(b, k * r))  # padding regions out
+        target = target_keep = None
         if self.mode == "grounded":  # the target frame's image joins the memory
-            target = self.encode_frames(batch.target_image, batch.target_features)
+            target_keep = self.region_mask(getattr(batch, "target_content", None))  # (B, R)
+            target = self.encode_frames(batch.target_image, batch.target_features,
+                                        region_mask=target_keep)
             target_regions = target[0]  # (B, R, d)
             parts.append(target_regions + kinds[3])
             masks.append(torch.ones(target_regions.shape[:2], dtype=torch.bool,
-                                    device=story.device))
+                                    device=story.device) if target_keep is None else target_keep)
         memory = torch.cat(parts, 1)
         ids = torch.full(memory.shape[:2], self.pad_id, dtype=torch.long, device=memory.device)
         if self.cfg.memory_tokens:  # the word entries follow the k story states
             ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
-        return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target)
+        return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target,
+                       keep, target_keep)
 
     def forward(self, batch, return_attention: bool = False) -> ModelOutput:
         ground = self.cfg.w_ground > 0 and batch.context_boxes is not None
@@ -222,8 +273,9 @@ class StoryModel(nn.Module):
         per_token = token_nll(logits, batch.target_out)  # (B, L)
         caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
         # The target of the next-frame loss (already encoded in grounded mode).
-        _, next_true = enc.target or self.encode_frames(batch.target_image,
-                                                         batch.target_features)
+        _, next_true = enc.target or self.encode_frames(
+            batch.target_image, batch.target_features,
+            region_mask=self.region_mask(getattr(batch, "target_content", None)))
         next_pred = self.next_frame(enc.summary)
         losses = {"caption": caption, **self.contrastive_losses(batch, enc, next_pred, next_true)}
         attention = enc.fused.attention

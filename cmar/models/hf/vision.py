@@ -12,6 +12,12 @@ The patch tokens are the regions (a sqrt(R) x sqrt(R) grid, row-major, like a CN
 class and register tokens are dropped) and the pooled output is the global vector (the mean of
 the patches for a tower without one). With ``freeze``, the backbone's features never change,
 so the feature cache (:mod:`cmar.models.feature_cache`) computes them once.
+
+Letterbox padding: the frame is resized as a whole, so the patch grid (``grid``) covers the S x S
+frame as a CNN's feature map does and the model masks the patches wholly in the padding
+(:func:`cmar.models.image_encoder.region_mask`) downstream. The global vector stays the tower's
+pooled output: its attention inside the tower has read every patch, padding included, and no
+projection can take that out (the model's region encoder, if any, pools kept patches only).
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ class HFVisionBackbone(nn.Module):
         self.interpolate = takes_flag and self.side != getattr(config, "image_size", self.side)
         self.cache_spec = {"side": self.side, "mean": list(mean), "std": list(std)}
         self.width = int(config.hidden_size)
-        self.n_regions = (self.side // int(config.patch_size)) ** 2
+        self.grid = (self.side // int(config.patch_size),) * 2  # patches per column, per row
+        self.n_regions = self.grid[0] * self.grid[1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images * self.scale + self.shift
@@ -128,7 +135,7 @@ class HFImageEncoder(nn.Module):
             log.warning("frames are stored at %d px and enlarged to %d px for hf:%s; set "
                         "data.image_size=%d to give it every pixel", image_size,
                         self.backbone.side, source, self.backbone.side)
-        self.n_regions = self.backbone.n_regions
+        self.n_regions, self.grid = self.backbone.n_regions, self.backbone.grid
         self.project = nn.Linear(self.backbone.width, d_model)
         self.norm = nn.LayerNorm(d_model)
 
