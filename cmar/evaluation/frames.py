@@ -49,11 +49,22 @@ def pixel_store(data, split: str, progress: bool):
                       fit=data.cfg.image_fit)
 
 
+def content_boxes(store, stories: list[int], lengths: list[int], device) -> torch.Tensor | None:
+    """(frames, 4): where each frame's picture lies in its letterboxed S x S frame, for every
+    frame of ``stories`` (None when the store does not know: then nothing is masked)."""
+    box = getattr(store, "content_box", None)
+    if not callable(box) or getattr(store, "geometry", True) is None:
+        return None
+    return torch.tensor([box(s, t) for s in stories for t in range(lengths[s])],
+                        dtype=torch.float32, device=device)
+
+
 @torch.no_grad()
 def frame_vectors(model, data, split: str, frames: SplitFrames, chunk: int, device,
                   progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(encoder global vector (F, d), pooled normalised pixels (F, 3 * side^2)) of every frame
-    of the split; the encoder reads the dataset's store (frames or cached CNN features)."""
+    of the split; the encoder reads the dataset's store (frames or cached CNN features), and
+    its vector leaves out the regions wholly in letterbox padding, as in training."""
     store, pixels = data.datasets[split].store, pixel_store(data, split, progress)
     transform = image_transform()
     encoded, pooled = [], []
@@ -66,10 +77,11 @@ def frame_vectors(model, data, split: str, frames: SplitFrames, chunk: int, devi
         size += n
     for group in tqdm(groups, desc="alignment: frames", disable=not progress):
         x = torch.cat([store.frames(s, range(frames.lengths[s])) for s in group])
+        keep = model.region_mask(content_boxes(store, group, frames.lengths, device))
         if x.dtype == torch.uint8:  # decoded frames; else the backbone's cached features
-            vectors = model.encode_frames(transform(x).to(device), None)[1]
+            vectors = model.encode_frames(transform(x).to(device), None, region_mask=keep)[1]
         else:
-            vectors = model.encode_frames(None, x.float().to(device))[1]
+            vectors = model.encode_frames(None, x.float().to(device), region_mask=keep)[1]
         encoded.append(vectors.float().cpu())
         p = transform(torch.cat([pixels.frames(s, range(frames.lengths[s])) for s in group]))
         side = min(PIXEL_SIDE, p.shape[-1])

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from cmar.data.batches import Batch
 from cmar.data.mentions import MentionTargets, region_overlaps
 from cmar.data.windows import window_frame
+from cmar.models.image_encoder import region_mask
 
 
 @torch.no_grad()
@@ -73,7 +74,9 @@ def grounding_scores(model, data, split: str, batch_size: int = 64,
 
 def grounding_hits(attention: torch.Tensor, batch: Batch,
                    targets: MentionTargets) -> tuple[int, int, float]:
-    """(hits, mentions, summed chance) over the character mentions of a batch's context.
+    """(hits, mentions, summed chance) over the character mentions of a batch's context; the
+    chance of a mention is the share of the frame's picture regions (not letterbox padding)
+    that overlap its box.
 
     ``attention`` (B, k, rounds, Lc, R) word-to-region weights, averaged over rounds; the R
     regions must form a square grid over the S x S frame (see the module docstring), where S
@@ -86,6 +89,11 @@ def grounding_hits(attention: torch.Tensor, batch: Batch,
         raise ValueError(f"grounding assumes a square grid of regions, got R={regions}")
     cell = targets.store.image_size / side
     maps = attention.mean(2)  # (B, k, Lc, R)
+    # the regions a random pick chooses from: those that see any picture (letterboxed frames
+    # keep only some; the model never attends to the others)
+    keep = (torch.ones(b, k, regions, dtype=torch.bool) if batch.context_content is None
+            else region_mask(batch.context_content.cpu(), targets.store.image_size,
+                             (side, side)))  # (B, k, R)
     hits = mentions = 0
     chance = 0.0
     for row, wid in enumerate(batch.window_ids):
@@ -97,6 +105,6 @@ def grounding_hits(attention: torch.Tensor, batch: Batch,
                 overlaps = region_overlaps(box, side, cell)
                 best = int(maps[row, j, position].argmax())
                 hits += bool(overlaps[best])
-                chance += overlaps.float().mean().item()
+                chance += overlaps[keep[row, j]].float().mean().item()
                 mentions += 1
     return hits, mentions, chance
