@@ -39,16 +39,23 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check cmar tests tools
 
 # The notebooks run twice under nbval: on ShapeStories, then on a small StoryReasoning
-# look-alike in the hub's layout (hand-written rows: the real ones may not be committed).
-NBVAL := CMAR_SMOKE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax \
-	--nbval-current-env --nbval-cell-timeout=600 notebooks/
+# look-alike in the hub's layout (hand-written rows: the real ones may not be committed). Each
+# pass runs copies in build/ (runs and data caches land there too) with SMOKE = True, and the
+# look-alike's SOURCE, injected after their parameters cell: the notebooks read no environment.
+NBVAL := $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax \
+	--nbval-current-env --nbval-cell-timeout=600
+INJECT := $(BIN)/python tools/inject_parameters.py notebooks
+SMOKE_COPIES := build/notebooks-smoke
+LOOKALIKE_COPIES := build/notebooks-lookalike
 LOOKALIKE := $(CURDIR)/data/storyreasoning-lookalike
 
 test: $(VENV)/.installed-dev lint
 	$(OFFLINE) $(BIN)/python -m pytest -q
-	$(OFFLINE) $(NBVAL)
+	rm -rf $(SMOKE_COPIES) && $(INJECT) $(SMOKE_COPIES) SMOKE=True
+	$(OFFLINE) $(NBVAL) $(SMOKE_COPIES)
 	$(OFFLINE) $(BIN)/python -m cmar.data.lookalike $(LOOKALIKE)
-	$(OFFLINE) CMAR_SOURCE=$(LOOKALIKE) $(NBVAL)
+	rm -rf $(LOOKALIKE_COPIES) && $(INJECT) $(LOOKALIKE_COPIES) SMOKE=True 'SOURCE="$(LOOKALIKE)"'
+	$(OFFLINE) $(NBVAL) $(LOOKALIKE_COPIES)
 
 # Re-execute every notebook in full mode, outputs kept (a few tens of minutes on a CPU).
 notebooks: $(VENV)/.installed-dev

@@ -17,6 +17,25 @@ from pathlib import Path
 from cmar.config import DEVICES, METRIC_TOKENIZERS, MODES, STRATEGIES, load_config
 from cmar.research.bench.runner import TARGETS as BENCH_TARGETS
 
+# `cmar study --grid`: no default, since all but smoke train for hours
+STUDY_GRIDS = {"smoke": "2 runs, seconds",
+               "readme": "the README's study, 54 runs of 3 epochs",
+               "full": "the same 54 at the preset's epochs (8)",
+               "v2": "90 runs of next mode, 3 epochs, decoder memory story vs full, 5 seeds"}
+STUDY_GRIDS_HELP = "; ".join(f"{name}: {what}" for name, what in STUDY_GRIDS.items()) + "."
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose error for a missing required argument ends with
+    ``missing_hint`` (e.g. the choices of ``cmar study --grid``, which has no default)."""
+
+    missing_hint = ""
+
+    def error(self, message: str):
+        if self.missing_hint and message.startswith("the following arguments are required"):
+            message = f"{message}; {self.missing_hint}"
+        super().error(message)
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="default",
@@ -44,15 +63,21 @@ def _print_summary(summary: dict) -> None:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from cmar.data import prepare_data
+    from cmar.data.prepare import cut_targets_warning
     from cmar.models.hf import tokenizers_for
 
     cfg = load_config(args.config, args.overrides)
     data = prepare_data(cfg.data, **tokenizers_for(cfg.model))
     summary = data.summary()
+    warning = cut_targets_warning(summary, cfg.data.caption_policy)
     if args.json:
         print(json.dumps(summary, indent=2))
+        if warning:  # stdout stays JSON
+            print(f"WARNING: {warning}", file=sys.stderr)
     else:
         _print_summary(summary)
+        if warning:
+            print(f"WARNING: {warning}")
         example = data.datasets["train"][0]
         story = data.stories["train"][0]
         print(f"\nexample window {example['window_id']}:")
@@ -98,14 +123,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from cmar.models.hf import tokenizers_for
 
     cfg, tokenizer, model = load_run(args.run_dir)
+    # decoded as `cmar evaluate` decodes: the run's eval section, unless told otherwise
+    strategy = args.strategy or cfg.eval.strategy
+    beam = args.beam or cfg.eval.beam_size
     if args.images or args.captions:
         from cmar.evaluation.own_story import own_story_caption
 
         caption = own_story_caption(cfg, tokenizer, model, args.images or [],
-                                    args.captions or [], args.strategy, args.beam)
+                                    args.captions or [], strategy, beam)
         for t, (image, text) in enumerate(zip(args.images, args.captions, strict=True)):
             print(f"  frame {t + 1} ({image}): {text}")
         print(f"  predicted frame {len(args.images) + 1}: {caption}")
+        _note_empty(caption, strategy)
         return 0
     data = prepare_data(cfg.data, splits=(args.split,), progress=False,
                         **tokenizers_for(cfg.model, tokenizer))
@@ -115,15 +144,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     window = dataset.windows[index]
     batch = data.loader(args.split, shuffle=False, batch_size=1, num_workers=0)
     batch = batch.collate_fn([dataset[index]])
-    ids = model.generate(batch, args.strategy, beam_size=args.beam)[0]
+    ids = model.generate(batch, strategy, beam_size=beam)[0]
     story = stories[window.story]
     print(f"story {story.story_id}, predicting frame {window.t + 1} from frames "
           f"{window.t - window.k + 1}..{window.t}:")
     for t in window.context:
         print(f"  frame {t + 1}: {story.captions[t]}")
-    print(f"  predicted: {decode(tokenizer, ids)}")
+    caption = decode(tokenizer, ids)
+    print(f"  predicted: {caption}")
     print(f"  reference: {story.captions[window.t]}")
+    _note_empty(caption, strategy)
     return 0
+
+
+def _note_empty(caption: str, strategy: str) -> None:
+    """A note under an empty prediction, which would otherwise print as nothing at all."""
+    if not caption.strip():
+        print(f"note: the model predicted an empty caption ({strategy} decoding ended it at "
+              "once, or it holds only tokens that decode to nothing): a run trained too briefly "
+              "often does. Train longer (train.epochs) or try another --strategy.")
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -226,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="Log at INFO level (by default only warnings are shown).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser,
                                      help="The command to run, one of those below.")
 
     data = _command(commands, "data", "Load every split and print the dataset summary.", """\
@@ -305,10 +345,12 @@ examples:
                           help="The split to take the window from (default: %(default)s).")
     generate.add_argument("--window", type=int, default=0,
                           help="The window's number in the split (default: %(default)s).")
-    generate.add_argument("--strategy", default="beam", choices=STRATEGIES,
-                          help="How the caption is decoded (default: %(default)s).")
-    generate.add_argument("--beam", type=int, default=5,
-                          help="The beam size for --strategy beam (default: %(default)s).")
+    generate.add_argument("--strategy", choices=STRATEGIES,
+                          help="How the caption is decoded (default: the run's eval.strategy, "
+                               "as cmar evaluate decodes).")
+    generate.add_argument("--beam", type=int,
+                          help="The beam size for --strategy beam (default: the run's "
+                               "eval.beam_size).")
     generate.add_argument("--images", nargs="+", metavar="IMAGE",
                           help="Your own story's k frames, in story order (any format or size "
                                "PIL reads).")
@@ -337,11 +379,10 @@ them; a run already trained with the same config is read back, not retrained.
 
 example:
   cmar study --grid smoke --runs-dir runs/study-smoke""")
-    study.add_argument("--grid", default="readme", choices=["smoke", "readme", "full", "v2"],
-                       help="The grid to run (default: %(default)s). smoke: 2 runs, seconds; "
-                            "readme: the README's study, 54 runs of 3 epochs; full: the same "
-                            "54 at the preset's epochs (8); v2: 90 runs of next mode, 3 epochs, "
-                            "decoder memory story vs full, 5 seeds.")
+    study.add_argument("--grid", required=True, choices=list(STUDY_GRIDS),
+                       help="The grid to run (required: the big ones take hours). "
+                            + STUDY_GRIDS_HELP)
+    study.missing_hint = f"choose one with --grid: {STUDY_GRIDS_HELP}"
     study.add_argument("--runs-dir", default="runs/study",
                        help="The folder of the study's runs and results (default: "
                             "%(default)s).")

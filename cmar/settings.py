@@ -129,8 +129,12 @@ class EvalConfig:
     strategy: str = "greedy"  # "greedy" | "beam" | "sample"
     beam_size: int = 5  # beam width for strategy=beam
     batch_size: int = 64  # windows per generation batch
-    candidates: int = 100  # retrieval candidates per window (the true one + others)
-    retrieval_windows: int = 500  # windows scored for retrieval (a seeded sample)
+    candidates: int = 100  # retrieval candidates per window (the true one + others); the
+    #                        caption ranking's cost grows with it (docs/evaluation-cost.md)
+    candidate_sets: list[int] = field(default_factory=lambda: [20, 32, 100])  # sizes also
+    #     reported (R@1, R@5, mean rank, chance, floor): the first n of the candidates, no
+    #     extra cost; a size above eval.candidates is reported as skipped
+    retrieval_windows: int = 500  # windows scored for caption retrieval (a seeded sample)
     examples: int = 5  # example windows shown in report.md
     meteor: bool = False  # also METEOR (pycocoevalcap's jar: needs Java on the PATH)
     tokenizer: str = "python"  # how the metrics split words: "python" (no Java) | "ptb" (Java)

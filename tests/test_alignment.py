@@ -8,11 +8,17 @@ import pytest
 import torch
 
 from cmar.data.windows import Window
-from cmar.evaluation.alignment import _frame_group, alignment_scores, image_text_alignment
+from cmar.evaluation.alignment import (
+    _frame_group,
+    alignment_scores,
+    image_text_alignment,
+    next_caption_retrieval,
+)
 from cmar.evaluation.floors import TfIdf
 from cmar.evaluation.frames import SplitFrames
 from cmar.evaluation.retrieval import (
     SATURATED,
+    by_size,
     candidate_index,
     cross_story_permutation,
     other_story,
@@ -124,6 +130,82 @@ def test_saturated_exactly_when_the_floor_reaches_0_9(floor_r1):
     assert set(group["floors"]) == {"weak", "strong"}
     assert group["above floor"] == pytest.approx(0.5 - floor_r1)
     assert group["windows"] == 7 and group["chance R@1"] == 0.01
+
+
+def _caption_pool(n: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n captions of 1 to length - 2 words as (target_in, target_out), padded to ``length``
+    (past the longest: the padding the batched scorer cuts)."""
+    from model_helpers import BOS, EOS, PAD, VOCAB
+
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(4, VOCAB, (n, length), generator=g)
+    size = torch.randint(1, length - 1, (n,), generator=g)
+    target_out = torch.where(torch.arange(length) < size[:, None], words, PAD)
+    target_out[torch.arange(n), size] = EOS
+    target_in = torch.cat([torch.full((n, 1), BOS), target_out[:, :-1]], 1)
+    target_in[target_in == EOS] = PAD
+    return target_in, target_out
+
+
+@pytest.mark.parametrize("decoder", [dict(decoder="lstm"),
+                                     dict(decoder="transformer", decoder_layers=2,
+                                          copy_tokens=True)])
+def test_batched_caption_scores_equal_one_candidate_at_a_time(decoder):
+    """The batched scorer (each window encoded once, candidates sorted by length, passes cut
+    after their longest caption, padding columns skipped) gives the scores of decoding every
+    candidate alone, after its window alone, padded to the pool's length."""
+    from model_helpers import random_batch, tiny_model
+
+    from cmar.models.losses import token_nll
+
+    torch.manual_seed(0)
+    model = tiny_model(**decoder).eval()
+    batch = random_batch(b=5)
+    pool_in, pool_out = _caption_pool(40, 14)
+    index = torch.randint(0, 40, (5, 9), generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(5, 9, dtype=torch.bool)
+    valid[1, 4:] = valid[3, 2:] = False
+    # a few tokens per pass: many passes of different lengths
+    batched = next_caption_retrieval(model, batch, pool_out, pool_in, index, valid,
+                                     tokens_per_pass=30)
+    with torch.no_grad():
+        for i in range(5):
+            enc = model.encode(batch.rows(slice(i, i + 1)))
+            for c in range(9):
+                if not valid[i, c]:
+                    assert batched[i, c] == float("-inf")
+                    continue
+                j = index[i, c]
+                logits = model.decoder(pool_in[j:j + 1], enc.memory, enc.memory_mask,
+                                       **model.copy_from(enc))
+                real = pool_out[j:j + 1] != model.pad_id
+                alone = (-token_nll(logits, pool_out[j:j + 1]) * real).sum() / real.sum()
+                assert batched[i, c].item() == pytest.approx(alone.item(), abs=1e-5)
+    every = next_caption_retrieval(model, batch, pool_out, pool_in, index)  # no padding
+    assert torch.isfinite(every).all() and torch.allclose(every[valid], batched[valid], atol=1e-5)
+
+
+def test_each_candidate_set_size_is_the_first_columns_of_the_largest():
+    stories = [f"s{i // 3}" for i in range(60)]  # 20 stories of 3 windows
+    largest = candidate_index(stories, 40)
+    for n in (2, 20, 32):  # the first n columns are the draw of n candidates
+        assert torch.equal(largest[:, :n], candidate_index(stories, n))
+    scores = torch.randn(60, 40, generator=torch.Generator().manual_seed(0))
+    scores[:10, 0] = 10.0  # ten windows find the true candidate
+    floor = torch.zeros(60, 40)  # a floor that ties everything: rank n, never first
+    sizes = by_size(scores, {"flat": floor}, [32, 20, 100, 20])
+    assert list(sizes) == ["20", "32", "100"]
+    assert sizes["100"] == {"skipped": "needs 100 candidates per window, has 40 (eval.candidates,"
+                                       " or what the split allows)"}
+    for n in (20, 32):
+        direct = ranking_scores(scores[:, :n])
+        got = sizes[str(n)]
+        assert (got["R@1"], got["R@5"], got["mean rank"]) == (
+            direct["R@1"], direct["R@5"], direct["mean rank"])
+        assert got["chance"] == {"R@1": 1 / n, "R@5": 5 / n, "mean rank": (n + 1) / 2}
+        assert got["floor"] == {"name": "flat", "R@1": 0.0, "R@5": 0.0, "mean rank": n}
+        assert got["above floor"] == got["R@1"] and not got["saturated"]
+    assert by_size(scores[:, :3], {"flat": floor[:, :3]}, [3])["3"]["chance"]["R@5"] == 1.0
 
 
 def _synthetic_split(stories=12, length=6, k=3):

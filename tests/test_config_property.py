@@ -68,6 +68,8 @@ def values_for(key: str) -> st.SearchStrategy:
         return st.one_of(st.floats(-2, 2), st.floats(allow_nan=True, allow_infinity=True), odd)
     if isinstance(default, dict):
         return st.one_of(st.sampled_from(KNOBS), odd)
+    if isinstance(default, list):  # eval.candidate_sets: sizes, some below 2, some above
+        return st.one_of(st.lists(st.integers(-3, 40), max_size=4), odd)  # eval.candidates
     choices = list(CHOICES.get(key, ()))
     if key in PART_KEYS:
         kind, hf = PART_KEYS[key]
@@ -206,6 +208,8 @@ REFUSED = [  # one bad value per rule, and its exact message
     (["eval.bootstrap=-1"], "config key eval.bootstrap must be at least 0, got -1"),
     (["eval.candidates=1"], "config key eval.candidates must be at least 2, got 1"),
     (["eval.retrieval_windows=0"], "config key eval.retrieval_windows must be at least 1, got 0"),
+    (["eval.candidate_sets=[20, 1]"],
+     "config key eval.candidate_sets must be a list of integers, each at least 2, got [20, 1]"),
     (["eval.examples=-1"], "config key eval.examples must be at least 0, got -1"),
     (["data.n_stories=0"], "config key data.n_stories must be at least 1, got 0"),
     (["data.min_pair_freq=-1"], "config key data.min_pair_freq must be at least 0, got -1"),

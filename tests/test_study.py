@@ -209,8 +209,8 @@ def test_the_study_takes_any_registered_part_and_refuses_unknown_ones_before_tra
     from cmar.models import FUSIONS, ConcatFusion
     from cmar.research.study.grid import GRIDS, cells, run_config
 
-    args = build_parser().parse_args(["study", "--fusions", "film_in_a_test", "--decoders",
-                                      "my_decoder"])
+    args = build_parser().parse_args(["study", "--grid", "smoke", "--fusions", "film_in_a_test",
+                                      "--decoders", "my_decoder"])
     assert args.fusions == ["film_in_a_test"] and args.decoders == ["my_decoder"]
     grid = dataclasses.replace(GRIDS["smoke"], fusions=("film_in_a_test",))
     with pytest.raises(ValueError, match="model.fusion must be one of .*got 'film_in_a_test'"):

@@ -17,6 +17,7 @@ import argparse
 import difflib
 import re
 from pathlib import Path
+from textwrap import dedent
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -57,49 +58,126 @@ def header(number: str, title: str, teaches: str) -> list:
     return [new_markdown_cell(f"# {title}\n\n{teaches}\n\n{badge}\n\n"
                               "Outputs committed here come from a full run on ShapeStories on a "
                               "2-core CPU (`make notebooks`). CI runs every notebook in smoke "
-                              "mode (`CMAR_SMOKE=1`: tiny data, seconds)."),
+                              "mode (`SMOKE = True`: tiny data, seconds), on ShapeStories and on "
+                              "a StoryReasoning look-alike."),
             new_code_cell(install)]
 
 
-def parameters(source: str):
-    """The tagged first cell: SMOKE and SOURCE from the environment (CI sets both), then
-    ``source``."""
-    cell = new_code_cell("import os\n\nSMOKE = os.environ.get(\"CMAR_SMOKE\") == \"1\"  "
-                         "# CI sets it: tiny data and model, seconds\n"
-                         "# the data: \"shapestories\", \"storyreasoning\" (the hub), or a "
-                         "local copy in the\n# hub's layout (data/train-*.parquet, "
-                         "data/test-*.parquet)\n"
-                         "SOURCE = os.environ.get(\"CMAR_SOURCE\", \"shapestories\")\n"
-                         + source)
+def parameters(knobs: str = "", about: str = "") -> list:
+    """The parameters section: a markdown cell, then the tagged cell of plain assignments a
+    student edits (SOURCE, SMOKE, then the notebook's own ``knobs``). CI runs copies with its
+    values injected after the tagged cell (tools/inject_parameters.py, as papermill does), so
+    no cell reads the environment. A knob must not be computed from SMOKE or SOURCE here: the
+    injected values come after this cell."""
+    text = ("## Parameters\n\n"
+            "The one cell to edit. `SOURCE` picks the stories: `\"shapestories\"` (generated "
+            "here in seconds), `\"storyreasoning\"` (the real dataset, downloaded once from the "
+            "Hugging Face hub) or a local copy in the hub's layout (`data/train-*.parquet`, "
+            "`data/test-*.parquet`). `SMOKE = True` shrinks data and model so that every cell "
+            "runs in seconds: what CI runs, and a quick check of an edit before a long run.")
+    cell = new_code_cell(
+        "SOURCE = \"shapestories\"  # or \"storyreasoning\" (the hub), or a local copy in the "
+        "hub's layout\nSMOKE = False  # True: tiny data and model, seconds (what CI runs)"
+        + (f"\n{knobs}" if knobs else ""))
     cell.metadata["tags"] = ["parameters"]
-    return cell
+    return [new_markdown_cell(text + (f"\n\n{about}" if about else "")), cell]
 
 
-def varying(source: str):
+def md(*parts: str):
+    """A markdown cell from indented triple-quoted strings, one paragraph (or more) each."""
+    return new_markdown_cell("\n\n".join(dedent(part).strip("\n") for part in parts))
+
+
+def code(text: str):
+    """A code cell from an indented triple-quoted string."""
+    return new_code_cell(dedent(text).strip("\n"))
+
+
+def varying(text: str):
     """A cell whose output changes between runs (timings, progress): nbval skips comparing."""
-    cell = new_code_cell(source)
+    cell = code(text)
     cell.metadata["tags"] = ["nbval-ignore-output"]
     return cell
 
 
-md, code = new_markdown_cell, new_code_cell
+PRESET = """
+    ## The preset
+
+    A preset is a YAML file of settings in `cmar/configs/`. `preset_for` picks the one made
+    for `SOURCE`: `default` for ShapeStories, `storyreasoning` for anything else (the real
+    dataset: letterboxed 224-pixel frames, an ImageNet ResNet-18), and their small versions
+    `smoke` and `storyreasoning-smoke` in smoke mode. To try another, name it instead:
+    `CONFIG = "default"`."""
 
 NOTEBOOKS = {
     "01_data": header("01_data", "01 · Data: stories, frames, windows, batches",
-                      "What a story is, how the markup becomes captions, what ShapeStories "
-                      "asks of a model, and the exact tensors a batch holds.") + [
-        parameters('CONFIG = "smoke" if SMOKE else "default"\n'
-                   'OVERRIDES = [f"data.source={SOURCE}"]'),
-        code("from cmar.config import load_config\nfrom cmar.data import prepare_data\n\n"
-             "cfg = load_config(CONFIG, OVERRIDES)\n"
-             "data = prepare_data(cfg.data, progress=False)\nsummary = data.summary()\n"
-             "for split, row in summary[\"splits\"].items():\n"
-             "    print(f\"{split:<11} {row['stories']:>5} stories {row['frames']:>6} frames "
-             "{row['windows']:>6} windows  skipped: {row['skipped'] or 0}\")\n"
-             "print(\"vocabulary:\", summary[\"vocabulary\"], \"tokens\")"),
-        md("## The markup\n\nEach story's text holds one `<gdi imageN>` segment per image. "
-           "`split_frames` returns their plain text in order of N; `frame_entities` keeps the "
-           "entity ids; `parse_boxes` reads the boxes of the `chain_of_thought` tables."),
+                      "What a story is, how the markup becomes captions, what an example "
+                      "asks of the model, and the exact tensors a batch holds: the frame the "
+                      "model sees and the tokens it reads.") + parameters(
+        'OVERRIDES = []  # more settings, e.g. ["data.k=4"] (see "Try this" at the end)') + [
+        md(PRESET, """
+
+            The cell prints the choice and the data settings this notebook is about: `k`
+            context frames per example, the side of the square frame the model sees and how a
+            frame is fitted into it, and the longest caption kept."""),
+        code("""
+            from cmar.config import load_config, preset_for
+
+            CONFIG = preset_for(SOURCE, SMOKE)  # or name a preset yourself
+            print("preset:", CONFIG)
+            cfg = load_config(CONFIG, [f"data.source={SOURCE}", *OVERRIDES])
+            d = cfg.data
+            print(f"k = {d.k} context frames; frames fitted to {d.image_size} x {d.image_size} "
+                  f"pixels ({d.image_fit}); captions: {d.caption_policy}, at most "
+                  f"{d.max_tokens} tokens")"""),
+        md("""
+            ## Load the stories
+
+            `prepare_data` reads the source (ShapeStories is generated on first use into
+            `data/`; StoryReasoning is downloaded once), splits it by story, cuts every story
+            into windows, trains the BPE tokenizer on the training captions and decodes every
+            frame once into a cache. One line per split: a window is one example, so a story
+            of n frames gives n - k of them; `skipped` counts the stories that could not be
+            read, by reason; `targets cut` counts target captions longer than `data.max_tokens`
+            (the model learns them cut)."""),
+        code("""
+            from cmar.data import prepare_data
+
+            data = prepare_data(cfg.data, progress=False)
+            summary = data.summary()
+            for split, row in summary["splits"].items():
+                print(f"{split:<11} {row['stories']:>5} stories {row['frames']:>6} frames "
+                      f"{row['windows']:>6} windows  targets cut: {row['targets_cut']}  "
+                      f"skipped: {row['skipped'] or 0}")
+            print("vocabulary:", summary["vocabulary"], "tokens")"""),
+        md("""
+            ## Which data is this?
+
+            The notebook runs on either source, so the next cell says which one it read and
+            what that source asks of a model."""),
+        code("""
+            if SOURCE == "shapestories":
+                print("ShapeStories, generated by cmar: coloured shapes walk between the "
+                      "landmarks of a small world.\\nNames are only in the captions; where each "
+                      "shape stands and which way it faces (the black dot)\\nonly in the images, "
+                      "so the next caption needs both. A rule solver that reads both (the "
+                      "oracle)\\nis exact, so every score has a ceiling.")
+            else:
+                print(f"StoryReasoning's layout ({SOURCE}): film stills with prose captions "
+                      "that tag characters,\\nobjects and places (<gdo char1>...</gdo>), and a "
+                      "box for each in a chain_of_thought table.\\nThe captions are open-ended: "
+                      "no solver gives a ceiling, only floors that learn nothing\\n(copy the "
+                      "last caption, the most frequent one, the nearest neighbour).")"""),
+        md("""
+            ## The markup
+
+            Both sources store a story the same way (ShapeStories is written in
+            StoryReasoning's schema): one text with a `<gdi imageN>` segment per image and
+            entity tags inside it, and a `chain_of_thought` with a table of boxes per image.
+            `split_frames` returns each segment's plain text in order of N (a frame's
+            caption), `frame_entities` the entity ids it mentions and `parse_boxes` the boxes,
+            in the stored image's pixels. Read the raw text first, then each numbered caption
+            beside its ids."""),
         code("from cmar.data import frame_entities, open_source, parse_boxes, split_frames\n"
              "from cmar.data.prepare import shapestories_options\n\n"
              "raw = open_source(cfg.data.source, cache_dir=cfg.data.cache_dir,\n"
@@ -109,14 +187,25 @@ NOTEBOOKS = {
              "frame_entities(raw[\"story\"])), 1):\n"
              "    print(n, text, ids)\nprint()\nprint(\"boxes of image 1:\", "
              "parse_boxes(raw[\"chain_of_thought\"])[1])"),
-        md("## A story strip\n\nShapeStories: names are only in the text, where each character "
-           "faces (the black dot) and who stands where are only in the images. The next caption "
-           "needs both."),
+        md("""
+            ## A story strip
+
+            The frames of one training story under their captions. On ShapeStories the names
+            are only in the text, while where each character stands and which way it faces
+            are only in the images: the next caption needs both. On StoryReasoning the
+            captions name the people the frames show, and say what the frames cannot (who
+            they are, what they feel)."""),
         code("import matplotlib.pyplot as plt\nfrom cmar.plots import story_strip\n\n"
              "story = data.stories[\"train\"][0]\n"
              "story_strip([story.image(t) for t in range(len(story))], story.captions,\n"
              "            [f\"frame {t + 1}\" for t in range(len(story))])\nplt.show()"),
-        md("## Statistics"),
+        md("""
+            ## Statistics
+
+            Two histograms: frames per story (each gives frames - k windows) and words per
+            caption (compare with `data.max_tokens`, which counts BPE tokens: a word is one to
+            three of them). Then the fifteen most frequent words: ShapeStories has a small
+            closed vocabulary, StoryReasoning a long tail of names and places."""),
         code("from collections import Counter\n\n"
              "train = data.stories[\"train\"]\n"
              "fig, axes = plt.subplots(1, 2, figsize=(9, 3))\n"
@@ -126,31 +215,114 @@ NOTEBOOKS = {
              "axes[1].set_title(\"words per caption\")\nplt.tight_layout()\nplt.show()\n"
              "words = Counter(w.strip('.,').lower() for s in train for c in s.captions "
              "for w in c.split())\nprint(words.most_common(15))"),
-        md("## Windows and the target shift\n\nEvery frame t >= k of a story is a target, its "
-           "context frames t-k .. t-1. The decoder reads `target_in` (`[BOS]` + the caption) and "
-           "must predict `target_out` (the caption + `[EOS]`), the same tokens shifted by one. "
-           "Tokens are byte-level BPE pieces: `Ġ` marks the space before a word, and a word the "
-           "training captions never saw is spelt in smaller pieces, never `[UNK]`."),
-        code("from cmar.data import decode\n\nbatch = next(iter(data.loader(\"train\", "
-             "shuffle=False, num_workers=0)))\n"
-             "for name, value in batch.__dict__.items():\n"
-             "    if value is not None:  # a batch holds images, or cached features (frozen "
-             "encoder)\n"
-             "        print(f\"{name:<15}\", tuple(value.shape) if hasattr(value, \"shape\") "
-             "else value[:3])\n"
-             "tok = data.tokenizer\nrow_in = tok.convert_ids_to_tokens(batch.target_in[0])\n"
-             "row_out = tok.convert_ids_to_tokens(batch.target_out[0])\n"
-             "print(\"\\nwindow\", batch.window_ids[0])\n"
-             "for i, (a, b) in enumerate(zip(row_in, row_out)):\n"
-             "    print(f\"{i:>2}  input {a:<10} -> predict {b}\")"),
+        md("""
+            ## Windows and the target shift
+
+            Every frame t >= k of a story is a target, its context frames t-k .. t-1. A batch
+            stacks windows; the next cell prints each field's shape (B windows, k context
+            frames, 3 colour channels, S x S pixels, L tokens). The decoder reads `target_in`
+            (`[BOS]` + the caption) and must predict `target_out` (the caption + `[EOS]`): the
+            same tokens shifted by one, so at each position it predicts the token it reads
+            next.
+
+            Tokens are byte-level BPE pieces. The table shows each piece as stored (`Ġ` marks
+            the space before a word, and a letter outside ASCII is stored as its bytes:
+            `ĠRenÃ©e` is ` Renée`) and as text. A word the training captions never saw is
+            spelt in smaller pieces, never `[UNK]`."""),
+        code("""
+            from cmar.data import decode
+
+            batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
+            for name, value in batch.__dict__.items():
+                if value is not None:  # images, or cached features (a frozen encoder)
+                    shown = tuple(value.shape) if hasattr(value, "shape") else value[:3]
+                    print(f"{name:<15}", shown)
+
+            tok = data.tokenizer
+            target = decode(tok, batch.target_out[0])
+            print(f"\\nwindow {batch.window_ids[0]}, target: {target!r}")
+            print(f"{'':>3}{'reads piece':<16}{'as text':<16}-> predicts")
+            pairs = zip(batch.target_in[0].tolist(), batch.target_out[0].tolist())
+            for i, (a, b) in enumerate(pairs):
+                if a == tok.pad_token_id:
+                    print("... then [PAD] up to the longest caption of the batch")
+                    break
+                piece = tok.convert_ids_to_tokens(a)
+                print(f"{i:>2} {piece:<16}{tok.decode([a])!r:<16}-> {tok.decode([b])!r}")"""),
+        md("""
+            ## The frame as the model sees it
+
+            A frame is stored at its own size; the model reads it fitted to `data.image_size`
+            x `data.image_size` pixels (`letterbox` pads the short side, `center_crop` cuts
+            the long one, `squash` stretches) and normalised with ImageNet's mean and spread.
+            Left: the first context frame of the window above, as stored. Right: the same
+            frame taken from `batch.context_images` with the normalisation undone, pixel for
+            pixel what the image encoder gets. Look at what the fit keeps and how much detail
+            survives the size (on ShapeStories the facing dot is a few pixels)."""),
+        code("""
+            import torch
+            from cmar.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+            w = data.datasets["train"].windows[0]  # batch row 0: the loader did not shuffle
+            stored = data.stories["train"][w.story].image(w.t - w.k)
+            mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+            std = torch.tensor(IMAGENET_STD)[:, None, None]
+            seen = (batch.context_images[0, 0] * std + mean).clamp(0, 1)  # (3, S, S) in [0, 1]
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+            axes[0].imshow(stored)
+            axes[0].set_title(f"stored: {stored.width} x {stored.height} pixels")
+            axes[1].imshow(seen.permute(1, 2, 0), interpolation="nearest")  # each pixel a square
+            axes[1].set_title(f"model input: {cfg.data.image_size} x {cfg.data.image_size}, "
+                              f"{cfg.data.image_fit}")
+            for ax in axes:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            plt.tight_layout()
+            plt.show()"""),
+        md("""
+            ## Summary
+
+            - A story is one text with a segment per image: `split_frames` makes it one
+              caption per frame, `parse_boxes` says where each entity stands.
+            - An example is a window: k context frames (image and caption) and the caption of
+              frame k+1 as the target; a story of n frames gives n - k windows.
+            - The model never sees a stored frame, only the frame fitted to
+              `data.image_size` (letterboxed by default) and normalised.
+            - The decoder reads the target shifted right by one and predicts every next token;
+              captions are byte-level BPE pieces, so no word is ever unknown.
+            - `preset_for(SOURCE, SMOKE)` picks the settings for the data; every notebook
+              starts the same way."""),
+        md("""
+            ## Try this
+
+            1. Set `OVERRIDES = ["data.k=4"]` and run again: every story gives one window
+               fewer (the window counts drop) and the batch shapes read `(B, 4, ...)`.
+            2. Set `OVERRIDES = ["data.image_size=32"]` (the default preset uses 64): the
+               right-hand panel of "The frame as the model sees it" loses detail. Can you
+               still tell which way a shape faces? On a StoryReasoning source try
+               `["data.image_fit=center_crop"]` instead: the sides of the wide frame are gone.
+            3. Set `OVERRIDES = ["data.caption_policy=full"]`. On StoryReasoning the targets
+               become whole paragraphs: the words-per-caption histogram moves right and the
+               split summary says how many targets are cut at `data.max_tokens`. On
+               ShapeStories a caption is one sentence, so nothing changes: why?"""),
     ],
     "02_model": header("02_model", "02 · The model: CNN, CMAR, story encoder, decoder",
                        "The parts of `StoryModel`, the CMAR block and its two ablations, one "
-                       "forward pass with every shape, and attention drawn over an image.") + [
-        parameters('CONFIG = "smoke" if SMOKE else "default"\nFUSION = "cmar"  # or "cross", '
-                   '"concat"\nDECODER = "lstm"  # or "gru", "transformer"\n'
-                   'OVERRIDES = [f"data.source={SOURCE}", f"model.fusion={FUSION}", '
-                   'f"model.decoder={DECODER}"]'),
+                       "forward pass with every shape, attention drawn over an image, and what "
+                       "an untrained model writes.") + parameters(
+        'FUSION = "cmar"  # or "cross", "concat"\n'
+        'DECODER = "lstm"  # or "gru", "transformer"') + [
+        md(PRESET, """
+
+            `FUSION` and `DECODER` replace the preset's own choice of those two parts."""),
+        code("""
+            from cmar.config import load_config, preset_for
+
+            CONFIG = preset_for(SOURCE, SMOKE)  # or name a preset yourself
+            print("preset:", CONFIG)
+            SETTINGS = [f"data.source={SOURCE}", f"model.fusion={FUSION}",
+                        f"model.decoder={DECODER}"]
+            cfg = load_config(CONFIG, SETTINGS)"""),
         md("## CMAR\n\nFor one frame, image regions $V \\in \\mathbb{R}^{R\\times d}$ and caption "
            "word states $W \\in \\mathbb{R}^{L\\times d}$, repeated for $r$ rounds:\n\n"
            "$$W \\leftarrow \\mathrm{LN}(W + g_w \\odot \\mathrm{Attn}(W, V, V)),\\quad "
@@ -162,45 +334,86 @@ NOTEBOOKS = {
            "encoder --> memory --> decoder --> next caption\n"
            "frame caption --GRU--> words W ---+-- CMAR x r-+--> fused words, regions -----^\n"
            "```\n\n`cross` is one text-to-image pass; `concat` joins the pooled vectors. All "
-           "three get the same parameter budget."),
-        code("from cmar.config import load_config\nfrom cmar.data import prepare_data\n"
-             "from cmar.models import build_model\n\n"
-             "cfg = load_config(CONFIG, OVERRIDES)\n"
-             "data = prepare_data(cfg.data, splits=(\"train\",), progress=False)\n"
-             "model = build_model(cfg.model, data.tokenizer, cfg.data)\n"
-             "for part, count in model.parameter_counts().items():\n"
-             "    print(f\"{part:<15}{count:>12,}\")"),
+           "three get the same parameter budget.\n\n"
+           "The next cell reads the data (the tokenizer fixes the vocabulary), builds the "
+           "model and counts the parameters of each part: the fusion is the part the three "
+           "variants change."),
+        code("""
+            from cmar.data import prepare_data
+            from cmar.models import build_model
+
+            data = prepare_data(cfg.data, splits=("train",), progress=False)
+            model = build_model(cfg.model, data.tokenizer, cfg.data)
+            for part, count in model.parameter_counts().items():
+                print(f"{part:<15}{count:>12,}")"""),
+        md("""
+            ## Three fusions, one budget
+
+            `concat`, `cross` and `cmar` are sized to nearly the same number of parameters, so
+            a difference between them in notebook 05 comes from how they mix the two
+            modalities, not from size."""),
         code("import dataclasses\n\nfor fusion in (\"concat\", \"cross\", \"cmar\"):\n"
              "    other = build_model(dataclasses.replace(cfg.model, fusion=fusion), "
              "data.tokenizer, cfg.data)\n"
              "    print(f\"{fusion:<8}{other.parameter_counts()['fusion']:>10,} parameters\")"),
-        md("## One forward pass, every shape"),
-        code("import torch\n\ntorch.manual_seed(0)\n"
-             "batch = next(iter(data.loader(\"train\", shuffle=False, num_workers=0)))\n"
-             "b, k = batch.context_tokens.shape[:2]\n"
-             "regions, image = model.image_encoder(batch.context_images.flatten(0, 1))\n"
-             "tokens, text = model.text_encoder(batch.context_tokens.flatten(0, 1), "
-             "batch.context_mask.flatten(0, 1))\n"
-             "enc = model.encode(batch, return_attention=True)\nout = model(batch)\n"
-             "shapes = {\"context images\": batch.context_images, \"regions\": regions, "
-             "\"image vector\": image,\n          \"word states\": tokens, \"fused frames\": "
-             "enc.fused.frame, \"memory\": enc.memory,\n          \"logits\": out.logits, "
-             "\"next-frame embedding\": out.next_pred}\n"
-             "for name, value in shapes.items():\n    print(f\"{name:<22}{tuple(value.shape)}\")\n"
-             "print({name: round(value.item(), 3) for name, value in out.losses.items()})"),
-        md("## Attention over the image (untrained)\n\nWhere each word of a context caption "
-           "looks among the image regions, averaged over CMAR rounds. Untrained, it is close to "
-           "uniform; notebook 04 draws it after training."),
-        code("import matplotlib.pyplot as plt\nfrom cmar.plots import attention_overlay\n\n"
-             "from cmar.data import decode\n\nstory = data.stories[\"train\"][0]\n"
-             "words = [decode(data.tokenizer, [i]) for i in batch.context_tokens[0, 0][batch."
-             "context_mask[0, 0]]]  # one BPE piece each\n"
-             "if enc.fused.attention is None:\n    print(f\"{FUSION} has no attention to draw\")\n"
-             "else:\n    maps = enc.fused.attention[0].mean(0)  # (L, R) for frame 1 of window 0\n"
-             "    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))\n"
-             "    for ax, i in zip(axes, range(4)):\n"
-             "        attention_overlay(ax, story.image(0), maps[i].detach(), words[i])\n"
-             "    plt.show()"),
+        md("""
+            ## One forward pass, every shape
+
+            One batch through every part: B windows of k context frames become B·k frames for
+            the encoders (regions: R vectors per frame, one per cell of the image grid), the
+            story encoder turns them into the decoder's memory, and the decoder returns one
+            score per vocabulary entry at each of the L target positions. The last line is
+            the loss terms of this untrained model: the two InfoNCE terms (`align`, `next`)
+            start near the log of their number of candidates, the score of a guess."""),
+        code("""
+            import math
+
+            import torch
+
+            torch.manual_seed(0)
+            batch = next(iter(data.loader("train", shuffle=False, num_workers=0)))
+            b, k = batch.context_tokens.shape[:2]
+            regions, image = model.encode_frames(batch.context_images, batch.context_features,
+                                                 flat=True)
+            tokens, text = model.text_encoder(batch.context_tokens.flatten(0, 1),
+                                              batch.context_mask.flatten(0, 1))
+            enc = model.encode(batch, return_attention=True)
+            out = model(batch)
+            shapes = {"context images": batch.context_images, "regions": regions,
+                      "image vector": image, "word states": tokens,
+                      "fused frames": enc.fused.frame, "memory": enc.memory,
+                      "logits": out.logits, "next-frame embedding": out.next_pred}
+            for name, value in shapes.items():
+                print(f"{name:<22}{tuple(value.shape)}")
+            print({name: round(value.item(), 3) for name, value in out.losses.items()})
+            print(f"a guess scores: align about ln(B*k) = {math.log(b * k):.3f} (less when "
+                  f"windows share frames), next ln(B) = {math.log(b):.3f}")"""),
+        md("""
+            ## Attention over the image (untrained)
+
+            Where each word of a context caption looks among the image regions, averaged over
+            CMAR rounds, drawn over the frame as the model sees it. Untrained, it is close to
+            uniform; notebook 04 draws it after training, beside a score that says how far to
+            trust it."""),
+        code("""
+            import matplotlib.pyplot as plt
+
+            from cmar.data import decode
+            from cmar.data.images import fit_image
+            from cmar.plots import attention_overlay
+
+            story = data.stories["train"][0]  # window 0's first context frame is its frame 1
+            frame = fit_image(story.image(0), cfg.data.image_size, cfg.data.image_fit)
+            caption = batch.context_tokens[0, 0][batch.context_mask[0, 0]]
+            words = [decode(data.tokenizer, [i]) for i in caption]  # one BPE piece each
+            if enc.fused.attention is None:
+                print(f"{FUSION} has no attention to draw")
+            else:
+                maps = enc.fused.attention[0].mean(0)  # (L, R) for frame 1 of window 0
+                fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
+                for ax, i in zip(axes, range(4)):
+                    attention_overlay(ax, frame, maps[i].detach(), words[i])
+                plt.show()"""),
         md("## Swap a part for a pretrained one\n\n"
            "Any part can be a Hugging Face model, named `hf:<hub id or local folder>`: "
            "`model.image_encoder` a vision tower (CLIP, SigLIP, DINOv2, ViT: its patch tokens "
@@ -225,7 +438,7 @@ NOTEBOOKS = {
              "    captions = [c for s in data.stories[\"train\"] for c in s.captions]\n"
              "    parts = {\"image_encoder\": f\"hf:{stand_ins.vision_tower(folder / 'clip')}\",\n"
              "             \"decoder\": f\"hf:{stand_ins.causal_lm(folder / 'gpt2', captions)}\"}\n"
-             "swapped = load_config(CONFIG, OVERRIDES + [f\"model.{part}={name}\" for part, "
+             "swapped = load_config(CONFIG, SETTINGS + [f\"model.{part}={name}\" for part, "
              "name in parts.items()]\n"
              "                      + [\"model.freeze_image_encoder=true\",  # features "
              "cacheable\n"
@@ -239,6 +452,11 @@ NOTEBOOKS = {
              "len(swapped_data.tokenizer), \"tokens\")\n"
              "for part, count in swapped_model.parameter_counts().items():\n"
              "    print(f\"{part:<15}{count:>12,}\")"),
+        md("""
+            The swapped model runs the same forward pass: the regions are now the vision
+            tower's patch tokens and the logits score the decoder's own vocabulary. With
+            random weights it writes random pieces, often single bytes of a character, so
+            they are shown as pieces rather than text."""),
         code("torch.manual_seed(0)\n"
              "swapped_batch = next(iter(swapped_data.loader(\"train\", shuffle=False, "
              "num_workers=0)))\n"
@@ -253,51 +471,336 @@ NOTEBOOKS = {
              "# pieces rather than text\n"
              "print(\"untrained caption, as GPT-2 pieces:\", "
              "swapped_data.tokenizer.convert_ids_to_tokens(ids[0].tolist()))"),
+        md("""
+            ## Untrained output: what training must fix
+
+            The model above has random weights. Greedy decoding from it writes random pieces,
+            often one piece over and over: this is what training must fix. Beside it, the
+            reference captions of the same windows."""),
+        code("""
+            ids = model.generate(batch.rows(slice(0, 3)), "greedy", max_len=16)
+            for wid, row, reference in zip(batch.window_ids, ids, batch.target_out):
+                print(f"window {wid}\\n  untrained: {decode(data.tokenizer, row)!r}\\n"
+                      f"  reference: {decode(data.tokenizer, reference)!r}")"""),
+        md("""
+            ## The same windows after training
+
+            Notebook 03 trains a run into `runs/notebook`. Once it exists, this cell loads it
+            and decodes the same kind of windows (the first training windows of the run's own
+            data), so you can compare with the random pieces above."""),
+        varying("""
+            from pathlib import Path
+
+            from cmar.evaluation import load_run
+
+            TRAINED = Path("runs/notebook")  # written by 03_training
+            if not (TRAINED / "best.pt").exists():
+                print(f"no trained run in {TRAINED} yet: run 03_training, then this cell again")
+            else:
+                run_cfg, run_tokenizer, trained = load_run(TRAINED)
+                run_data = prepare_data(run_cfg.data, tokenizer=run_tokenizer, splits=("train",),
+                                        progress=False)
+                run_batch = next(iter(run_data.loader("train", shuffle=False, num_workers=0)))
+                ids = trained.generate(run_batch.rows(slice(0, 3)), "greedy")
+                for wid, row, reference in zip(run_batch.window_ids, ids, run_batch.target_out):
+                    print(f"window {wid}\\n  trained:   {decode(run_tokenizer, row)!r}\\n"
+                          f"  reference: {decode(run_tokenizer, reference)!r}")"""),
+        md("""
+            ## Summary
+
+            - `StoryModel` is five parts: an image encoder (regions per frame), a text encoder
+              (word states per caption), a fusion per frame, a story encoder over the k fused
+              frames, and a decoder that attends to the resulting memory.
+            - CMAR refines words against regions and regions against words for r rounds, each
+              update gated; `cross` is one text-to-image pass, `concat` joins pooled vectors,
+              all at the same parameter budget.
+            - Every tensor has a shape you can predict from B, k, R, L and d.
+            - Untrained, the InfoNCE terms sit at the score of a guess and the decoder writes
+              random pieces; any part can be swapped for a pretrained `hf:` one."""),
+        md("""
+            ## Try this
+
+            1. Set `FUSION = "concat"`: the attention cell prints that there is nothing to
+               draw (concat joins pooled vectors, no word looks at a region), while the
+               fusion's parameter count stays within a few hundred of CMAR's.
+            2. Set `DECODER = "transformer"`: the decoder's parameter count changes, the shapes
+               of the forward pass do not (logits stay `(B, L, V)`): the decoder is a part
+               behind one interface.
+            3. Run notebook 03, then "The same windows after training" again: the trained
+               captions should read like the references, often word for word on
+               ShapeStories."""),
     ],
     "03_training": header("03_training", "03 · Training",
-                          "Train the chosen configuration with a progress bar and watch train "
-                          "and validation loss per epoch, for every loss term.") + [
-        parameters('CONFIG = "smoke" if SMOKE else "default"\nNAME = "notebook"\n'
-                   'RUNS_DIR = "runs"\nOVERRIDES = [f"name={NAME}", f"runs_dir={RUNS_DIR}", '
-                   'f"data.source={SOURCE}"]'),
-        code("import shutil\nfrom pathlib import Path\n\nfrom cmar.config import load_config\n"
-             "from cmar.train import Trainer\n\ncfg = load_config(CONFIG, OVERRIDES)\n"
-             "shutil.rmtree(Path(RUNS_DIR) / NAME, ignore_errors=True)  # a fresh run each time\n"
-             "trainer = Trainer(cfg)\nprint(f\"{len(trainer.data.datasets['train'])} training "
-             "windows, {trainer.steps_per_epoch} steps per epoch\")"),
-        md("## One training step\n\n`trainer.fit()` runs `train_step` on every batch: the "
-           "model's loss terms and their weighted sum (`loss_terms`), the gradients (through "
-           "Accelerate, which scales them under fp16), clipping, one AdamW step and one step of "
-           "the learning-rate schedule. The rest of `cmar/train/` is bookkeeping around it: "
-           "checkpoints and exact resume, the epoch's sums, a graceful stop on Ctrl-C. To "
-           "change how the model learns (a new loss term, another clip), start here."),
+                          "What the model minimises, how the optimiser steps, and what each "
+                          "curve of a run says: train and validation loss per epoch, for every "
+                          "loss term, with the gaps between them.") + parameters(
+        'NAME = "notebook"  # the run folder is RUNS_DIR/NAME (04_evaluation reads runs/notebook)\n'
+        'RUNS_DIR = "runs"  # on Colab, a Google Drive folder keeps runs across disconnects\n'
+        'OVERRIDES = []  # more settings, e.g. ["train.epochs=4"] (see "Try this" at the end)') + [
+        md("""
+            ## On Colab: keep the run on Google Drive
+
+            A Colab runtime forgets its files when it disconnects. To keep the run, mount your
+            Drive in a new cell and point `RUNS_DIR` at it before you run the rest:
+
+            ```python
+            from google.colab import drive
+            drive.mount("/content/drive")
+            RUNS_DIR = "/content/drive/MyDrive/cmar-runs"
+            ```
+
+            After a disconnect, do not run "Build the trainer" again: it deletes
+            `RUNS_DIR/NAME` to start afresh. Mount the Drive and continue from the last
+            checkpoint instead, from a terminal (`!cmar train --resume
+            /content/drive/MyDrive/cmar-runs/notebook` in a cell) or in Python:
+
+            ```python
+            from cmar.train import train
+            train(None, resume_dir=f"{RUNS_DIR}/{NAME}")  # reads the run's own config.yaml
+            ```
+
+            A resumed run ends with the weights an uninterrupted one would have."""),
+        md(PRESET, """
+
+            The cell prints the choice and every setting that shapes training; the sections
+            below explain each of them."""),
+        code("""
+            from cmar.config import load_config, preset_for
+
+            CONFIG = preset_for(SOURCE, SMOKE)  # or name a preset yourself
+            print("preset:", CONFIG)
+            cfg = load_config(CONFIG, [f"name={NAME}", f"runs_dir={RUNS_DIR}",
+                                       f"data.source={SOURCE}", *OVERRIDES])
+            t = cfg.train
+            print(f"{t.epochs} epochs of batches of {cfg.data.batch_size} windows; AdamW, peak "
+                  f"learning rate {t.lr}, weight decay {t.weight_decay}, warm-up {t.warmup:.0%} "
+                  f"of the steps, gradient clip {t.grad_clip}; loss weights w_align {t.w_align}, "
+                  f"w_next {t.w_next}")"""),
+        md("""
+            ## Build the trainer
+
+            `Trainer` reads the data, builds the model, the optimiser and the schedule, and
+            creates the run folder. The cell deletes `RUNS_DIR/NAME` first, so every run of
+            the notebook starts afresh. Look at the two numbers it prints: training windows
+            and optimiser steps per epoch (windows / batch size)."""),
+        code("""
+            import shutil
+            from pathlib import Path
+
+            from cmar.train import Trainer
+
+            shutil.rmtree(Path(RUNS_DIR) / NAME, ignore_errors=True)  # a fresh run each time
+            trainer = Trainer(cfg)
+            print(f"{len(trainer.data.datasets['train'])} training windows, "
+                  f"{trainer.steps_per_epoch} steps per epoch")"""),
+        md("""
+            ## What one step minimises
+
+            Three terms, summed with weights:
+
+            - **caption**: the cross-entropy of the next caption, token by token. The decoder
+              reads the true previous tokens (teacher forcing) and is scored on the token
+              that follows; padding is not scored. This is the task itself.
+            - **align** (weight `train.w_align`): an InfoNCE loss between each context frame's
+              pooled image vector and its pooled caption vector. In a batch of B windows
+              there are B·k frames; each image must pick out its own caption among all of
+              them by cosine similarity (over a temperature, `model.infonce_temperature`), and
+              each caption its image. A guess scores ln(B·k).
+            - **next** (weight `train.w_next`): an InfoNCE loss between the embedding the
+              story encoder predicts for frame k+1 and the embedding of the true frame k+1,
+              against the next frames of the batch's other windows. A guess scores ln(B).
+
+            total = caption + w_align · align + w_next · next (+ `model.w_ground` · ground
+            when grounding supervision is on). `trainer.fit()` runs `train_step` on every
+            batch: the loss terms and their weighted sum (`loss_terms`), the gradients
+            (through Accelerate, which scales them under fp16), clipping, one AdamW step and
+            one step of the learning-rate schedule. The rest of `cmar/train/` is bookkeeping
+            around it: checkpoints and exact resume, the epoch's sums, a graceful stop on
+            Ctrl-C. To change how the model learns (a new loss term, another clip), start
+            here."""),
         code("import inspect\n\nfrom cmar.train import loss_terms, train_step\n\n"
              "print(inspect.getsource(loss_terms))\nprint(inspect.getsource(train_step))"),
-        varying("history = trainer.fit()"),
-        md("## Loss per epoch\n\nThe two curves everyone draws first, then every term of the "
-           "loss: caption cross-entropy, image-text alignment and next-frame InfoNCE."),
-        code("import matplotlib.pyplot as plt\n\ntrain_losses = [row[\"train_caption\"] for row "
-             "in history]\nval_losses = [row[\"val_caption\"] for row in history]\n"
-             "plt.plot(train_losses, label=\"train\")\nplt.plot(val_losses, label=\"validation\")\n"
-             "plt.xlabel(\"epoch - 1\")\nplt.ylabel(\"caption cross-entropy\")\nplt.legend()\n"
-             "plt.show()"),
+        md("""
+            ## The optimiser and its schedule
+
+            AdamW, with weight decay on weight matrices only: decay pulls a weight towards
+            zero, which regularises the matrices of linear, convolution and recurrent layers,
+            but would harm the parameters whose scale or offset is the point (biases, the
+            gains of normalisation layers, embedding tables), so those get none. The learning
+            rate rises linearly over the first `train.warmup` of the steps (large early steps
+            on random weights can wreck them), then decays along a cosine to zero. Every
+            step's gradient is clipped to a norm of at most `train.grad_clip`, so one bad batch
+            cannot throw the weights far. The cell counts the two groups and draws the
+            schedule this run will follow."""),
+        code("""
+            import matplotlib.pyplot as plt
+
+            from cmar.train.optim import parameter_groups, warmup_cosine
+
+            for group in parameter_groups(trainer.model, cfg.train.weight_decay):
+                tensors = group["params"]
+                print(f"weight decay {group['weight_decay']}: {len(tensors)} tensors, "
+                      f"{sum(p.numel() for p in tensors):,} numbers")
+            steps = trainer.steps_per_epoch * cfg.train.epochs
+            factor = warmup_cosine(steps, cfg.train.warmup)
+            plt.figure(figsize=(6, 2.6))
+            plt.plot([s / trainer.steps_per_epoch for s in range(steps)],
+                     [cfg.train.lr * factor(s) for s in range(steps)])
+            plt.xlabel("epoch")
+            plt.ylabel("learning rate")
+            plt.title("linear warm-up, then cosine decay to zero")
+            plt.show()"""),
+        md("""
+            ## Train
+
+            A progress bar per epoch; at the end of each epoch the whole validation split is
+            scored and a checkpoint written (`last.pt`, and `best.pt` whenever the validation
+            caption loss improves). The trainer also prints a line per epoch; the cell keeps
+            those lines out of the way, since the table in the next cell says the same more
+            readably. Stopped by hand (the stop button, Ctrl-C)? `last.pt` holds the progress:
+            resume as in "On Colab" above."""),
+        varying("""
+            import contextlib
+            import io
+
+            log = io.StringIO()  # the trainer's key=value line per epoch: the table shows it
+            with contextlib.redirect_stdout(log):
+                history = trainer.fit()
+            notes = [line for line in log.getvalue().splitlines() if not line.startswith("epoch=")]
+            if notes:  # anything else the trainer said, such as an early stop
+                print("\\n".join(notes))"""),
+        md("""
+            ## The training log
+
+            One row per epoch: each loss term on the training split (the mean over the
+            epoch's steps) beside the same term on the validation split (measured once, after
+            the epoch), then the seconds the epoch's training took."""),
+        varying("""
+            import pandas as pd
+
+            table = pd.DataFrame(history).set_index("epoch")
+            terms = [c.removeprefix("val_") for c in table.columns if c.startswith("val_")]
+            table[[f"{split}_{term}" for term in terms for split in ("train", "val")]
+                  + ["train_seconds"]].round(3)"""),
+        md("""
+            ## Loss per epoch
+
+            The caption loss first, the curve everyone draws. Two things to read in it:
+
+            - In the first epochs the training curve lies *above* the validation one. That is
+              how they are measured, not a bug: the training value averages the epoch's steps,
+              most taken by a model worse than the one at the end of the epoch, with dropout
+              on; the validation value is measured after the epoch, with dropout off.
+            - Later the curves cross: the training loss keeps falling while the validation
+              loss flattens, as the model fits its training captions better than new ones. The
+              run keeps the epoch with the lowest validation caption loss (`train.select`) as
+              `best.pt`, the checkpoint notebook 04 evaluates."""),
+        code("""
+            epochs = [row["epoch"] for row in history]  # numbered from 1
+            plt.plot(epochs, [row["train_caption"] for row in history], "o-",
+                     label="train (mean over the epoch)")
+            plt.plot(epochs, [row["val_caption"] for row in history], "s--",
+                     label="validation (after the epoch)")
+            plt.xticks(epochs)
+            plt.xlabel("epoch")
+            plt.ylabel("caption cross-entropy")
+            plt.legend()
+            plt.show()"""),
+        md("""
+            ## Every loss term
+
+            One panel per term. **align** starts near the score of a guess, ln(B·k), and
+            falls as the image and caption vectors of the same frame move together;
+            **total** is what the optimiser minimises.
+
+            The gap to read is in **next**. In a full run on ShapeStories (the `default`
+            preset) the training value falls to about 0.15 while the validation value stays
+            near 1.4 from the first epoch on. A hypothesis: the next-frame term memorises the
+            training stories (having seen a story's frames in training, the model recognises
+            its context and recalls the frame that follows) rather than learning to predict
+            a frame it has never seen. It is a hypothesis, not a finding: "Try this" below
+            gives two ways to test it."""),
         code("from cmar.plots import loss_curves_figure\n\nloss_curves_figure(history)\n"
              "plt.show()"),
-        md("## The run folder\n\nEverything needed to evaluate, resume or reproduce the run."),
+        md("""
+            ## The run folder
+
+            Everything needed to evaluate, resume or reproduce the run: the resolved config
+            (`config.yaml`), the tokenizer, the history (`history.json`, the table above), the
+            loss curves as a PNG, and the checkpoints (`best.pt` for evaluation, `last.pt` to
+            resume)."""),
         code("for path in sorted(trainer.run_dir.rglob(\"*\")):\n"
              "    if path.is_file():\n        print(path.relative_to(trainer.run_dir))"),
+        md("""
+            ## Summary
+
+            - The loss is the caption cross-entropy plus two InfoNCE terms (image-text
+              alignment per context frame, predicted-vs-true next frame), weighted by
+              `train.w_align` and `train.w_next`.
+            - `train_step` is the whole update: loss terms, backward, clipping, one AdamW step,
+              one schedule step; everything else in `cmar/train/` is bookkeeping.
+            - AdamW decays weight matrices only; the learning rate warms up linearly, then
+              decays along a cosine to zero.
+            - Read every curve against its guess level and its partner: training above
+              validation early on is how they are measured; a large gap that never closes
+              (next) is a hypothesis to test.
+            - The run folder holds everything; an interrupted run resumes exactly
+              (`cmar train --resume`)."""),
+        md("""
+            ## Try this
+
+            1. Test the memorisation hypothesis with harder negatives: set
+               `OVERRIDES = ["model.next_negatives=story"]`, so that the window's own context
+               frames become negatives too. If the low training value came from recognising
+               a known story rather than predicting which frame follows, `train_next` in the
+               table should stay well above 0.15, closer to `val_next`.
+            2. Set `OVERRIDES = ["train.w_next=0"]`: the next-frame term is still measured but
+               no longer trained, so both next curves should stay near ln(B). Compare
+               `val_caption` with the run above: if it barely moves, the next-frame term was
+               not what made the captions good.
+            3. Set `OVERRIDES = ["train.warmup=0", "train.lr=0.02"]`: ten times the default
+               peak rate with no warm-up (the schedule plot shows it). Expect a worse first
+               epoch in the table, or a stop on a non-finite loss; then put
+               `"train.grad_clip=0"` in as well and see whether clipping was holding it
+               together."""),
     ],
     "04_evaluation": header("04_evaluation", "04 · Evaluation",
                             "Free-running generation (greedy, beam, nucleus), corpus-level "
-                            "scores beside their floors, alignment scores, and what the model "
-                            "looks at.") + [
-        parameters('CONFIG = "smoke" if SMOKE else "default"\nRUN_DIR = "runs/notebook"  '
-                   '# written by 03_training; trained here if missing\nSPLIT = "test"'),
-        code("from pathlib import Path\n\nfrom cmar.config import load_config\n"
-             "from cmar.train import train\n\nif not (Path(RUN_DIR) / \"best.pt\").exists():\n"
-             "    train(load_config(CONFIG, [f\"name={Path(RUN_DIR).name}\",\n"
-             "                               f\"runs_dir={Path(RUN_DIR).parent}\",\n"
-             "                               f\"data.source={SOURCE}\"]), progress=False)"),
+                            "scores beside their floors, predictions right and wrong, what the "
+                            "model looks at and how far to trust it.") + parameters(
+        'RUN_DIR = "runs/notebook"  # written by 03_training; trained here if missing\n'
+        'SPLIT = "test"  # or "validation"') + [
+        md(PRESET, """
+
+            Here the preset matters only if `RUN_DIR` holds no trained model (you skipped
+            notebook 03): "The run to evaluate" then trains one with it."""),
+        code("""
+            from cmar.config import load_config, preset_for
+
+            CONFIG = preset_for(SOURCE, SMOKE)  # or name a preset yourself
+            print("preset:", CONFIG)"""),
+        md("""
+            ## The run to evaluate
+
+            Everything below reads the run in `RUN_DIR`, trained here first if it holds no
+            `best.pt` yet."""),
+        code("""
+            from pathlib import Path
+
+            from cmar.train import train
+
+            if not (Path(RUN_DIR) / "best.pt").exists():
+                train(load_config(CONFIG, [f"name={Path(RUN_DIR).name}",
+                                           f"runs_dir={Path(RUN_DIR).parent}",
+                                           f"data.source={SOURCE}"]), progress=False)"""),
+        md("""
+            ## Three ways to decode
+
+            Free-running generation: the model reads only its own previous tokens, as it will
+            on new stories. Greedy takes the most likely token at each step; beam search keeps
+            the 5 most likely partial captions; nucleus sampling draws from the smallest set of
+            tokens holding 90% of the probability (seeded, so it repeats). A confident model
+            writes the same caption three times; compare them with the reference."""),
         code("import torch\nfrom cmar.data import decode, prepare_data\n"
              "from cmar.evaluation import load_run\n\ncfg, tokenizer, model = load_run(RUN_DIR)\n"
              "data = prepare_data(cfg.data, tokenizer=tokenizer, splits=(\"train\", SPLIT), "
@@ -314,36 +817,101 @@ NOTEBOOKS = {
            "caption each system gets right: names come from the text, places and meetings from "
            "the images; the image-use table blanks the context images. Every alignment score "
            "sits beside a floor that learns nothing, on the same candidates, and is flagged when "
-           "that floor already saturates it."),
+           "that floor already saturates it. On ShapeStories three rows come from rule solvers: "
+           "`oracle (ceiling)` reads both modalities and is exact, while `rules on text only "
+           "(not a ceiling)` and `rules on images only (not a ceiling)` are the same rules fed "
+           "one modality, so a model may beat them. The evaluation also writes "
+           "`metrics.json`, `predictions.jsonl` and `report.md` into the run folder."),
         code("from IPython.display import Markdown, display\nfrom cmar.evaluation import "
              "evaluate_run\nfrom cmar.evaluation.report import render\n\n"
              "metrics = evaluate_run(RUN_DIR, split=SPLIT, progress=False)\n"
              "display(Markdown(render(metrics)))"),
-        md("## Story strips: context, reference, prediction"),
-        code("import json\nimport matplotlib.pyplot as plt\nfrom cmar.plots import window_strip\n\n"
-             "predictions = {json.loads(line)[\"window_id\"]: json.loads(line)[\"prediction\"]\n"
-             "               for line in open(Path(RUN_DIR) / \"predictions.jsonl\")}\n"
-             "stories = data.stories[SPLIT]\n"
-             "for w in data.datasets[SPLIT].windows[:2]:\n"
-             "    story = stories[w.story]\n"
-             "    window_strip(story, w.t, w.k, predictions[f\"{story.story_id}:{w.t}\"])\n"
-             "    plt.show()"),
-        md("## Where CMAR looks\n\nThe words of the first context caption, each with its "
-           "word-to-region attention (mean over rounds) over the frame's image."),
-        code("from cmar.plots import attention_overlay\n\nout = model(batch, "
-             "return_attention=True)\nw = data.datasets[SPLIT].windows[0]\n"
-             "story = stories[w.story]\n"
-             "if out.attention is None:\n    print(\"this fusion has no attention\")\nelse:\n"
-             "    words = [decode(tokenizer, [i]) for i in batch.context_tokens[0, 0][batch."
-             "context_mask[0, 0]]]  # one BPE piece each\n"
-             "    maps = out.attention[0, 0].mean(0)  # (L, R)\n"
-             "    n = min(6, len(words))\n"
-             "    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6))\n"
-             "    for i, ax in enumerate(axes):\n"
-             "        attention_overlay(ax, story.image(w.t - w.k), maps[i].detach(), words[i])\n"
-             "    plt.show()"),
-        md("## Retrieving the next frame\n\nThe predicted next-frame embedding ranks the "
-           "windows' true next frames; the top five beside the true one."),
+        md("""
+            ## Right and wrong predictions
+
+            Scores summarise; read examples too. The cell counts the predictions that equal
+            their reference word for word, then draws one window the model got right (if any)
+            and two it got wrong: the context frames with their captions, then the target
+            frame with the reference and the prediction. Look at the kind of mistake: a wrong
+            name (the text), or a wrong place, direction or meeting (the images)?"""),
+        code("""
+            import json
+
+            import matplotlib.pyplot as plt
+
+            from cmar.data import window_id
+            from cmar.plots import window_strip
+
+            rows = [json.loads(line) for line in open(Path(RUN_DIR) / "predictions.jsonl")]
+            right = [r for r in rows if r["prediction"].strip() == r["reference"].strip()]
+            wrong = [r for r in rows if r["prediction"].strip() != r["reference"].strip()]
+            print(f"{len(right)} of {len(rows)} predictions on {SPLIT} equal their reference")
+            stories = data.stories[SPLIT]
+            windows = {window_id(stories[w.story].story_id, w.t): w
+                       for w in data.datasets[SPLIT].windows}
+            shown = [("right", r) for r in right[:1]] + [("wrong", r) for r in wrong[:2]]
+            for verdict, row in shown:
+                w = windows[row["window_id"]]
+                window_strip(stories[w.story], w.t, w.k, row["prediction"])
+                plt.suptitle(f"{verdict}: window {row['window_id']}", fontsize=10)
+                plt.show()"""),
+        md("""
+            ## How far to trust the attention maps
+
+            An attention map shows where the fusion's words look among the image regions. It
+            is tempting to read it as "the model found the character it names"; the grounding
+            score says whether that reading holds. For every mention of a character with a box
+            in the context captions, it checks whether the region the name's attention peaks
+            on overlaps that character's box, beside the chance level of a random region.
+            Grounding supervision (`model.w_ground`, off by default) trains exactly this."""),
+        code("""
+            grounding = metrics["alignment"].get("grounding")
+            if grounding is None:
+                print("no grounding score: this fusion has no word-to-region attention (concat), "
+                      "or no context caption names a character with a box")
+            else:
+                accuracy, chance = grounding["accuracy"], grounding["chance"]
+                print(f"grounding accuracy {accuracy:.3f} against a chance level of {chance:.3f} "
+                      f"({grounding['mentions']} character mentions)")
+                if accuracy < 1.5 * chance:
+                    print("near or below chance: these maps do not point at the named character; "
+                          "read them as where the fusion looks, not as evidence")
+                else:
+                    print(f"{accuracy / chance:.1f} times chance: the maps point at the named "
+                          "character more often than a random region would (still where the "
+                          "fusion looks, not why the model wrote a word)")"""),
+        md("""
+            ## Where CMAR looks
+
+            The words of the first context caption of the split's first window, each with its
+            word-to-region attention (mean over rounds) over the frame as the model sees it.
+            Read them in the light of the score above."""),
+        code("""
+            from cmar.data.images import fit_image
+            from cmar.plots import attention_overlay
+
+            out = model(batch, return_attention=True)
+            w = data.datasets[SPLIT].windows[0]
+            story = stories[w.story]
+            if out.attention is None:
+                print("this fusion has no attention")
+            else:
+                caption = batch.context_tokens[0, 0][batch.context_mask[0, 0]]
+                words = [decode(tokenizer, [i]) for i in caption]  # one BPE piece each
+                maps = out.attention[0, 0].mean(0)  # (L, R)
+                frame = fit_image(story.image(w.t - w.k), cfg.data.image_size, cfg.data.image_fit)
+                n = min(6, len(words))
+                fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6))
+                for i, ax in enumerate(axes):
+                    attention_overlay(ax, frame, maps[i].detach(), words[i])
+                plt.show()"""),
+        md("""
+            ## Retrieving the next frame
+
+            The predicted next-frame embedding of the split's first window ranks the true next
+            frames of every window; the strip shows the true one, then the top five. On
+            ShapeStories neighbouring frames of a story look alike, so a wrong rank 1 is often
+            a frame of the same story."""),
         code("import torch.nn.functional as F\n\nwith torch.no_grad():\n"
              "    outs = [model(b) for b in data.loader(SPLIT, shuffle=False, num_workers=0)]\n"
              "pred = F.normalize(torch.cat([o.next_pred for o in outs]), dim=-1)\n"
@@ -373,49 +941,167 @@ NOTEBOOKS = {
              "for t, caption in enumerate(CAPTIONS):\n"
              "    print(f\"frame {t + 1}: {caption}\")\n"
              "print(\"predicted:\", own_story_caption(cfg, tokenizer, model, IMAGES, CAPTIONS))"),
+        md("""
+            ## Summary
+
+            - Score free-running generation over the whole split at corpus level, never
+              teacher-forced outputs or one batch.
+            - A score means something only beside its floors (systems that learn nothing) and,
+              on ShapeStories, the oracle's ceiling; the rule solvers fed one modality are not
+              ceilings.
+            - Read right and wrong examples: the kind of mistake says which modality failed.
+            - An attention map is where the fusion looks, not evidence; the grounding score
+              against its chance level says how far to trust it.
+            - The context-sensitivity gap shows whether the decoder uses its input at all."""),
+        md("""
+            ## Try this
+
+            1. In the scores cell, call `evaluate_run(RUN_DIR, split=SPLIT, progress=False,
+               strategy="beam")`: compare BLEU-4 and the number of different predictions with
+               greedy decoding's (beam search tends to write safer, more repeated captions).
+            2. Train with grounding supervision: in notebook 03 set
+               `OVERRIDES = ["model.w_ground=0.2"]`, then run this notebook again. The
+               grounding accuracy should rise well above chance (the README measured 0.933
+               against 0.165 on ShapeStories) and the maps should light up the named
+               character.
+            3. In "Right and wrong predictions", draw `wrong[:8]` and sort each mistake: name,
+               place, direction or meeting. On ShapeStories, the commonest kind should match
+               the weakest slot column of the scores table."""),
     ],
     "05_ablations": header("05_ablations", "05 · Ablations",
-                           "The study: fusion (concat / cross / cmar) x decoder (LSTM / GRU / "
-                           "Transformer) x 3 seeds, in `next` and `grounded` modes, each run "
-                           "trained, then scored with free-running decoding beside the floors and "
-                           "the oracle; then modality ablations of the best run. The same code "
-                           "as `cmar study`. Finished runs are read back, not retrained, so a "
-                           "study that stopped continues where it was.") + [
-        parameters('# "smoke": 2 runs, seconds; "readme": the README\'s study, 54 runs of 3 '
-                   'epochs (about\n# 2 h on a 2-core CPU; finished runs are read back); '
-                   '"full": the same 54 runs at the preset\'s 8 epochs (hours)\n'
-                   'GRID = os.environ.get("CMAR_GRID", "smoke" if SMOKE else "readme")\n'
-                   'RUNS_DIR = "runs/study" if GRID != "smoke" else "runs/study-smoke"'),
-        code("import dataclasses\nfrom pathlib import Path\n\n"
-             "from IPython.display import Image, Markdown, display\n\n"
-             "from cmar.research.study.grid import GRIDS, run_study\n\n"
-             "grid = GRIDS[GRID]\nif SOURCE != \"shapestories\":  # every run reads SOURCE\n"
-             "    grid = dataclasses.replace(grid, overrides=(*grid.overrides, "
-             "f\"data.source={SOURCE}\"))\n"
-             "print(grid)\nresult = run_study(grid, RUNS_DIR)"),
-        md("## Mean and spread over seeds, beside the floors\n\nEach cell is the mean ± "
-           "sample standard deviation over seeds on the test split. \"minus concat\" is the "
-           "mean and spread of a fusion's score minus concat's on the run with the same "
-           "decoder and seed, with how many of those runs are above concat. The modality "
-           "ablation re-scores the best run "
-           "with its context images (features) or its context captions blanked."),
-        code("display(Markdown((Path(RUNS_DIR) / \"study.md\").read_text()))"),
-        code("display(Image(filename=str(Path(RUNS_DIR) / \"study.png\")))"),
-        md("## One run's numbers\n\nEvery row comes from a run folder with its config, "
-           "history, checkpoints and `metrics.json`; open any of them with notebook 04."),
+                           "Which fusion helps? Runs of fusion (concat / cross / cmar) x "
+                           "decoder x seed, each trained, then scored with free-running decoding "
+                           "beside the floors and the oracle (the ceiling); then modality "
+                           "ablations of the best run. The same code as `cmar study`. Finished "
+                           "runs are read back, not retrained, so a study that stopped continues "
+                           "where it was.") + parameters(
+        'GRID = "quick"  # "quick": 6 runs, about 12 min on a 2-core CPU; "readme": the README\'s '
+        'study,\n#   54 runs, about 2 h; "full": those 54 runs at the preset\'s 8 epochs (hours)',
+        about="`GRID` picks the study. `quick` (the default) trains every fusion with the "
+              "default preset's Transformer decoder on 2 seeds for 1 epoch each, in `next` "
+              "mode: 6 runs, about 12 minutes on a 2-core CPU (an estimate: about 60 s per "
+              "epoch of the `default` preset and 45 s per evaluation). It is a first look, too "
+              "short and too few seeds to rank the fusions. `readme` is the README's study, "
+              "one setting away: 3 fusions x 3 decoders x 3 seeds x 2 modes, 3 epochs each (54 "
+              "runs, about 2 hours on a 2-core CPU, far less on a GPU). Timings are for "
+              "ShapeStories; on StoryReasoning every run takes longer. In smoke mode the grid "
+              "is `smoke` (2 runs, seconds).") + [
+        md(PRESET, """
+
+            Every run of the grid starts from that preset (its data and model), then sets its
+            own fusion, decoder, seed, mode and epochs. The cell prints the grid and where its
+            runs go: `readme` writes `runs/study` (the folder `cmar study` uses), the other
+            grids `runs/study-<grid>`, so no grid overwrites another's runs."""),
+        code("""
+            import dataclasses
+
+            from cmar.config import preset_for
+            from cmar.research.study.grid import GRIDS, Grid, cells
+
+            CONFIG = preset_for(SOURCE, SMOKE)  # or name a preset yourself
+            print("preset:", CONFIG)
+            grids = {**GRIDS, "quick": Grid(fusions=("concat", "cross", "cmar"),
+                                            decoders=("transformer",), seeds=(0, 1),
+                                            modes=("next",), epochs=1)}
+            name = "smoke" if SMOKE else GRID
+            grid = dataclasses.replace(grids[name], config=CONFIG)
+            if SOURCE != "shapestories":  # every run reads SOURCE
+                grid = dataclasses.replace(grid, overrides=(*grid.overrides,
+                                                            f"data.source={SOURCE}"))
+            RUNS_DIR = "runs/study" if name == "readme" else f"runs/study-{name}"
+            print(grid)
+            print(len(cells(grid)), "runs into", RUNS_DIR)"""),
+        md("""
+            ## Train and score every run
+
+            The long cell: each run is trained (or read back when its folder holds a finished
+            run with the same config), then evaluated on the test split; at the end the best
+            run of each mode is scored again with its context images, then its context
+            captions, blanked. A progress bar counts the runs. Stopped part-way? Run the cell
+            again: finished runs are read back."""),
+        varying("from cmar.research.study.grid import run_study\n\n"
+                "result = run_study(grid, RUNS_DIR)"),
+        md("""
+            ## Mean and spread over seeds, beside the floors
+
+            Each cell is the mean ± sample standard deviation over seeds on the test split.
+            "minus concat" is the mean and spread of a fusion's score minus concat's on the
+            run with the same decoder and seed, with its 95% interval and how many of those
+            runs are above concat: with two seeds (`quick`) the interval is wide, so a
+            difference is a hint, not a finding.
+
+            Below them, the floors on the same windows: systems that learn nothing (copy the
+            last caption, the most frequent caption, the nearest training caption). On
+            ShapeStories three rows come from rule solvers: `oracle (ceiling)` reads both
+            modalities and is exact; `rules on text only (not a ceiling)` and `rules on images
+            only (not a ceiling)` are the same rules fed one modality, so a model can beat
+            them. The modality ablation re-scores the best run with its context images
+            (features) or its context captions blanked: the larger the drop, the more the
+            model relies on that modality."""),
+        code("""
+            from pathlib import Path
+
+            from IPython.display import Markdown, display
+
+            display(Markdown((Path(RUNS_DIR) / "study.md").read_text()))"""),
+        md("""
+            ## The chart
+
+            One bar per (fusion, decoder) with its spread over seeds, and the floors as dashed
+            lines: a bar that does not clear the lines has learned nothing the floors do not
+            already know."""),
+        code("""
+            from IPython.display import Image
+
+            display(Image(filename=str(Path(RUNS_DIR) / "study.png")))"""),
+        md("""
+            ## One run's numbers
+
+            Every row comes from a run folder with its config, history, checkpoints and
+            `metrics.json`; open any of them with notebook 04 (`RUN_DIR`)."""),
         code("for row in result[\"rows\"][:6]:\n"
              "    print(row[\"run\"], {k: round(v, 3) for k, v in row.items() if "
              "isinstance(v, float)})"),
+        md("""
+            ## Summary
+
+            - An ablation compares variants that differ in one part, everything else equal:
+              same preset, same data, same seeds, paired by decoder and seed.
+            - Report the mean and spread over seeds and the paired difference with its
+              interval; one run per variant says nothing, two seeds say little.
+            - Every score sits beside its floors and, on ShapeStories, the oracle's ceiling;
+              the rule solvers fed one modality are not ceilings.
+            - Blanking a modality in a trained run shows which input the model uses."""),
+        md("""
+            ## Try this
+
+            1. Set `GRID = "readme"`: the README's 54 runs (about 2 hours on a 2-core CPU,
+               minutes per run on a GPU). With three seeds and three decoders per fusion the
+               intervals narrow; check whether the `quick` grid's ranking survives.
+            2. Add a fusion to the `quick` grid: `fusions=("concat", "cross", "cmar",
+               "cmar_lite")` (two more runs, about 4 minutes). Where does it land against
+               concat in the paired table?
+            3. Give the `quick` grid `epochs=2`: every run trains twice as long (about 18
+               minutes in all; the 1-epoch runs are not reused, their config differs). Do the
+               fusions keep their order, or was 1 epoch too short to tell them apart?"""),
     ],
     "06_your_data": header("06_your_data", "06 · Your own dataset",
                            "A folder of your images and one captions file becomes a cmar "
                            "source: validated (what was skipped and why), trained and scored "
-                           "beside the floors.") + [
-        parameters('CONFIG = "smoke" if SMOKE else "default"\n'
-                   'FOLDER = "data/my_stories"  # your folder: images + captions.csv\n'
-                   'STAND_IN = True  # write a stand-in folder from SOURCE first; False: '
-                   'use yours as it is\nN_STORIES = 60 if SMOKE else 600  # stand-in stories '
-                   '(before the test and validation carve)'),
+                           "beside the floors.") + parameters(
+        'FOLDER = "data/my_stories"  # your folder: images + captions.csv\n'
+        'STAND_IN = True  # write a stand-in folder from SOURCE first; False: use yours as it is\n'
+        'N_STORIES = 600  # stand-in stories, before the test and validation carve (smoke: 60)') + [
+        md(PRESET, """
+
+            The stand-in folder is written from `SOURCE`'s stories, so it gets `SOURCE`'s
+            preset; a folder of your own (`STAND_IN = False`) holds real photos or stills, so
+            it gets the `storyreasoning` one."""),
+        code("""
+            from cmar.config import load_config, preset_for
+
+            CONFIG = preset_for(SOURCE if STAND_IN else FOLDER, SMOKE)  # or name a preset yourself
+            print("preset:", CONFIG)"""),
         md("## The layout\n\nOne folder, any images PIL reads (any size), and a "
            "`captions.csv` with one line per frame:\n\n"
            "```\nstory_id,frame,image,caption\nbeach,1,beach/01.jpg,Ana walks down to the "
@@ -429,12 +1115,13 @@ NOTEBOOKS = {
            "folder often has, made on purpose: a missing image, a frame given two captions, an "
            "empty caption."),
         code("import csv\nimport shutil\nfrom pathlib import Path\n\n"
-             "from cmar.config import load_config\nfrom cmar.data.own import write_own_folder\n"
+             "from cmar.data.own import write_own_folder\n"
              "from cmar.data.prepare import load_split\n\n"
              "if STAND_IN:\n    shutil.rmtree(FOLDER, ignore_errors=True)\n"
+             "    n_stories = 60 if SMOKE else N_STORIES\n"
              "    source = load_config(CONFIG, [f\"data.source={SOURCE}\", "
-             "f\"data.n_stories={N_STORIES}\"])\n"
-             "    stories = load_split(source.data, \"train\", progress=False)[:N_STORIES]\n"
+             "f\"data.n_stories={n_stories}\"])\n"
+             "    stories = load_split(source.data, \"train\", progress=False)[:n_stories]\n"
              "    captions = write_own_folder(stories, FOLDER)\n"
              "    lines = list(csv.DictReader(captions.open()))\n"
              "    (Path(FOLDER) / lines[0][\"image\"]).unlink()  # 1: a missing image\n"
@@ -458,10 +1145,11 @@ NOTEBOOKS = {
              "    print(stories.report.summary())\n"
              "    for reason, examples in stories.report.examples.items():\n"
              "        print(f\"    {reason}: {examples}\")"),
-        md("## Train on it\n\nThe notebook's preset (`smoke` in CI, `default` otherwise) with "
-           "`data.source` set to the folder: from the command line, `cmar train --config "
-           "default --set data.source=data/my_stories` (`cmar data` with the same flags prints "
-           "the report above)."),
+        md("## Train on it\n\nThe preset chosen above with `data.source` set to the folder: "
+           "from the command line, `cmar train --config default --set "
+           "data.source=data/my_stories` (`cmar data` with the same flags prints the report "
+           "above). A progress bar per epoch, a line per epoch, then the loss curves "
+           "(notebook 03 explains them)."),
         code("from cmar.plots import loss_curves_figure\nfrom cmar.train import Trainer\n"
              "import matplotlib.pyplot as plt\n\n"
              "shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # a fresh run\n"
@@ -477,6 +1165,31 @@ NOTEBOOKS = {
              "render\n\nmetrics = evaluate_run(trainer.run_dir, progress=False, "
              "bootstrap=200)\n"
              "display(Markdown(render(metrics)))"),
+        md("""
+            ## Summary
+
+            - A folder of images and a `captions.csv` (or `.jsonl`) is a source like any
+              other: `data.source=FOLDER`, in Python or on the command line.
+            - A story with a problem is skipped whole and counted under its reason, with
+              examples: no frame is misaligned, nothing is lost silently.
+            - An optional `split` column places whole stories; the rest is carved from `train`
+              by story, so no story is in two splits.
+            - A score on your data means something only beside the floors on the same
+              windows."""),
+        md("""
+            ## Try this
+
+            1. Plant a fourth mistake in the stand-in cell: keep only the first three frames
+               of one story (`short = lines[40]["story_id"]`, then
+               `lines = [x for x in lines if x["story_id"] != short or int(x["frame"]) <= 3]`
+               before the file is written). With k = 3 a story needs four frames, so the
+               report should count one more skipped story, as `too_short`.
+            2. Point `FOLDER` at a folder of your own and set `STAND_IN = False`: read the
+               validation report first, fix what it names, and only then train.
+            3. Train longer: add `"train.epochs=12"` to the settings of the validation-report
+               cell (the config the trainer uses). The smoke preset learns little here, the
+               `default` one pulls far above the floors: watch the gap between the model's
+               BLEU-4 and the nearest neighbour's."""),
     ],
 }
 

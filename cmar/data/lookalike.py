@@ -8,13 +8,14 @@ titles and initials, possessives, quotes, a mis-closed tag (``<gda char1>stands<
 the notebooks' CI pass (``CMAR_SOURCE``) read it wherever the real dataset would go::
 
     python -m cmar.data.lookalike data/storyreasoning-lookalike
+    python -m cmar.data.lookalike /tmp/sr-size --train 3552 --test 626 --frames 11  # full size
     cmar train --config smoke --set data.source=data/storyreasoning-lookalike
 """
 
 from __future__ import annotations
 
+import argparse
 import io
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -82,18 +83,37 @@ def prose_row(i: int, n_frames: int) -> dict:
             "frame_count": n_frames, "chain_of_thought": cot, "story": story}
 
 
-def write_lookalike(folder: str | Path, train: int = 24, test: int = 6) -> Path:
-    """Write ``train`` and ``test`` stories of 5-6 frames as parquet files in the hub's layout
-    under ``folder`` (which then works as ``data.source``); returns ``folder``."""
+def write_lookalike(folder: str | Path, train: int = 24, test: int = 6,
+                    frames: int = 5) -> Path:
+    """Write ``train`` and ``test`` stories of ``frames`` to ``frames + 1`` frames as parquet
+    files in the hub's layout under ``folder`` (which then works as ``data.source``); returns
+    ``folder``. StoryReasoning's own size: ``train=3552, test=626, frames=11`` (11.5 frames a
+    story on average)."""
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", range(train)), ("test", range(100, 100 + test))):
-        schema_dataset([prose_row(i, 5 + i % 2) for i in rows]).to_parquet(
+    first_test = max(100, train)  # story ids never shared between the splits
+    for split, rows in (("train", range(train)),
+                        ("test", range(first_test, first_test + test))):
+        schema_dataset([prose_row(i, frames + i % 2) for i in rows]).to_parquet(
             str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     return folder
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cmar.data.lookalike",
+                                     description="Write a StoryReasoning look-alike.")
+    parser.add_argument("folder")
+    parser.add_argument("--train", type=int, default=24, help="train stories (default 24)")
+    parser.add_argument("--test", type=int, default=6,
+                        help="test stories (default 6; StoryReasoning has 626)")
+    parser.add_argument("--frames", type=int, default=5,
+                        help="frames of a story: FRAMES or FRAMES + 1 (default 5; "
+                             "StoryReasoning averages 11.5)")
+    args = parser.parse_args(argv)
+    if min(args.train, args.test) < 1 or args.frames < 2:
+        parser.error("--train and --test must be at least 1, --frames at least 2")
+    print(write_lookalike(args.folder, args.train, args.test, args.frames))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m cmar.data.lookalike FOLDER")
-    print(write_lookalike(sys.argv[1]))
+    main()

@@ -110,6 +110,24 @@ class StoryData:
         return out
 
 
+CUT_SHARE = 0.1  # `cmar data` warns when more of the target captions than this are cut
+
+
+def cut_targets_warning(summary: dict, caption_policy: str = "full") -> str | None:
+    """The warning for a dataset whose target captions are cut at ``data.max_tokens`` in more
+    than CUT_SHARE of the windows (all splits of ``summary``, :meth:`StoryData.summary`),
+    else None: a cut caption ends mid-sentence, and the model learns to stop there."""
+    targets = sum(row["targets"] for row in summary["splits"].values())
+    cut = sum(row["targets_cut"] for row in summary["splits"].values())
+    if not targets or cut / targets <= CUT_SHARE:
+        return None
+    cap = summary["max_tokens"]
+    hint = ("raise data.max_tokens" if caption_policy == "first_sentence" else
+            "raise data.max_tokens or use data.caption_policy=first_sentence")
+    return (f"{cut / targets:.0%} of target captions ({cut} of {targets}) are cut at "
+            f"data.max_tokens={cap} tokens (mid-sentence); {hint}")
+
+
 def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLITS,
                  progress: bool = True, boxes: bool = False,
                  context_tokenizer=None) -> StoryData:

@@ -11,6 +11,15 @@ frames comes next?"):
 - ``next-caption retrieval``: the model's length-normalised log-likelihood of each candidate
   caption given the context. Floors: TF-IDF cosine (IDF fitted on the train split's captions)
   of each candidate to the k context captions joined, and to the last context caption.
+  The costly part of an evaluation: one teacher-forced decoding per (window, candidate) pair,
+  ``eval.retrieval_windows`` x (``eval.candidates`` + the story's other frames) of them.
+  Each window is encoded once; the pairs go through the decoder sorted by caption length, in
+  passes of :data:`TOKENS_PER_PASS` tokens cut after their longest caption
+  (:func:`pair_likelihoods`; docs/evaluation-cost.md).
+
+The groups with candidates from other stories also report each size n of
+``eval.candidate_sets`` (R@1, R@5, mean rank, chance and the strongest floor), on the first n
+of their candidates: no extra scoring.
 
 - ``image-text alignment``: cosine of each context frame's matched image/text vectors against
   a shuffle that pairs every frame's image with the text of a frame of a *different* story.
@@ -36,6 +45,7 @@ from cmar.evaluation.floors import TfIdf
 from cmar.evaluation.frames import SplitFrames, frame_vectors
 from cmar.evaluation.grounding import grounding_scores
 from cmar.evaluation.retrieval import (  # noqa: F401  (re-exported: the public names)
+    by_size,
     candidate_index,
     cosine_scores,
     cross_story_permutation,
@@ -88,44 +98,85 @@ def per_window_caption_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         / batch.target_mask.sum(1)
 
 
+TOKENS_PER_PASS = 8192  # candidate tokens per teacher-forced pass: bounds its (rows, L, V) logits
+
+
+@torch.no_grad()
+def pair_likelihoods(model, enc, window: torch.Tensor, target_in: torch.Tensor,
+                     target_out: torch.Tensor, tokens_per_pass: int = TOKENS_PER_PASS
+                     ) -> torch.Tensor:
+    """Length-normalised log-likelihood (P,) of caption p (row p of target_in/out (P, L),
+    padded) given the context of window ``window[p]`` (a row of ``enc``, the windows' encoded
+    memory: each window is encoded once, whatever its number of candidates).
+
+    Pairs are sorted by caption length and decoded in passes of at most ``tokens_per_pass``
+    tokens, each pass cut after its longest caption: a real position never reads the padding
+    after it (every decoder is causal), so the cut changes no score, and it spares the decoder
+    the padding up to the longest caption of the split."""
+    real = target_out != model.pad_id
+    length = real.sum(1)
+    order = torch.argsort(length, descending=True, stable=True)
+    copy = model.copy_from(enc)
+    out = torch.empty(len(window), device=target_in.device)
+    start = 0
+    while start < len(order):
+        longest = max(1, int(length[order[start]]))
+        part = order[start:start + max(1, tokens_per_pass // longest)]
+        rows = window[part]
+        t_out, mask = target_out[part, :longest], real[part, :longest]
+        logits = model.decoder(target_in[part, :longest], enc.memory[rows],
+                               enc.memory_mask[rows], **{k: v[rows] for k, v in copy.items()})
+        logp = -token_nll(logits, t_out)  # (rows, L)
+        out[part] = ((logp * mask).sum(1) / mask.sum(1)).float()
+        start += len(part)
+    return out
+
+
 @torch.no_grad()
 def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
-                           candidates_in: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+                           candidates_in: torch.Tensor, index: torch.Tensor,
+                           valid: torch.Tensor | None = None,
+                           tokens_per_pass: int = TOKENS_PER_PASS) -> torch.Tensor:
     """Length-normalised log-likelihood (B, C) of candidate targets ``index`` (B, C) (rows of
-    candidates_in/out, (N, L)) given each window's context."""
+    candidates_in/out, (N, L)) given each window's context: the B windows encoded once, their
+    candidates decoded by :func:`pair_likelihoods`. Columns where ``valid`` (B, C) is False
+    (padding) are not decoded and score -inf."""
     enc = model.encode(batch)
     b, c = index.shape
-    memory = enc.memory.repeat_interleave(c, 0)  # (B*C, M, d)
-    mask = enc.memory_mask.repeat_interleave(c, 0)
-    target_in, target_out = candidates_in[index.flatten()], candidates_out[index.flatten()]
-    copy = {key: value.repeat_interleave(c, 0) for key, value in model.copy_from(enc).items()}
-    logits = model.decoder(target_in, memory, mask, **copy)  # (B*C, L, V)
-    logp = -token_nll(logits, target_out)
-    real = target_out != model.pad_id
-    return ((logp * real).sum(1) / real.sum(1)).view(b, c)
+    keep = (torch.ones_like(index, dtype=torch.bool) if valid is None
+            else valid.to(index.device)).flatten()
+    window = torch.arange(b, device=index.device).repeat_interleave(c)[keep]
+    rows = index.flatten()[keep]
+    scores = torch.full((b * c,), float("-inf"), device=index.device)
+    scores[keep] = pair_likelihoods(model, enc, window, candidates_in[rows],
+                                    candidates_out[rows], tokens_per_pass)
+    return scores.view(b, c)
 
 
 @torch.no_grad()
 def alignment_scores(model, data, split: str, candidates: int = 100,
                      retrieval_windows: int = 500, batch_size: int = 64,
                      progress: bool = True, per_window: dict | None = None,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, candidate_sets=()) -> dict:
     """Every score of this module over ``split``, each beside its floor.
 
     ``per_window``, when given, receives ``{group: (story ids, R@1 hits (0/1) per window)}``
     for every retrieval group scored, for intervals that resample whole stories.
+    ``candidate_sets`` (``eval.candidate_sets``): the groups with candidates from other stories
+    also report R@1, R@5 and mean rank on the first n of their ``candidates`` for each size n,
+    beside chance and the strongest floor (:func:`cmar.evaluation.retrieval.by_size`).
     """
     was_training = model.training
     model.eval()
     try:
         return _alignment_scores(model, data, split, candidates, retrieval_windows, batch_size,
-                                 progress, per_window, seed)
+                                 progress, per_window, seed, tuple(candidate_sets))
     finally:
         model.train(was_training)
 
 
 def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_size, progress,
-                      per_window, seed) -> dict:
+                      per_window, seed, sizes) -> dict:
     device = next(model.parameters()).device
     dataset = data.datasets[split]
     if not len(dataset):
@@ -165,7 +216,7 @@ def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_s
     if other_index is not None:
         scores["next-frame retrieval"] = _frame_group(
             pred, encoded, pixels, frames, frames.target[other_index], None, record,
-            "next-frame retrieval", ids)
+            "next-frame retrieval", ids, sizes=sizes)
     else:
         scores["next-frame retrieval"] = {"skipped": ONE_STORY}
     same = same_story_candidates(frames.lengths, dataset.windows)
@@ -193,7 +244,7 @@ def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_s
                        model.eos_id)[:2]  # every frame's caption as (in, out) token rows
     pool = tuple(p.to(device) for p in pool)
     caption = _CaptionGroup(model, dataset, collate, pool, captions, ctx, tfidf, frames, device,
-                            progress, record)
+                            progress, record, batch_size, sizes)
     if other_index is not None:
         scores["next-caption retrieval"] = caption.score(
             "next-caption retrieval", chosen, frames.target[other_index[chosen]], None)
@@ -230,16 +281,20 @@ def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_s
 
 
 def _frame_group(pred, encoded, pixels, frames, index, valid, record, group, story_ids,
-                 rows=None) -> dict:
+                 rows=None, sizes=()) -> dict:
     """Next-frame retrieval of windows ``rows`` (all when None) on frame candidates ``index``
-    (N, C), the model beside the last-context-frame floors."""
+    (N, C), the model beside the last-context-frame floors; with ``sizes`` (and no padding),
+    also on the first n candidates for each size n."""
     last = frames.last if rows is None else frames.last[rows]
     model = cosine_scores(pred, encoded, index)
     record(group, story_ids, (ranks(model, valid) == 1).float())
     floors = {"last context frame (pixels)": cosine_scores(pixels[last], pixels, index),
               "last context frame (encoder)": cosine_scores(encoded[last], encoded, index)}
-    return with_floors(ranking_scores(model, valid),
-                       {name: ranking_scores(s, valid) for name, s in floors.items()}, len(index))
+    group = with_floors(ranking_scores(model, valid),
+                        {name: ranking_scores(s, valid) for name, s in floors.items()}, len(index))
+    if valid is None and sizes:
+        group["candidate sets"] = by_size(model, floors, sizes)
+    return group
 
 
 @dataclasses.dataclass
@@ -257,21 +312,20 @@ class _CaptionGroup:
     device: object
     progress: bool
     record: object
-    group_size: int = 8
+    windows_per_pass: int = 64  # windows encoded together (eval.batch_size)
+    sizes: tuple[int, ...] = ()  # candidate-set sizes reported (eval.candidate_sets)
 
     def score(self, group: str, rows: torch.Tensor, index: torch.Tensor, valid) -> dict:
         """``rows`` (n,) windows, ``index`` (n, C) their candidate frames."""
         out = []
-        for start in tqdm(range(0, len(rows), self.group_size), desc=group,
-                          disable=not self.progress):
-            part = rows[start:start + self.group_size].tolist()
+        step = self.windows_per_pass
+        for start in tqdm(range(0, len(rows), step), desc=group, disable=not self.progress):
+            part = rows[start:start + step].tolist()
             batch = self.collate([self.dataset[i] for i in part]).to(self.device)
-            cand = index[start:start + self.group_size]
-            if valid is not None:  # drop the padding columns no window of this group needs
-                cand = cand[:, :int(valid[start:start + self.group_size].sum(1).max())]
-            s = next_caption_retrieval(self.model, batch, self.pool[1], self.pool[0],
-                                       cand.to(self.device)).float().cpu()
-            out.append(F.pad(s, (0, index.shape[1] - s.shape[1]), value=float("-inf")))
+            out.append(next_caption_retrieval(
+                self.model, batch, self.pool[1], self.pool[0],
+                index[start:start + step].to(self.device),
+                None if valid is None else valid[start:start + step]).float().cpu())
         model = torch.cat(out)
         self.record(group, [self.frames.story_ids[i] for i in rows.tolist()],
                     (ranks(model, valid) == 1).float())
@@ -282,6 +336,9 @@ class _CaptionGroup:
             "TF-IDF cosine to the last context caption":
                 self.tfidf.scores(last, self.captions, index),
         }
-        return with_floors(ranking_scores(model, valid),
-                           {name: ranking_scores(s, valid) for name, s in floors.items()},
-                           len(rows))
+        group_scores = with_floors(ranking_scores(model, valid),
+                                   {name: ranking_scores(s, valid) for name, s in floors.items()},
+                                   len(rows))
+        if valid is None and self.sizes:  # the same story's candidates have no fixed size
+            group_scores["candidate sets"] = by_size(model, floors, self.sizes)
+        return group_scores

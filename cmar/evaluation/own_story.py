@@ -34,9 +34,11 @@ def read_frame(path: str | Path, size: int, fit: str) -> torch.Tensor:
 
 
 def own_story_caption(cfg, tokenizer, model, images: list[str], captions: list[str],
-                      strategy: str = "beam", beam_size: int = 5) -> str:
+                      strategy: str | None = None, beam_size: int | None = None) -> str:
     """The caption ``model`` (a run's) predicts after the user's frames ``images`` with their
-    ``captions``: exactly ``data.k`` of each, in story order."""
+    ``captions``: exactly ``data.k`` of each, in story order. Decoded as ``cmar evaluate``
+    decodes unless told otherwise: ``strategy`` and ``beam_size`` default to the run's
+    ``eval.strategy`` and ``eval.beam_size``."""
     k = cfg.data.k
     if len(images) != k or len(captions) != k:
         raise ValueError(f"this run reads k = {k} frames (its data.k): give {k} images and {k} "
@@ -55,5 +57,6 @@ def own_story_caption(cfg, tokenizer, model, images: list[str], captions: list[s
     collate = Collate(tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
                       context_tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    ids = model.generate(collate([item]).to(device), strategy, beam_size=beam_size)[0]
+    ids = model.generate(collate([item]).to(device), strategy or cfg.eval.strategy,
+                         beam_size=beam_size or cfg.eval.beam_size)[0]
     return decode(tokenizer, ids.cpu())

@@ -12,6 +12,8 @@ INTERVAL_COLUMNS = ("BLEU-4", "CIDEr")
 # The score each alignment group is judged by, on the model and on its floor.
 PRIMARY = {"image-text alignment": "matched cosine", "context sensitivity": "gap",
            "grounding": "accuracy"}
+# A score without a 95% interval is called above (or below) its floor only beyond this.
+FLOOR_TOLERANCE = 0.005
 
 
 def _fmt(value) -> str:
@@ -76,6 +78,9 @@ def image_use_table(metrics: dict) -> str:
 
 
 def _verdict(group: dict, primary: str) -> str:
+    """The model's score beside its floor's: judged by the score's 95% interval over stories
+    where it has one (above only when the interval's low end is), else above or below only
+    beyond FLOOR_TOLERANCE; the text says which."""
     floor = group.get("floor")
     if floor is None:
         return ""
@@ -85,7 +90,38 @@ def _verdict(group: dict, primary: str) -> str:
     if not isinstance(value, float | int) or not isinstance(group.get(primary), float | int):
         return ""
     diff = group[primary] - value
-    return f"{'above' if diff > 0 else 'NOT above'} its floor ({diff:+.3f})"
+    interval = group.get(f"{primary} 95% interval")
+    if interval:  # above only when the whole interval over stories is
+        low, high = interval
+        bounds = f"95% interval [{low:.3f}, {high:.3f}]"
+        if low > value:
+            return f"above its floor ({diff:+.3f}; its {bounds} lies above it)"
+        where = "lies below it" if high < value else "contains the floor"
+        return f"NOT above its floor ({diff:+.3f}; its {bounds} {where})"
+    tolerance = f"tolerance {FLOOR_TOLERANCE}, no interval"
+    if abs(diff) <= FLOOR_TOLERANCE:
+        return f"within the tolerance of its floor ({diff:+.3f}; {tolerance})"
+    return f"{'above' if diff > 0 else 'NOT above'} its floor ({diff:+.3f}; {tolerance})"
+
+
+SIZE_SCORES = ("R@1", "R@5", "mean rank")  # a candidate-set size's row: these, " / " apart
+
+
+def _size_rows(group: str, sizes: dict) -> list[list[str]]:
+    """One row per candidate-set size of a retrieval group (``eval.candidate_sets``): R@1 /
+    R@5 / mean rank of the model, its strongest floor and chance; the verdict by R@1."""
+    rows = []
+    for n, values in sizes.items():
+        name = f"{group}, 1 + {int(n) - 1} candidates: {' / '.join(SIZE_SCORES)}"
+        if "skipped" in values:
+            rows.append([name, f"n/a: {values['skipped']}", "", "", "", ""])
+            continue
+        floor = values["floor"]
+        rows.append([name, " / ".join(_fmt(values[k]) for k in SIZE_SCORES), floor["name"],
+                     " / ".join(_fmt(floor[k]) for k in SIZE_SCORES),
+                     " / ".join(_fmt(values["chance"][k]) for k in SIZE_SCORES),
+                     _verdict(values, "R@1")])
+    return rows
 
 
 def alignment_table(metrics: dict) -> str:
@@ -106,6 +142,7 @@ def alignment_table(metrics: dict) -> str:
         chance = values.get("chance R@1", values.get("chance", ""))
         rows.append([f"{group}: {primary}", model, floor.get("name", ""), _fmt(floor_value),
                      _fmt(chance), _verdict(values, primary)])
+        rows += _size_rows(group, values.get("candidate sets", {}))
     main = metrics.get("main alignment score")
     note = f"\n\nMain alignment score: {main} R@1 (95% interval over stories)." if main else ""
     return _table(head, rows) + note

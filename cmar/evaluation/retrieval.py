@@ -16,6 +16,12 @@ Candidates of a window, the true one always first:
 
 A floor is a scorer that learns nothing, ranked on exactly the model's candidates; a group is
 ``saturated`` when its strongest floor already reaches ``SATURATED`` R@1.
+
+Candidate-set sizes (``eval.candidate_sets``): a set of n candidates is the first n columns of
+the group's candidates (the true one and the first n - 1 distractors), so every size is scored
+from the one set the model already ranked, at no extra cost. :func:`candidate_index` draws
+the distractors of a row in a seeded random order that does not depend on ``candidates``, so
+the first n columns of a 100-candidate index are exactly the index drawn with n candidates.
 """
 
 from __future__ import annotations
@@ -38,13 +44,46 @@ def ranks(scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tens
 
 
 def ranking_scores(scores: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
-    """scores (N, C) with the true candidate in column 0 -> R@1, R@5, MRR and chance R@1 (the
-    mean of 1 / candidates over windows, which differ in size when ``valid`` pads them)."""
+    """scores (N, C) with the true candidate in column 0 -> R@1, R@5, MRR, mean rank (1 =
+    best) and chance R@1 (the mean of 1 / candidates over windows, which differ in size when
+    ``valid`` pads them)."""
     rank = ranks(scores, valid).float()
     count = (valid.sum(1) if valid is not None
              else torch.full((len(scores),), scores.shape[1])).float()
     return {"R@1": (rank <= 1).float().mean().item(), "R@5": (rank <= 5).float().mean().item(),
-            "MRR": (1.0 / rank).mean().item(), "chance R@1": (1.0 / count).mean().item()}
+            "MRR": (1.0 / rank).mean().item(), "mean rank": rank.mean().item(),
+            "chance R@1": (1.0 / count).mean().item()}
+
+
+def chance(n: int) -> dict[str, float]:
+    """What a scorer that ranks n candidates at random scores on average: R@1 1/n, R@5
+    min(5, n)/n, mean rank (n + 1)/2."""
+    return {"R@1": 1.0 / n, "R@5": min(5, n) / n, "mean rank": (n + 1) / 2}
+
+
+SIZE_KEYS = ("R@1", "R@5", "mean rank")  # what each candidate-set size reports
+
+
+def by_size(model: torch.Tensor, floors: dict[str, torch.Tensor], sizes) -> dict[str, dict]:
+    """Scores on candidate sets of every size n in ``sizes``: the first n columns of
+    ``model`` (N, C) and of each floor's scores (N, C), true candidate first. Each size gives
+    the model's R@1, R@5 and mean rank, their chance values, the strongest floor's (by R@1;
+    the first on a tie) and whether it saturates; a size above C is ``{"skipped": reason}``.
+    Keys are the sizes as strings (JSON's keys)."""
+    out = {}
+    for n in sorted(set(sizes)):
+        if n > model.shape[1]:
+            out[str(n)] = {"skipped": f"needs {n} candidates per window, has {model.shape[1]}"
+                                      " (eval.candidates, or what the split allows)"}
+            continue
+        mine = ranking_scores(model[:, :n])
+        theirs = {name: ranking_scores(s[:, :n]) for name, s in floors.items()}
+        name = max(theirs, key=lambda f: theirs[f]["R@1"])
+        out[str(n)] = {**{k: mine[k] for k in SIZE_KEYS}, "chance": chance(n),
+                       "floor": {"name": name, **{k: theirs[name][k] for k in SIZE_KEYS}},
+                       "saturated": theirs[name]["R@1"] >= SATURATED,
+                       "above floor": mine["R@1"] - theirs[name]["R@1"]}
+    return out
 
 
 def story_codes(story_ids: list[str]) -> torch.Tensor:
@@ -150,9 +189,10 @@ def cosine_scores(queries: torch.Tensor, keys: torch.Tensor, index: torch.Tensor
 def with_floors(model: dict, floors: dict[str, dict], windows: int) -> dict:
     """A retrieval group: the model's scores, the strongest floor (by R@1; the first on a tie),
     every floor, whether the floor saturates the task, and the model's lead over it."""
-    keep = ("R@1", "R@5", "MRR")
+    keep = ("R@1", "R@5", "MRR", "mean rank")
     name = max(floors, key=lambda f: floors[f]["R@1"])
     floor = floors[name]
-    return {**model, "windows": windows, "floor": {"name": name, **{k: floor[k] for k in keep}},
-            "floors": {f: {k: v[k] for k in keep} for f, v in floors.items()},
+    return {**model, "windows": windows,
+            "floor": {"name": name, **{k: floor[k] for k in keep if k in floor}},
+            "floors": {f: {k: v[k] for k in keep if k in v} for f, v in floors.items()},
             "saturated": floor["R@1"] >= SATURATED, "above floor": model["R@1"] - floor["R@1"]}

@@ -176,7 +176,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | 
     per_window: dict = {}
     metrics["alignment"] = alignment_scores(
         model, data, split, ev.candidates, ev.retrieval_windows, ev.batch_size, progress,
-        per_window=per_window)
+        per_window=per_window, candidate_sets=ev.candidate_sets)
     metrics["main alignment score"] = _main_alignment_interval(metrics["alignment"],
                                                                per_window, bootstrap)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -7,9 +7,11 @@
   a possessive ``'s`` counts). Precision, recall and F1 are micro-averaged over the split.
 - ``length_and_diversity``: mean words per prediction and per reference, distinct-1 and
   distinct-2 (unique n-grams over all n-grams of the predictions), the share of the most
-  repeated prediction and the number of different predictions.
+  repeated prediction, the number of different predictions and the share of predictions
+  that loop (repeat a 4-gram of their own words: ``repeated_ngram_share``).
 - ``collapse_warnings``: a run that writes one caption for most windows, or captions of one
-  or two words, has collapsed; the evaluation table says so.
+  or two words, has collapsed, and one whose captions loop ("the man is the man is ...") in
+  more than ``LOOP_SHARE`` of the windows has degenerated; the evaluation table says so.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _NOT_NAMES = {"he", "she", "they", "it", "his", "her", "him", "them", "their", "
 _NAME_WORD = re.compile(r"^[^\W\d_][\w'’.-]*$")
 COLLAPSE_SHARE = 0.5  # one caption for at least half of the windows
 COLLAPSE_WORDS = 2.0  # or a mean of at most two words per caption
+LOOP_N = 4  # a prediction loops when one of its 4-grams occurs twice in it
+LOOP_SHARE = 0.2  # warn when more than this share of the predictions loop
 
 
 def character_names(mentions: tuple[Mention, ...], text: str) -> set[str]:
@@ -81,6 +85,21 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
+def loops(words: list[str], n: int = LOOP_N) -> bool:
+    """Whether some n-gram of ``words`` occurs twice in them (overlaps count)."""
+    grams = _ngrams(words, n)
+    return len(set(grams)) < len(grams)
+
+
+def repeated_ngram_share(predictions: dict[str, str], n: int = LOOP_N) -> float:
+    """The share of ``predictions`` that repeat one of their own n-grams (words as the
+    metrics tokenize): a model stuck in a loop writes "he is at the door he is at the door"."""
+    if not predictions:
+        return 0.0
+    return sum(loops(simple_tokenize(p).split(), n) for p in predictions.values()) \
+        / len(predictions)
+
+
 def length_and_diversity(predictions: dict[str, str],
                          references: dict[str, list[str]]) -> dict[str, float | int]:
     """Caption lengths (words, as the metrics tokenize) and how varied the predictions are."""
@@ -97,6 +116,7 @@ def length_and_diversity(predictions: dict[str, str],
         "distinct-2": len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
         "most repeated share": counts.most_common(1)[0][1] / n if counts else 0.0,
         "different predictions": len(counts),
+        f"repeated {LOOP_N}-gram share": repeated_ngram_share(predictions),
     }
 
 
@@ -110,4 +130,12 @@ def collapse_warnings(stats: dict[str, float | int]) -> list[str]:
         warnings.append(f"predictions average {stats['words per prediction']:.1f} words "
                         f"(references {stats['words per reference']:.1f}): the model stops "
                         "almost at once")
+    looping = stats.get(f"repeated {LOOP_N}-gram share", 0.0)
+    if looping > LOOP_SHARE:
+        warnings.append(f"{looping:.0%} of the predictions repeat a {LOOP_N}-gram of their own "
+                        f"(more than {LOOP_SHARE:.0%}): the model loops. Try more epochs "
+                        "(train.epochs), or another decoding: eval.strategy=beam (or "
+                        "`cmar evaluate --strategy beam`), or sampling with a repetition "
+                        "penalty (model.generate(..., strategy='sample', "
+                        "repetition_penalty=1.2))")
     return warnings
