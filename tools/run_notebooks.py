@@ -1,4 +1,4 @@
-"""Execute notebooks in place (full mode unless CMAR_SMOKE=1), keeping their outputs:
+"""Execute notebooks in place with their committed parameters (full mode), keeping the outputs:
 ``python tools/run_notebooks.py [notebooks/03_training.ipynb ...]``. Prints each one's time."""
 
 from __future__ import annotations

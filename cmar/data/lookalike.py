@@ -5,7 +5,7 @@ This writes a small local copy in the hub's layout (``data/train-*.parquet``,
 ``data/test-*.parquet``) from invented movie-scene prose with the dataset's quirks: names with
 titles and initials, possessives, quotes, a mis-closed tag (``<gda char1>stands</gdo>``),
 575 x 240 frames, and ``chain_of_thought`` tables with boxes in original pixels. Tests and
-the notebooks' CI pass (``CMAR_SOURCE``) read it wherever the real dataset would go::
+the notebooks' second CI pass (``SOURCE`` injected) read it wherever the real dataset would go::
 
     python -m cmar.data.lookalike data/storyreasoning-lookalike
     python -m cmar.data.lookalike /tmp/sr-size --train 3552 --test 626 --frames 11  # full size
