@@ -56,7 +56,7 @@ def header(number: str, title: str, teaches: str) -> list:
         "check=True)"
     )
     return [new_markdown_cell(f"# {title}\n\n{teaches}\n\n{badge}\n\n"
-                              "Outputs committed here come from a full run on ShapeStories on a "
+                              "Any outputs committed here come from a full run on ShapeStories on a "
                               "2-core CPU (`make notebooks`). CI runs every notebook in smoke "
                               "mode (`SMOKE = True`: tiny data, seconds), on ShapeStories and on "
                               "a StoryReasoning look-alike."),
