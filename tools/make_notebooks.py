@@ -56,8 +56,8 @@ def header(number: str, title: str, teaches: str) -> list:
         "check=True)"
     )
     return [new_markdown_cell(f"# {title}\n\n{teaches}\n\n{badge}\n\n"
-                              "Any outputs committed here come from a full run on ShapeStories on a "
-                              "2-core CPU (`make notebooks`). CI runs every notebook in smoke "
+                              "Any outputs committed here come from a full run on ShapeStories "
+                              "on a 2-core CPU (`make notebooks`). CI runs every notebook in smoke "
                               "mode (`SMOKE = True`: tiny data, seconds), on ShapeStories and on "
                               "a StoryReasoning look-alike."),
             new_code_cell(install)]

@@ -208,10 +208,19 @@ class Collate:
         )
 
 
+def fills_frame(box) -> bool:
+    """Whether a content box ``(x1, y1, x2, y2)`` is its whole square frame (no padding)."""
+    x1, y1, x2, y2 = box
+    return x1 == 0 and y1 == 0 and x2 == y2
+
+
 def _content(items: list[dict]) -> dict[str, torch.Tensor]:
     """The items' content boxes (picture within the letterboxed frame) as ``context_content``
-    (B, k, 4) and ``target_content`` (B, 4); none when the items hold none."""
-    if "content" not in items[0]:
+    (B, k, 4) and ``target_content`` (B, 4); none when the items hold none, or when every
+    frame fills its square (ShapeStories): the model then takes its unmasked path, decided
+    here in Python so that it never waits on the device to ask."""
+    if "content" not in items[0] or all(fills_frame(box) for item in items
+                                        for box in item["content"]):
         return {}
     boxes = torch.tensor([item["content"] for item in items], dtype=torch.float)  # (B, k+1, 4)
     return {"context_content": boxes[:, :-1], "target_content": boxes[:, -1]}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cmar.data.batches import fills_frame
 from cmar.data.images import ImageStore, image_transform
 
 PIXEL_SIDE = 16  # the pixel floor compares frames pooled to this side (bounds its memory)
@@ -51,12 +52,15 @@ def pixel_store(data, split: str, progress: bool):
 
 def content_boxes(store, stories: list[int], lengths: list[int], device) -> torch.Tensor | None:
     """(frames, 4): where each frame's picture lies in its letterboxed S x S frame, for every
-    frame of ``stories`` (None when the store does not know: then nothing is masked)."""
+    frame of ``stories`` (None when the store does not know, or when every frame fills its
+    square: then nothing is masked)."""
     box = getattr(store, "content_box", None)
     if not callable(box) or getattr(store, "geometry", True) is None:
         return None
-    return torch.tensor([box(s, t) for s in stories for t in range(lengths[s])],
-                        dtype=torch.float32, device=device)
+    boxes = [box(s, t) for s in stories for t in range(lengths[s])]
+    if all(fills_frame(b) for b in boxes):  # square frames: nothing to mask
+        return None
+    return torch.tensor(boxes, dtype=torch.float32, device=device)
 
 
 @torch.no_grad()

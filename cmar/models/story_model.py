@@ -177,13 +177,13 @@ class StoryModel(nn.Module):
         """Content boxes (..., 4) (``Batch.context_content`` / ``target_content``, frame
         pixels) -> bool (..., R), True on the regions of the image encoder's grid that see any
         picture (:func:`cmar.models.image_encoder.region_mask`). None, the unmasked path, when
-        every region does (square frames), when there are no boxes, or when the encoder
-        names no grid."""
+        there are no boxes (batches of frames that fill their square carry none: see
+        :func:`cmar.data.batches.fills_frame`) or when the encoder names no grid. Nothing here
+        reads a tensor's value, so the host never waits on the device."""
         grid = None if content is None else region_grid(self.image_encoder)
         if grid is None:
             return None
-        keep = region_mask(content, self.init_args["image_size"], grid)
-        return None if bool(keep.all()) else keep
+        return region_mask(content, self.init_args["image_size"], grid)
 
     def encode_frames(self, images: torch.Tensor | None, features: torch.Tensor | None,
                       flat: bool = False, region_mask: torch.Tensor | None = None
