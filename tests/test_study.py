@@ -13,17 +13,9 @@ from cmar.config import load_config
 from cmar.evaluation.stats import ci95, t_975
 from cmar.models import StoryModel
 from cmar.models.checkpoint import CHECKPOINT_FORMAT
-from cmar.research.study.grid import (
-    GRIDS,
-    Grid,
-    cells,
-    paired_differences,
-    run_config,
-    run_name,
-    run_study,
-    summarise,
-)
+from cmar.research.study.grid import GRIDS, Grid, cells, run_config, run_name, run_study
 from cmar.research.study.report import markdown
+from cmar.research.study.table import paired_differences, summarise
 
 
 def test_summary_is_mean_and_sample_sd_over_seeds():

@@ -22,13 +22,8 @@ from pathlib import Path
 
 from cmar.config import Config, load_config
 from cmar.research.study.report import markdown, plot
-from cmar.research.study.table import (  # noqa: F401  (re-exported: the study's tables)
-    HEADERS,
+from cmar.research.study.table import (
     MEMORIES,
-    MEMORY_TEXT,
-    METRICS,
-    PAIRED,
-    fusion_means,
     paired_differences,
     rows_in,
     section,
