@@ -134,7 +134,8 @@ class EvalConfig:
     candidate_sets: list[int] = field(default_factory=lambda: [20, 32, 100])  # sizes also
     #     reported (R@1, R@5, mean rank, chance, floor): the first n of the candidates, no
     #     extra cost; a size above eval.candidates is reported as skipped
-    retrieval_windows: int = 500  # windows scored for caption retrieval (a seeded sample)
+    retrieval_windows: int = 500  # windows scored for caption retrieval (a seeded sample;
+    #                               0: no caption ranking, the costly part on a CPU)
     examples: int = 5  # example windows shown in report.md
     meteor: bool = False  # also METEOR (pycocoevalcap's jar: needs Java on the PATH)
     tokenizer: str = "python"  # how the metrics split words: "python" (no Java) | "ptb" (Java)

@@ -154,7 +154,7 @@ def test_batched_caption_scores_equal_one_candidate_at_a_time(decoder):
     """The batched scorer (each window encoded once, candidates sorted by length, passes cut
     after their longest caption, padding columns skipped) gives the scores of decoding every
     candidate alone, after its window alone, padded to the pool's length."""
-    from model_helpers import random_batch, tiny_model
+    from model_helpers import VOCAB, random_batch, tiny_model
 
     from cmar.models.losses import token_nll
 
@@ -165,9 +165,9 @@ def test_batched_caption_scores_equal_one_candidate_at_a_time(decoder):
     index = torch.randint(0, 40, (5, 9), generator=torch.Generator().manual_seed(1))
     valid = torch.ones(5, 9, dtype=torch.bool)
     valid[1, 4:] = valid[3, 2:] = False
-    # a few tokens per pass: many passes of different lengths
+    # a few candidates a pass: many passes of different lengths
     batched = next_caption_retrieval(model, batch, pool_out, pool_in, index, valid,
-                                     tokens_per_pass=30)
+                                     elements=30 * VOCAB)
     with torch.no_grad():
         for i in range(5):
             enc = model.encode(batch.rows(slice(i, i + 1)))
@@ -291,6 +291,22 @@ def test_evaluation_survives_a_last_batch_of_one_story(shapes_cache, tmp_path):
     for group, (story_ids, hits) in per_window.items():
         assert len(story_ids) == len(hits) == saved[group]["windows"]
         assert hits.mean().item() == pytest.approx(saved[group]["R@1"])
+    # eval.candidate_sets: the smoke preset ranks 20 candidates, so 32 and 100 are skipped
+    for group in ("next-frame retrieval", "next-caption retrieval"):
+        sizes = saved[group]["candidate sets"]
+        assert list(sizes) == ["20", "32", "100"] and "skipped" in sizes["100"]
+        assert sizes["20"]["R@1"] == pytest.approx(saved[group]["R@1"])
+        assert sizes["20"]["chance"]["mean rank"] == 10.5
+    assert "candidate sets" not in saved["next-caption retrieval (same story)"]
+    # eval.retrieval_windows 0: no caption ranking, every other group unchanged
+    off = alignment_scores(model, data, "test", cfg.eval.candidates, 0, cfg.eval.batch_size,
+                           False)
+    off = json.loads(json.dumps(off))
+    for group in again:
+        if group.startswith("next-caption"):
+            assert off[group] == {"skipped": "eval.retrieval_windows is 0: no caption ranking"}
+        else:
+            assert off[group] == again[group]
 
 
 def _test_split(trainer):

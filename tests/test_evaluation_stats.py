@@ -114,3 +114,27 @@ def test_length_and_diversity_and_collapse_warning():
     assert collapsed["distinct-2"] == 0.0
     warnings = collapse_warnings(collapsed)
     assert len(warnings) == 2 and "100% of the windows" in warnings[0]
+
+
+def test_report_shows_each_candidate_set_size_beside_its_floor_and_chance():
+    import torch
+
+    from cmar.evaluation.report import alignment_table
+    from cmar.evaluation.retrieval import by_size, ranking_scores, with_floors
+
+    scores = torch.randn(40, 32, generator=torch.Generator().manual_seed(0))
+    scores[:, 0] += 2.0  # the model often ranks the true caption first
+    floor = torch.randn(40, 32, generator=torch.Generator().manual_seed(1))
+    group = with_floors(ranking_scores(scores), {"TF-IDF": ranking_scores(floor)}, 40)
+    group["candidate sets"] = by_size(scores, {"TF-IDF": floor}, [20, 32, 100])
+    rows = alignment_table({"alignment": {"next-caption retrieval": group}}).splitlines()[2:]
+    assert rows[0].startswith("| next-caption retrieval: R@1 |")
+    twenty, thirty_two, hundred = rows[1:4]
+    assert twenty.startswith("| next-caption retrieval, 1 + 19 candidates: R@1 / R@5 / mean rank")
+    sizes = group["candidate sets"]
+    model = " / ".join(f"{sizes['20'][k]:.3f}" for k in ("R@1", "R@5", "mean rank"))
+    assert f"| {model} | TF-IDF |" in twenty
+    assert "| 0.050 / 0.250 / 10.500 |" in twenty  # chance: 1/n, 5/n, (n + 1)/2
+    assert "| 0.031 / 0.156 / 16.500 |" in thirty_two and "1 + 31 candidates" in thirty_two
+    assert "n/a: needs 100 candidates per window, has 32" in hundred
+    assert twenty.split(" | ")[-1].startswith("above its floor")  # the verdict, by R@1

@@ -14,8 +14,8 @@ frames comes next?"):
   The costly part of an evaluation: one teacher-forced decoding per (window, candidate) pair,
   ``eval.retrieval_windows`` x (``eval.candidates`` + the story's other frames) of them.
   Each window is encoded once; the pairs go through the decoder sorted by caption length, in
-  passes of :data:`TOKENS_PER_PASS` tokens cut after their longest caption
-  (:func:`pair_likelihoods`; docs/evaluation-cost.md).
+  passes of bounded size (:data:`ELEMENTS_PER_PASS`), each cut after its longest caption
+  (:func:`pair_likelihoods`; what each part costs: docs/evaluation-cost.md).
 
 The groups with candidates from other stories also report each size n of
 ``eval.candidate_sets`` (R@1, R@5, mean rank, chance and the strongest floor), on the first n
@@ -60,6 +60,7 @@ from cmar.evaluation.retrieval import (  # noqa: F401  (re-exported: the public 
 from cmar.models.losses import token_nll
 
 ONE_STORY = "needs windows of at least two stories"
+CAPTION_RANKING_OFF = "eval.retrieval_windows is 0: no caption ranking"
 GROUPS = ("next-frame retrieval", "next-frame retrieval (same story)", "next-caption retrieval",
           "next-caption retrieval (same story)", "image-text alignment", "context sensitivity")
 
@@ -98,34 +99,42 @@ def per_window_caption_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         / batch.target_mask.sum(1)
 
 
-TOKENS_PER_PASS = 8192  # candidate tokens per teacher-forced pass: bounds its (rows, L, V) logits
+# The largest tensors of one teacher-forced pass of candidate captions, in elements: its logits
+# (rows x L x V) and its memory (rows x M x d), whatever the vocabulary and the context length.
+# 128 MB (float32) each on a CPU, 1 GB on a GPU: more rows a pass barely speed it up there.
+ELEMENTS_PER_PASS = {"cpu": 2**25, "cuda": 2**28}
 
 
 @torch.no_grad()
 def pair_likelihoods(model, enc, window: torch.Tensor, target_in: torch.Tensor,
-                     target_out: torch.Tensor, tokens_per_pass: int = TOKENS_PER_PASS
-                     ) -> torch.Tensor:
+                     target_out: torch.Tensor, elements: int | None = None) -> torch.Tensor:
     """Length-normalised log-likelihood (P,) of caption p (row p of target_in/out (P, L),
     padded) given the context of window ``window[p]`` (a row of ``enc``, the windows' encoded
     memory: each window is encoded once, whatever its number of candidates).
 
-    Pairs are sorted by caption length and decoded in passes of at most ``tokens_per_pass``
-    tokens, each pass cut after its longest caption: a real position never reads the padding
-    after it (every decoder is causal), so the cut changes no score, and it spares the decoder
-    the padding up to the longest caption of the split."""
+    Pairs are sorted by caption length and decoded in passes whose logits (rows x tokens x
+    vocabulary) and memory (rows x entries x d) hold at most ``elements`` each (default:
+    :data:`ELEMENTS_PER_PASS` of the device), each pass cut after its longest caption: a real
+    position never reads the padding after it (every decoder is causal), so the cut changes no
+    score, and it spares the decoder the padding up to the longest caption of the split."""
     real = target_out != model.pad_id
     length = real.sum(1)
     order = torch.argsort(length, descending=True, stable=True)
     copy = model.copy_from(enc)
+    vocab = getattr(model, "init_args", {}).get("vocab_size", 2**15)  # then the logits' own
+    elements = elements or ELEMENTS_PER_PASS.get(target_in.device.type, 2**25)
+    rows_by_memory = max(1, elements // enc.memory[0].numel())
     out = torch.empty(len(window), device=target_in.device)
     start = 0
     while start < len(order):
         longest = max(1, int(length[order[start]]))
-        part = order[start:start + max(1, tokens_per_pass // longest)]
+        count = min(rows_by_memory, max(1, elements // (longest * vocab)))
+        part = order[start:start + count]
         rows = window[part]
         t_out, mask = target_out[part, :longest], real[part, :longest]
         logits = model.decoder(target_in[part, :longest], enc.memory[rows],
                                enc.memory_mask[rows], **{k: v[rows] for k, v in copy.items()})
+        vocab = logits.shape[-1]
         logp = -token_nll(logits, t_out)  # (rows, L)
         out[part] = ((logp * mask).sum(1) / mask.sum(1)).float()
         start += len(part)
@@ -136,7 +145,7 @@ def pair_likelihoods(model, enc, window: torch.Tensor, target_in: torch.Tensor,
 def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
                            candidates_in: torch.Tensor, index: torch.Tensor,
                            valid: torch.Tensor | None = None,
-                           tokens_per_pass: int = TOKENS_PER_PASS) -> torch.Tensor:
+                           elements: int | None = None) -> torch.Tensor:
     """Length-normalised log-likelihood (B, C) of candidate targets ``index`` (B, C) (rows of
     candidates_in/out, (N, L)) given each window's context: the B windows encoded once, their
     candidates decoded by :func:`pair_likelihoods`. Columns where ``valid`` (B, C) is False
@@ -149,7 +158,7 @@ def next_caption_retrieval(model, batch: Batch, candidates_out: torch.Tensor,
     rows = index.flatten()[keep]
     scores = torch.full((b * c,), float("-inf"), device=index.device)
     scores[keep] = pair_likelihoods(model, enc, window, candidates_in[rows],
-                                    candidates_out[rows], tokens_per_pass)
+                                    candidates_out[rows], elements)
     return scores.view(b, c)
 
 
@@ -245,6 +254,31 @@ def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_s
     pool = tuple(p.to(device) for p in pool)
     caption = _CaptionGroup(model, dataset, collate, pool, captions, ctx, tfidf, frames, device,
                             progress, record, batch_size, sizes)
+    if retrieval_windows == 0:  # caption ranking off
+        scores["next-caption retrieval"] = {"skipped": CAPTION_RANKING_OFF}
+        scores["next-caption retrieval (same story)"] = {"skipped": CAPTION_RANKING_OFF}
+    else:
+        _caption_groups(scores, caption, chosen, other_index, same, dataset, frames)
+
+    scores["image-text alignment"] = image_text_alignment(
+        torch.cat(images), torch.cat(texts), [s for s in ids for _ in range(k)], seed)
+    if partner is not None:
+        true_loss = torch.cat(loss_true).mean().item()
+        other_loss = torch.cat(loss_other).mean().item()
+        scores["context sensitivity"] = {
+            "caption loss, true context": true_loss,
+            "caption loss, other story's context": other_loss, "gap": other_loss - true_loss,
+            "floor": {"name": "decoder that ignores its input", "gap": 0.0}}
+    else:
+        scores["context sensitivity"] = {"skipped": ONE_STORY}
+    grounding = grounding_scores(model, data, split, batch_size, progress)
+    if grounding is not None:
+        scores["grounding"] = grounding
+    return scores
+
+
+def _caption_groups(scores, caption, chosen, other_index, same, dataset, frames) -> None:
+    """The two next-caption retrieval groups of windows ``chosen``, into ``scores``."""
     if other_index is not None:
         scores["next-caption retrieval"] = caption.score(
             "next-caption retrieval", chosen, frames.target[other_index[chosen]], None)
@@ -262,22 +296,6 @@ def _alignment_scores(model, data, split, candidates, retrieval_windows, batch_s
         scores["next-caption retrieval (same story)"] = {
             "skipped": "no story has a frame outside a window's context and target",
             "windows skipped": len(chosen)}
-
-    scores["image-text alignment"] = image_text_alignment(
-        torch.cat(images), torch.cat(texts), [s for s in ids for _ in range(k)], seed)
-    if partner is not None:
-        true_loss = torch.cat(loss_true).mean().item()
-        other_loss = torch.cat(loss_other).mean().item()
-        scores["context sensitivity"] = {
-            "caption loss, true context": true_loss,
-            "caption loss, other story's context": other_loss, "gap": other_loss - true_loss,
-            "floor": {"name": "decoder that ignores its input", "gap": 0.0}}
-    else:
-        scores["context sensitivity"] = {"skipped": ONE_STORY}
-    grounding = grounding_scores(model, data, split, batch_size, progress)
-    if grounding is not None:
-        scores["grounding"] = grounding
-    return scores
 
 
 def _frame_group(pred, encoded, pixels, frames, index, valid, record, group, story_ids,
@@ -317,16 +335,20 @@ class _CaptionGroup:
 
     def score(self, group: str, rows: torch.Tensor, index: torch.Tensor, valid) -> dict:
         """``rows`` (n,) windows, ``index`` (n, C) their candidate frames."""
-        out = []
+        # windows with context captions of like length are encoded together (a shorter memory
+        # to attend to); the scores go back to the order of ``rows``
+        windows = [self.dataset.windows[i] for i in rows.tolist()]
+        order = torch.argsort(torch.tensor([max(len(self.dataset.ids[w.story][t])
+                                                for t in w.context) for w in windows]),
+                              stable=True)
+        model = torch.empty(index.shape)
         step = self.windows_per_pass
         for start in tqdm(range(0, len(rows), step), desc=group, disable=not self.progress):
-            part = rows[start:start + step].tolist()
-            batch = self.collate([self.dataset[i] for i in part]).to(self.device)
-            out.append(next_caption_retrieval(
-                self.model, batch, self.pool[1], self.pool[0],
-                index[start:start + step].to(self.device),
-                None if valid is None else valid[start:start + step]).float().cpu())
-        model = torch.cat(out)
+            part = order[start:start + step]
+            batch = self.collate([self.dataset[i] for i in rows[part].tolist()]).to(self.device)
+            model[part] = next_caption_retrieval(
+                self.model, batch, self.pool[1], self.pool[0], index[part].to(self.device),
+                None if valid is None else valid[part]).float().cpu()
         self.record(group, [self.frames.story_ids[i] for i in rows.tolist()],
                     (ranks(model, valid) == 1).float())
         last = [self.captions[f] for f in self.frames.last[rows].tolist()]
