@@ -15,3 +15,13 @@ The package follows the data flow, one room per stage:
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``cmar.provenance(run_dir)``: the reference system of a run (version, commit, config,
+    data and checkpoint hashes), imported on first use so ``import cmar`` stays light."""
+    if name == "provenance":
+        from cmar.experiment.reference import provenance
+
+        return provenance
+    raise AttributeError(f"module 'cmar' has no attribute {name!r}")

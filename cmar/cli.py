@@ -46,6 +46,41 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                                                   "device=cpu; repeat it for several.")
 
 
+def _add_plugin_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[],
+                        metavar="FILE.py",
+                        help="Import this Python file first, so the parts it registers (e.g. "
+                             "@FUSIONS.register(\"film\")) can be named in the config; "
+                             "repeat it for several.")
+
+
+def load_plugins(paths: list[str]) -> list[str]:
+    """Import each file of ``paths`` as a module, in order, so the parts it registers exist
+    before the config is checked; a file already imported (``main`` called twice in one
+    process) is not imported again. Returns the module names."""
+    import hashlib
+    import importlib.util
+
+    names = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"--plugin {path}: no such file")
+        where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+        name = f"cmar_plugin_{path.stem}_{where}"
+        names.append(name)
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return names
+
+
 def _print_summary(summary: dict) -> None:
     print(f"source: {summary['source']}   k={summary['k']}   mode={summary['mode']}   "
           f"vocabulary: {summary['vocabulary']} tokens")
@@ -298,6 +333,7 @@ examples:
                        help="Continue the stopped run in RUN_DIR with its own config.")
     train.add_argument("--overwrite", action="store_true",
                        help="Delete an existing run folder of the same name first.")
+    _add_plugin_arg(train)
     train.set_defaults(run=cmd_train)
 
     evaluate = _command(commands, "evaluate", "Score a trained run: its captions beside the "
@@ -328,6 +364,7 @@ example:
     evaluate.add_argument("--device", choices=list(DEVICES),
                           help="Run on this device instead of the one the run's config key "
                                "device names (auto: CUDA, else MPS, else the CPU).")
+    _add_plugin_arg(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
     generate = _command(commands, "generate", "Print the caption a run predicts for one "
@@ -356,6 +393,7 @@ examples:
                                "PIL reads).")
     generate.add_argument("--captions", nargs="+", metavar="CAPTION",
                           help="The k captions of those frames, in the same order.")
+    _add_plugin_arg(generate)
     generate.set_defaults(run=cmd_generate)
 
     model = _command(commands, "model", "Build the configured model and print its parameter "
@@ -368,6 +406,7 @@ cache.
 example:
   cmar model --config default --set model.fusion=cross""")
     _add_config_args(model)
+    _add_plugin_arg(model)
     model.set_defaults(run=cmd_model)
 
     study = _command(commands, "study", "Run the ablation study: fusion x decoder x decoder "
@@ -409,6 +448,7 @@ example:
     study.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="Override a config value in every run, e.g. "
                                                  "device=cpu; repeat it for several.")
+    _add_plugin_arg(study)
     study.set_defaults(run=cmd_study)
 
     probe = _command(commands, "probe", "Measure whether a small CNN can read the ShapeStories "
@@ -488,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        load_plugins(getattr(args, "plugins", []))
         return args.run(args)
     except KeyboardInterrupt:
         return 130

@@ -254,7 +254,9 @@ def _check_parts(config: Config) -> None:
         names = sorted(getattr(registry, kind))
         if value not in names:
             extra = f", or {HF_PREFIX}<hub id or local folder>" if hf else ""
-            raise _bad(key, value, f"one of {', '.join(names)}{extra}")
+            raise _bad(key, value, f"one of {', '.join(names)}{extra} (a part of your own "
+                       "is registered once the file defining it is imported: run that cell "
+                       "first, or pass --plugin FILE.py to the cmar command)")
 
 
 def check_combinations(config: Config) -> Config:

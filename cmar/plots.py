@@ -100,3 +100,34 @@ def bar_chart(labels: list[str], means: list[float], spreads: list[float] | None
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def comparison_figure(table, metric: str, arms: list[str], controls: list[str],
+                      floors: dict[str, float] | None = None):
+    """Grouped bars of ``metric`` from a comparison's table (columns arm, seed, control and
+    the metric): one group per arm, one bar per control (the mean over seeds), each seed a
+    dot, and the floors as dashed lines."""
+    import numpy as np
+
+    width = 0.8 / max(1, len(controls))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(arms) + 0.4 * len(controls)), 3.8))
+    for j, control in enumerate(controls):
+        x = np.arange(len(arms)) + (j - (len(controls) - 1) / 2) * width
+        means = []
+        for i, arm in enumerate(arms):
+            values = table[(table["arm"] == arm) & (table["control"] == control)][metric]
+            values = values.astype(float).to_numpy()
+            means.append(np.nanmean(values) if np.isfinite(values).any() else np.nan)
+            ax.plot(np.full(len(values), x[i]), values, "k.", markersize=4, zorder=3)
+        ax.bar(x, means, width * 0.95, label=control, color=f"C{j}")
+    for i, (name, value) in enumerate((floors or {}).items()):
+        ax.axhline(value, linestyle="--", linewidth=1, color=f"C{len(controls) + i}",
+                   label=f"floor: {name}")
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels(arms)
+    ax.set_ylabel(metric)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"{metric}: mean over seeds (bars), each seed (dots)", fontsize=9)
+    fig.tight_layout()
+    return fig

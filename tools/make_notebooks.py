@@ -1,4 +1,4 @@
-"""Writes notebooks/01..06 from the cell sources below (outputs are added by executing them:
+"""Writes notebooks/01..07 from the cell sources below (outputs are added by executing them:
 ``make notebooks``). Edit here, run ``python tools/make_notebooks.py [05_ablations ...]``
 (only the named ones are rewritten, and lose their outputs), then re-execute them.
 
@@ -1192,6 +1192,297 @@ NOTEBOOKS = {
                BLEU-4 and the nearest neighbour's."""),
     ],
 }
+
+
+def guide_fusion() -> str:
+    """CONTRIBUTING.md's FiLM fusion, the one definition notebook 07 registers."""
+    guide = (ROOT / "CONTRIBUTING.md").read_text()
+    found = re.search(r"```python\n(import torch.*?)```", guide, re.S)
+    if not found:
+        raise SystemExit("CONTRIBUTING.md has no ```python block starting with `import torch`")
+    return found.group(1).strip("\n")
+
+
+NOTEBOOKS["07_investigation"] = header(
+    "07_investigation", "07 · An investigation: does CMAR make the model use its images more?",
+    "A whole investigation as a course asks for it: a question, a prediction, the reference "
+    "system, one intervention (a fusion registered in a cell), a fair comparison over seeds "
+    "with controls, a probe and an intervention on one representation, and what the evidence "
+    "supports. Import the reference system; expose your intervention; keep the experiment in "
+    "the notebook.") + parameters(
+    'SEEDS = [0, 1, 2]  # every arm trains once per seed; more seeds, narrower intervals\n'
+    'EPOCHS = 3  # per run (the default preset trains 8)\n'
+    'RUNS_DIR = "runs/investigation"  # on Colab, a Google Drive folder keeps the runs',
+    about="In full mode the comparison trains 3 fusions x 3 seeds of the `default` preset "
+          "for 3 epochs each and scores every run under two controls; the whole notebook "
+          "took about 30 minutes on a 2-core CPU (its last run's timings are in the outputs). "
+          "Finished runs are read back, so running it again costs seconds. In smoke mode "
+          "(`SMOKE = True`) the arms are the `smoke` preset for 1 epoch on seeds 0 and 1: "
+          "seconds, and numbers that mean nothing.") + [
+    md("""
+        ## 1. Question
+
+        **Does cross-modal refinement (CMAR) make the model use its context images more than
+        concatenation does?**
+
+        "Use" needs a measurement. Here it is what the model loses when its images are taken
+        away: the rise of the true next caption's negative log-likelihood (`caption NLL`,
+        lower is better) and the fall of BLEU-4 under the control `images_blanked`, paired
+        with the same run's plain scores. A model that ignores its images loses nothing."""),
+    md("""
+        ## 2. Motivation and prediction
+
+        Concatenation pools the image into one vector and glues it to the pooled caption.
+        CMAR lets every word attend to the image regions, and every region to the words, for
+        a few rounds before pooling, so it could carry more of what the images hold (on
+        ShapeStories, where the actor faces, which the captions never say).
+
+        **Prediction, written before running:** CMAR's runs lose more without their images
+        than concat's, paired by seed (the difference of the two drops has a 95% interval
+        above 0). A third fusion, FiLM (the caption scales and shifts every region), sits
+        between them. If the prediction fails, the images are not what CMAR's extra
+        computation buys."""),
+    md(PRESET, """
+
+        ## 3. The reference system
+
+        The reference is cmar's own model with one change that makes the question fair: its
+        decoder reads only the story states. By default it also attends over every context
+        word and region directly, so the images could reach it without passing through the
+        fusion, and the fusions would be compared on a path the decoder may ignore. With
+        `model.memory_tokens=false` and `model.memory_regions=false`, everything the decoder
+        knows of the context went through the fusion under test (the copy head copies memory
+        words, so it goes too)."""),
+    code("""
+        from cmar.config import load_config, preset_for
+
+        CONFIG = preset_for(SOURCE, SMOKE)  # or name a preset yourself
+        print("preset:", CONFIG)
+        COMMON = [f"data.source={SOURCE}", f"train.epochs={1 if SMOKE else EPOCHS}",
+                  "model.memory_tokens=false", "model.memory_regions=false",
+                  "model.copy_tokens=false"]
+        reference = load_config(CONFIG, ["model.fusion=cmar", *COMMON])
+        m = reference.model
+        print(f"{m.image_encoder} image encoder -> {m.fusion} fusion -> {m.story_encoder} story "
+              f"encoder -> {m.decoder} decoder; d_model {m.d_model}; {reference.train.epochs} "
+              f"epochs; k = {reference.data.k}; seeds {SEEDS if not SMOKE else [0, 1]}")"""),
+    md("""
+        ## 4. The intervention: a fusion of our own
+
+        The fusion is the part we change. This cell registers FiLM, the example fusion of
+        CONTRIBUTING.md: the pooled caption predicts a scale and a shift for every image
+        region, then regions and words are pooled as CMAR pools them. `Pool` and
+        `hidden_for` size it to CMAR's parameter budget, so no arm wins by being bigger.
+        Registering is all it takes: `model.fusion=film` now names it, in a config built here
+        or in `cmar train --plugin FILE.py` from a terminal."""),
+    code("from cmar.models.registry import FUSIONS\n\n"
+         "FUSIONS.pop(\"film\", None)  # running this cell again replaces the earlier "
+         "definition\n\n" + guide_fusion()),
+    md("""
+        ## 5. Implementation: a fair comparison with controls
+
+        Three arms that differ in one key, `model.fusion`; `vary=["model.fusion"]` makes
+        that a check (an arm that differed in anything else would be refused, naming the
+        key). Each arm trains once per seed, the same seeds for every arm, so each seed gives
+        one paired comparison. Each run is then scored as it is and under two controls:
+
+        - `images_blanked`: every image replaced by zeros, the captions untouched;
+        - `context_from_other_story`: the whole context (images and captions) taken from a
+          window of another story. A model that reads its context at all loses here; one that
+          writes a generic caption does not.
+
+        Finished runs are read back, not retrained: run the cell again after a disconnect and
+        it continues. Scores under a control are cached in each run's folder too."""),
+    varying("""
+        import time
+
+        from cmar.experiment import compare
+
+        arms = {fusion: load_config(CONFIG, [f"model.fusion={fusion}", *COMMON])
+                for fusion in ("concat", "cmar", "film")}
+        start = time.perf_counter()
+        result = compare(arms, seeds=[0, 1] if SMOKE else SEEDS,
+                         controls=["images_blanked", "context_from_other_story"],
+                         runs_dir=RUNS_DIR, vary=["model.fusion"])
+        print(f"{len(result.table)} rows in {(time.perf_counter() - start) / 60:.1f} min")"""),
+    md("""
+        The reference system as a report states it: the code's version and commit, and the
+        SHA-256 of the run's config, its training data and its checkpoint. Paste it into your
+        report; anyone can then check they hold the same system."""),
+    code("""
+        from pathlib import Path
+
+        import pandas as pd
+
+        import cmar
+
+        record = cmar.provenance(Path(RUNS_DIR) / "cmar-s0")
+        pd.Series(record, name="reference system").to_frame()"""),
+    md("""
+        ## 6. Results
+
+        ### Scores over seeds, beside the floors
+
+        Mean and sample standard deviation over seeds of every (arm, control). Below, the
+        floors on the same windows: systems that learn nothing. A fusion's BLEU-4 is a result
+        only above them."""),
+    code("""
+        pd.set_option("display.precision", 3)
+        place = ["slot place"] if SOURCE == "shapestories" else ["names F1"]
+        display(result.means(["BLEU-4", "caption NLL", *place]))
+        display(result.floors)"""),
+    md("""
+        ### Paired with concat
+
+        Each arm minus concat on the runs of the same seed: the mean difference, its 95% t
+        interval and how many seeds are above. First the plain runs (is the arm better?),
+        then the question itself: the *drop* under `images_blanked` (control minus plain),
+        arm minus concat. For `caption NLL` a positive drop difference means the arm loses
+        more without its images, so it used them more."""),
+    code("""
+        display(result.paired("concat", "caption NLL"))
+        display(result.paired("concat", "BLEU-4"))
+        key = result.paired("concat", "caption NLL", "images_blanked", drop=True)
+        display(key)
+        display(result.paired("concat", "caption NLL", "context_from_other_story", drop=True))"""),
+    md("""
+        ### The figure
+
+        Caption NLL of every arm, plain and under each control; each dot a seed. The gap
+        between an arm's plain bar and its `images_blanked` bar is what it loses without its
+        images."""),
+    code("""
+        figure = result.plot("caption NLL")"""),
+    md("""
+        ### Decodable: a probe
+
+        Is the next place (ShapeStories: the landmark the next actor faces, shown only by a
+        dot in the image) in the representations at all? A linear and a small MLP probe read
+        it from each frame's image vector (before fusion) and from its story state (after
+        fusion and the story encoder), trained on the train split and scored on the test
+        split. Beside them: the same probe trained on shuffled labels, which must sit near the
+        majority class. On another source the cell uses a target of its own: whether the next
+        caption tags a place."""),
+    code("""
+        from cmar.experiment import probe
+
+
+        def next_caption_tags_a_place(story, t):
+            \"\"\"A target of your own: (story, frame t) -> label, None to leave it out.\"\"\"
+            if t + 1 >= len(story) or not story.mentions:
+                return None
+            return any(m.kind == "gdl" for m in story.mentions[t + 1])
+
+
+        target = "next_place" if SOURCE == "shapestories" else next_caption_tags_a_place
+        probes = pd.DataFrame([probe(Path(RUNS_DIR) / f"{arm}-s0", representation, target,
+                                     progress=False)
+                               for arm in ("concat", "cmar")
+                               for representation in ("image", "story")])
+        probes[["run", "representation", "linear", "mlp", "shuffled labels", "majority",
+                "chance"]]"""),
+    md("""
+        ### Used: an intervention
+
+        A probe says the information is there, not that the model reads it. Here the newest
+        context frame's image representation (its regions and vector) is swapped for the same
+        frame of another story's window, everything else kept, and the caption's likelihood
+        and the decoded place are compared window by window. A representation the model does
+        not use changes nothing."""),
+    code("""
+        from cmar.experiment import intervene
+
+        swaps = [intervene(Path(RUNS_DIR) / f"{arm}-s0", "image", position=-1, progress=False)
+                 for arm in ("concat", "cmar")]
+        pd.DataFrame([{"run": s["run"], "NLL plain": s["caption NLL"]["plain"],
+                       "NLL swapped": s["caption NLL"]["swapped"],
+                       "change": s["caption NLL"]["change"],
+                       "95% interval": s["caption NLL"]["95% interval"],
+                       **{f"place {k}": v for k, v in s.get("place", {}).items()}}
+                      for s in swaps])"""),
+    md("""
+        ## 7. Interpretation
+
+        Read the numbers, not the prediction. The cell states each paired result the way a
+        report should: the mean, the interval, and whether the interval leaves 0 out. With 3
+        seeds the t interval is wide (t = 4.3 for 2 degrees of freedom), so only a clear,
+        consistent difference leaves 0 out.
+
+        Read the four instruments together:
+
+        | probe reads it | intervention changes it | what it suggests |
+        |---|---|---|
+        | no | no | the information never made it into the representation |
+        | yes | no | decodable but unused: the model ignores it |
+        | yes | yes | decodable and used |
+        | no | yes | used through something the probe cannot read (try the MLP probe) |"""),
+    code("""
+        def sentence(row, what):
+            low, high = row["95% low"], row["95% high"]
+            if row["seeds"] < 2:
+                return f"{row['arm']}: {what} {row['mean']:+.3f} from one seed: no interval"
+            side = ("above 0" if low > 0 else "below 0" if high < 0
+                    else "includes 0: no evidence of a difference")
+            return (f"{row['arm']}: {what} {row['mean']:+.3f} [{low:+.3f}, {high:+.3f}], "
+                    f"{row['above']} of {row['seeds']} seeds above; interval {side}")
+
+
+        for _, row in key.iterrows():
+            print(sentence(row, "extra NLL lost without images, vs concat"))
+        for _, row in result.paired("concat", "caption NLL").iterrows():
+            print(sentence(row, "plain NLL minus concat's"))"""),
+    md("""
+        ## 8. Limitations and alternative explanations
+
+        - **Few seeds, short training.** 3 seeds of 3 epochs, where the preset trains 8.
+          A difference may appear or vanish with longer training; the intervals say how
+          little 3 pairs can show.
+        - **One dataset.** ShapeStories is procedural: its images hold one thing the captions
+          do not (the facing dot, 1-2 pixels at 64 px). On StoryReasoning the images carry
+          different, fuzzier information; set `SOURCE = "storyreasoning"` to test that.
+        - **Blank images are out of distribution.** A model never saw black frames in
+          training, so a drop under `images_blanked` mixes "it used the images" with "black
+          frames confuse it". `context_from_other_story` is a natural input and does not have
+          that problem, and the intervention swaps in a real frame's representation.
+        - **Matched parameters, not compute.** The fusions have the same parameter budget;
+          CMAR costs more multiply-adds per frame (`cmar bench cost`).
+        - **The decoder memory.** The question was asked with the story states as the only
+          memory. With the default memory the answer may differ: that is a second
+          investigation (below).
+        - **Several comparisons.** Two arms, two metrics, two controls: with many intervals
+          one may leave 0 out by chance. Decide the key comparison before running (section 2)
+          and report the others as secondary."""),
+    md("""
+        ## 9. Conclusion
+
+        State what the key comparison (section 7's first lines) supports, whichever way it
+        fell, beside its interval, and what would change the conclusion: more seeds, longer
+        training, the other dataset. A prediction that failed is a result too.
+
+        ## Summary
+
+        - `compare` trains arms x seeds (or reads them back), refuses unfair arms with
+          `vary=`, and scores every run plain and under named controls, paired by seed.
+        - Controls and interventions measure *use*; probes measure *presence*; only together
+          do they say where information goes.
+        - `cmar.provenance` gives the reference system's hashes for the report.
+
+        ## Questions you could ask next
+
+        1. *Which context frame does the model rely on?* Add `"one_frame_blanked"` to
+           `controls`: one control per frame position, and `result.drops("caption NLL")`.
+        2. *Does it read the story in order?* Add `"order_reversed"` to `controls`.
+        3. *Does the default memory let the decoder bypass the fusion?* Two arms that differ
+           in `model.memory_tokens` and `model.memory_regions`, with `vary=["model.memory_tokens",
+           "model.memory_regions"]`, under `images_blanked`.
+        4. *Is the place used after fusion?* `intervene(run, "fused", position=-1)`: the fused
+           frame vector instead of the image's.
+        5. *Can the facing dot be read at all at this frame size?* `cmar probe` trains a small
+           CNN on crops around each character, with its floors; then raise `data.image_size`.
+        6. *Does a control of your own tell more?* Register one with
+           `@CONTROLS.register("...")` (see `cmar/experiment/controls.py`) and name it in
+           `controls`."""),
+]
 
 
 def write(names: list[str], folder: Path = FOLDER) -> None:

@@ -7,6 +7,7 @@ the frames once into an :class:`ImageStore` per split and wraps them as datasets
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,20 @@ class StoryData:
             shuffle=(split == "train") if shuffle is None else shuffle, seed=seed,
             num_workers=self.cfg.num_workers if num_workers is None else num_workers,
         )
+
+    def fingerprint(self, splits: tuple[str, ...] = ("train", "validation")) -> str:
+        """SHA-256 (hex) over the stories of ``splits`` in order: their ids, captions (after
+        the caption policy) and image bytes. Equal fingerprints: the same data."""
+        digest = hashlib.sha256()
+        for split in splits:
+            digest.update(f"split={split}\0".encode())
+            for story in self.stories.get(split, []):
+                digest.update(f"{story.story_id}\0".encode())
+                for caption in story.captions:
+                    digest.update(f"{caption}\0".encode())
+                for image in story.images:
+                    digest.update(hashlib.sha256(image).digest())
+        return digest.hexdigest()
 
     def summary(self) -> dict:
         """Counts a reader checks first: stories, frames, windows, vocabulary, skipped rows,

@@ -44,6 +44,7 @@ from cmar.data.batches import Batch, Collate, pad_targets
 from cmar.evaluation.floors import TfIdf
 from cmar.evaluation.frames import SplitFrames, frame_vectors
 from cmar.evaluation.grounding import grounding_scores
+from cmar.evaluation.inputs import with_context_of
 from cmar.evaluation.retrieval import (  # noqa: F401  (re-exported: the public names)
     by_size,
     candidate_index,
@@ -83,14 +84,6 @@ def image_text_alignment(image: torch.Tensor, text: torch.Tensor, story_ids: lis
     shuffled = (image * text[perm]).sum(-1).mean().item()
     return {"matched cosine": matched, "shuffled cosine": shuffled, "gap": matched - shuffled,
             "floor": {**floor, "cosine": shuffled}}
-
-
-def with_context_of(batch: Batch, other: Batch) -> Batch:
-    """``batch`` with every window's context replaced by the context of ``other``'s window."""
-    return dataclasses.replace(batch, context_images=other.context_images,
-                               context_features=other.context_features,
-                               context_tokens=other.context_tokens,
-                               context_mask=other.context_mask)
 
 
 def per_window_caption_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -5,7 +5,6 @@ report.md into the run folder.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cmar.evaluation.alignment import alignment_scores
 from cmar.evaluation.bootstrap import mean_with_interval
 from cmar.evaluation.captions import caption_section, image_use, reference_names, score_system
 from cmar.evaluation.floors import all_floors, windows_text
+from cmar.evaluation.inputs import blank_captions, blank_images
 from cmar.evaluation.report import write_report
 from cmar.evaluation.slots import slot_accuracy
 from cmar.models import load_model
@@ -65,19 +65,17 @@ def context_unk_id(tokenizer) -> int:
 
 
 def blank(batch, what: str | None, unk_id: int = UNK_ID):
-    """Modality ablation: the batch with its context ``images`` (and, in grounded mode, the
-    target image) replaced by zeros, or its context ``captions`` reduced to one [UNK]
-    (``unk_id``: the context tokenizer's). With the feature cache (a frozen encoder) the
-    zeros replace the cached features."""
+    """Modality ablation: the batch with every image it holds (the context frames' and, in
+    grounded mode, the target's) replaced by zeros, or its context ``captions`` reduced to
+    one [UNK] each (``unk_id``: the context tokenizer's). With the feature cache (a frozen
+    encoder) the zeros replace the cached features. :mod:`cmar.experiment.controls` names
+    these and more."""
     if what is None:
         return batch
     if what == "images":
-        return dataclasses.replace(batch, **{name: torch.zeros_like(frames)
-                                             for name, frames in batch.frames().items()})
+        return blank_images(batch, target=True)
     if what == "captions":
-        tokens = torch.full_like(batch.context_tokens[..., :1], unk_id)
-        return dataclasses.replace(batch, context_tokens=tokens,
-                                   context_mask=torch.ones_like(tokens, dtype=torch.bool))
+        return blank_captions(batch, unk_id)
     raise ValueError(f"blank must be None, 'images' or 'captions', got {what!r}")
 
 
@@ -105,6 +103,20 @@ def generate_one(model, data, split: str, device: torch.device) -> None:
     batch = data.loader(split, shuffle=False, batch_size=1, num_workers=0).collate_fn(
         [data.datasets[split][0]])
     model.to(device).generate(batch.to(device), "greedy")
+
+
+def scored_texts(data, split: str, cfg) -> tuple[list, dict[str, list[str]], tuple]:
+    """The split's windows as text (window id, context captions, target caption), the
+    references (each target cut at ``data.max_tokens`` tokens, as the model was trained on
+    it) and the names they tag with every name known from the train and scored splits (see
+    :func:`cmar.evaluation.captions.reference_names`)."""
+    texts = windows_text(data, split)
+    references = {wid: [target_text(data.tokenizer, target, cfg.data.max_tokens)]
+                  for wid, _, target in texts}
+    stories = {s.story_id: s for s in data.stories[split]}
+    names = reference_names(stories, references,
+                            [*data.stories.get("train", []), *stories.values()])
+    return texts, references, names
 
 
 def _place_chance(cfg) -> float:
@@ -141,22 +153,19 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, strategy: str | 
     data = run_data(cfg, tok, model, ("train", split), progress)
     if next(model.parameters()).device.type == "mps":
         mps_or_cpu(model, lambda m, d: generate_one(m, data, split, d))
-    texts = windows_text(data, split)
+    texts, references, names = scored_texts(data, split, cfg)
 
     def as_trained(text: str) -> str:
         return target_text(tok, text, cfg.data.max_tokens)
 
-    references = {wid: [as_trained(target)] for wid, _, target in texts}
     predictions = generate_captions(model, data, split, strategy, beam_size, ev.batch_size,
                                     progress)
     floors = {name: {wid: as_trained(c) for wid, c in p.items()}
               for name, p in all_floors(data, split, progress).items()}
     systems = {"model": predictions, **floors}
-    stories = {s.story_id: s for s in data.stories[split]}
-    names = reference_names(stories, references, [*data.stories["train"], *stories.values()])
     metrics = {"run": str(run_dir), "split": split, "strategy": strategy,
                "beam_size": beam_size if strategy == "beam" else None,
-               "windows": len(references), "stories": len(stories),
+               "windows": len(references), "stories": len(data.stories[split]),
                "references": {"max_tokens": cfg.data.max_tokens,
                               "cut": sum(references[w][0] != t for w, _, t in texts),
                               "scored against": "the captions as trained"},

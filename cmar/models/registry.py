@@ -31,7 +31,9 @@ class Registry(dict):
 
     def build(self, name: str, **kwargs):
         if name not in self:
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {sorted(self)}")
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {sorted(self)}. A part "
+                           "of your own is registered when the file defining it is imported: "
+                           "run that cell first, or pass --plugin FILE.py to the cmar command")
         return self[name](**kwargs)
 
 

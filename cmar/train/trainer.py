@@ -17,6 +17,7 @@ wait and then read them.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -45,6 +46,7 @@ from cmar.train.optim import make_optimizer
 from cmar.train.tally import EpochTally, sum_over_processes
 
 TERMS = LOSS_TERMS  # the loss terms of every run, then "ground" if asked
+DATA_RECORD = "data.json"  # what the run learns from: see write_data_record
 
 
 def loss_terms(model, batch, cfg: Config) -> dict[str, torch.Tensor]:
@@ -67,6 +69,17 @@ def train_step(model, batch, optimizer, scheduler, cfg: Config, accelerator) -> 
     optimizer.step()
     scheduler.step()  # the learning rate of the next step
     return losses
+
+
+def write_data_record(data, run_dir: Path) -> None:
+    """``data.json`` in the run folder: the fingerprint of the stories the run learns from
+    (:meth:`cmar.data.StoryData.fingerprint`) and each split's counts, for
+    :func:`cmar.experiment.provenance`."""
+    splits = tuple(data.stories)
+    record = {"fingerprint": data.fingerprint(splits), "fingerprint of": list(splits),
+              "splits": {split: {"stories": len(data.stories[split]),
+                                 "windows": len(data.datasets[split])} for split in splits}}
+    (run_dir / DATA_RECORD).write_text(json.dumps(record, indent=2))
 
 
 class Trainer:
@@ -104,6 +117,7 @@ class Trainer:
         elif self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_tokenizer(self.tokenizer, self.run_dir / "tokenizer")
+            write_data_record(self.data, self.run_dir)
             save_config(cfg, self.run_dir / "config.yaml")  # last: marks a resumable folder
 
     def _build(self, tokenizer) -> None:

@@ -7,20 +7,20 @@ regions of every context frame in its memory the decoder can read them directly 
 the fused frame vector, so the fusions are compared fairly only with the story states alone
 (``"story"``); the ``v2`` grid sets that beside today's ``"full"`` memory.
 
-Runs are cached by folder: a run whose ``metrics.json`` exists and whose saved config equals
-the requested one is read back, not retrained, so an interrupted study continues where it
-stopped and two processes can share a grid (``--only-mode``). ``runs_dir`` is left out of
-that comparison: a run folder copied into another study is the same run.
+Runs are cached by folder (:func:`cmar.experiment.runs.trained_run`, as
+:func:`cmar.experiment.compare` does): a run whose ``metrics.json`` exists and whose saved
+config equals the requested one is read back, not retrained, so an interrupted study
+continues where it stopped and two processes can share a grid (``--only-mode``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from cmar.config import Config, load_config
+from cmar.experiment.runs import history_of, trained_run
 from cmar.research.study.report import markdown, plot
 from cmar.research.study.table import (
     MEMORIES,
@@ -96,26 +96,6 @@ def cells(grid: Grid) -> list[tuple[str, str, str, str, int]]:
     return [(m, mem, f, d, s) for m in grid.modes for mem in grid.memories
             for f in grid.fusions for d in grid.decoders for s in grid.seeds]
 
-def _cached(run_dir: Path, cfg: Config) -> dict | None:
-    metrics, saved = run_dir / "metrics.json", run_dir / "config.yaml"
-    if not (metrics.exists() and saved.exists()):
-        return None
-    try:
-        previous = load_config(saved)
-    except (KeyError, ValueError):  # written by an older cmar (a renamed key): train it again
-        return None
-    # where it ran (runs_dir, device) does not change what a finished run is
-    if dataclasses.replace(previous, runs_dir=cfg.runs_dir, device=cfg.device) != cfg:
-        return None
-    from cmar.models.checkpoint import CheckpointError, load_model
-
-    try:  # the ablations load its weights: an older checkpoint format is trained again too
-        load_model(run_dir / "best.pt")
-    except CheckpointError:
-        return None
-    return json.loads(metrics.read_text())
-
-
 def row_of(metrics: dict, history: list[dict] | None = None) -> dict:
     """The study's numbers from one run's metrics.json and history.json (NaN where a run has
     none: a group too small a split skips, concat's grounding, or a file an older cmar wrote).
@@ -142,43 +122,29 @@ def row_of(metrics: dict, history: list[dict] | None = None) -> dict:
 
 def run_cell(grid: Grid, cell: tuple[str, str, str, str, int], runs_dir: str | Path,
              progress: bool = False) -> dict:
-    """Train and evaluate one cell (or read it back); its row of numbers and floors."""
-    from cmar.evaluation.run import evaluate_run
-    from cmar.train import train
-
+    """Train and evaluate one cell (or read it back: :func:`cmar.experiment.runs.trained_run`);
+    its row of numbers and floors."""
     mode, memory, fusion, decoder, seed = cell
-    cfg = run_config(grid, *cell, runs_dir)
-    run_dir = Path(cfg.runs_dir) / cfg.name
-    metrics = _cached(run_dir, cfg)
-    if metrics is None:
-        shutil.rmtree(run_dir, ignore_errors=True)  # a stale or half-finished run
-        train(cfg, progress=progress)
-        metrics = evaluate_run(run_dir, progress=progress)
+    run_dir, metrics = trained_run(run_config(grid, *cell, runs_dir), progress=progress)
     floors = {name: {"BLEU-4": s["BLEU-4"], "CIDEr": s["CIDEr"]}
               for name, s in metrics["captions"].items() if name != "model"}
-    history_file = run_dir / "history.json"
-    history = json.loads(history_file.read_text()) if history_file.exists() else None
     return {"mode": mode, "memory": memory, "fusion": fusion, "decoder": decoder, "seed": seed,
-            "run": str(run_dir), **row_of(metrics, history), "floors": floors}
+            "run": str(run_dir), **row_of(metrics, history_of(run_dir)), "floors": floors}
 
 
 def modality_ablation(run_dir: str | Path, split: str = "test") -> dict[str, dict]:
-    """A trained run re-evaluated with nothing, its images, then its captions blanked."""
-    from cmar.evaluation.floors import windows_text
-    from cmar.evaluation.metrics import caption_scores
-    from cmar.evaluation.run import generate_captions, load_run, run_data
+    """A trained run re-scored with nothing, its images, then its captions blanked: the
+    controls of :mod:`cmar.experiment.controls`, scored as :func:`cmar.experiment.compare`
+    scores them (free-running with the run's eval strategy, references cut as trained)."""
+    from cmar.experiment.controls import resolve
+    from cmar.experiment.scoring import ScoredRun
 
-    cfg, tokenizer, model = load_run(run_dir)
-    data = run_data(cfg, tokenizer, model, (split,), progress=False)
-    references = {w: [t] for w, _, t in windows_text(data, split)}
-    out = {}
-    for blanked in (None, "images", "captions"):
-        predictions = generate_captions(model, data, split, progress=False,
-                                        blank_input=blanked)
-        scores = caption_scores(predictions, references)
-        out[f"{blanked or 'nothing'} blanked"] = {"BLEU-4": scores["BLEU-4"],
-                                                  "CIDEr": scores["CIDEr"]}
-    return out
+    conditions = {"nothing blanked": "none", "images blanked": "images_blanked",
+                  "captions blanked": "captions_blanked"}
+    rows = ScoredRun(run_dir, split, progress=False).rows(
+        resolve(("images_blanked", "captions_blanked"), k=1))
+    return {name: {"BLEU-4": rows[label]["BLEU-4"], "CIDEr": rows[label]["CIDEr-D"]}
+            for name, label in conditions.items()}
 
 
 def run_study(grid: Grid, runs_dir: str | Path = "runs/study", modes: tuple[str, ...] | None

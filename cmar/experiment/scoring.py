@@ -1,0 +1,149 @@
+"""Score a trained run as-is and under controls, with one pipeline for both: free-running
+generation over the whole split scored at corpus level, and the true caption's likelihood.
+
+Every row holds the same columns (:data:`SCORES`), so a control's paired drop from the plain
+run is a subtraction. The plain row also carries the run's alignment scores from its
+``metrics.json``; those are not measured under controls (NaN there).
+
+Rows are cached in the run folder's ``controls.json``, keyed by split, decoding and the
+control's source code: a control edited in a notebook is measured again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from cmar.data import decode
+from cmar.data.batches import Collate
+from cmar.evaluation.alignment import per_window_caption_loss
+from cmar.evaluation.metrics import caption_scores
+from cmar.evaluation.run import context_unk_id, device_for, load_run, run_data, scored_texts
+from cmar.evaluation.slots import SLOTS, slot_accuracy
+from cmar.evaluation.text_stats import name_scores
+from cmar.experiment.controls import NONE, SplitWindows
+
+CAPTION_SCORES = ("BLEU-4", "CIDEr-D", "names F1", "caption NLL")
+SLOT_SCORES = tuple(f"slot {slot}" for slot in SLOTS)  # ShapeStories only
+# from the plain run's metrics.json: (column, group, key)
+ALIGNMENT_SCORES = (("next-frame R@1", "next-frame retrieval", "R@1"),
+                    ("caption R@1", "next-caption retrieval", "R@1"),
+                    ("context gap", "context sensitivity", "gap"),
+                    ("grounding", "grounding", "accuracy"))
+SCORES = (*CAPTION_SCORES, *SLOT_SCORES, *(column for column, _, _ in ALIGNMENT_SCORES))
+DESCRIPTIONS = {
+    "BLEU-4": "corpus BLEU-4 of free-running captions (the run's eval strategy)",
+    "CIDEr-D": "corpus CIDEr-D of the same captions",
+    "names F1": "F1 of the character names the captions say (NaN: no reference tags a name)",
+    "caption NLL": "mean per-token negative log-likelihood of the true next caption "
+                   "(teacher-forced; lower is better)",
+    **{f"slot {s}": f"share of windows whose {s} slot is right (ShapeStories)" for s in SLOTS},
+    "next-frame R@1": "next-frame retrieval among other stories' frames (plain run only)",
+    "caption R@1": "next-caption retrieval by likelihood (plain run only)",
+    "context gap": "caption loss with another story's context minus with the true one "
+                   "(plain run only)",
+    "grounding": "word-to-region grounding accuracy (plain run only)",
+}
+
+
+def control_key(label: str, control: Callable | None, split: str, strategy: str) -> str:
+    """The cache key of a control's row: its label, split, decoding and source code."""
+    source = ""
+    if control is not None:
+        function = getattr(control, "func", control)  # a functools.partial's function
+        try:
+            source = inspect.getsource(function)
+        except (OSError, TypeError):  # defined where no source is kept
+            source = repr(function)
+        source += repr(getattr(control, "keywords", ""))
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return f"{split}|{strategy}|{label}|{digest}"
+
+
+def alignment_columns(metrics: dict, split: str) -> dict[str, float]:
+    """The plain run's alignment scores from its metrics.json (NaN where a group is
+    skipped or absent, or where the run was evaluated on another split)."""
+    groups = metrics.get("alignment", {}) if metrics.get("split") == split else {}
+    return {column: float(groups.get(group, {}).get(key, math.nan))
+            for column, group, key in ALIGNMENT_SCORES}
+
+
+class ScoredRun:
+    """A trained run loaded once, with its split's references, to score under controls.
+
+    ``rows(controls)`` -> {label: {score: value}}: ``"none"`` (the plain run) first.
+    """
+
+    def __init__(self, run_dir: str | Path, split: str = "test", seed: int = 0,
+                 progress: bool = True):
+        self.run_dir, self.split, self.progress = Path(run_dir), split, progress
+        self.cfg, self.tokenizer, self.model = load_run(run_dir)
+        self.model.to(device_for(self.cfg.device))
+        self.data = run_data(self.cfg, self.tokenizer, self.model, ("train", split), progress)
+        self.texts, self.references, self.names = scored_texts(self.data, split, self.cfg)
+        dataset = self.data.datasets[split]
+        collate = Collate(self.model.pad_id, self.model.bos_id, self.model.eos_id,
+                          dataset.context_pad_id)
+        self.windows = SplitWindows(dataset, collate, context_unk_id(self.data.context_tokenizer),
+                                    seed)
+
+    @torch.no_grad()
+    def _pass(self, change: Callable | None) -> tuple[dict[str, str], float]:
+        """Free-running captions and the mean caption NLL over the split's windows."""
+        ev, model = self.cfg.eval, self.model
+        device = next(model.parameters()).device
+        loader = self.data.loader(self.split, shuffle=False, batch_size=ev.batch_size,
+                                  num_workers=0)
+        captions, losses = {}, []
+        for batch in tqdm(loader, desc="windows", leave=False, disable=not self.progress):
+            batch = batch.to(device)
+            if change is not None:
+                batch = change(batch, self.windows)
+            ids = model.generate(batch, ev.strategy, beam_size=ev.beam_size)
+            captions.update({w: decode(self.data.tokenizer, row)
+                             for w, row in zip(batch.window_ids, ids.cpu(), strict=True)})
+            losses.append(per_window_caption_loss(model(batch).logits, batch).float().cpu())
+        return captions, torch.cat(losses).mean().item()
+
+    def score(self, change: Callable | None) -> dict[str, float]:
+        """The caption scores of one pass (``change``: a control, None for the plain run)."""
+        predictions, nll = self._pass(change)
+        scores = caption_scores(predictions, self.references, tokenizer=self.cfg.eval.tokenizer)
+        wanted, known = self.names
+        names = (name_scores(predictions, wanted, known)["F1"] if any(wanted.values())
+                 else math.nan)
+        row = {"BLEU-4": scores["BLEU-4"], "CIDEr-D": scores["CIDEr"], "names F1": names,
+               "caption NLL": nll}
+        slots = (slot_accuracy(predictions, self.references)
+                 if self.cfg.data.source == "shapestories" else {})
+        row.update({f"slot {s}": math.nan if slots.get(s) is None else slots[s]
+                    for s in SLOTS})
+        return row
+
+    def rows(self, controls: dict[str, Callable]) -> dict[str, dict[str, float]]:
+        """{label: scores} for the plain run and each control, read from or added to the
+        run's controls.json."""
+        cache_file = self.run_dir / "controls.json"
+        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+        strategy = self.cfg.eval.strategy
+        out = {}
+        for label, control in {NONE: None, **controls}.items():
+            key = control_key(label, control, self.split, strategy)
+            if key not in cache:
+                cache[key] = self.score(control)
+                cache_file.write_text(json.dumps(cache, indent=2))
+            out[label] = dict(cache[key])
+        metrics = json.loads((self.run_dir / "metrics.json").read_text())
+        for label, row in out.items():
+            plain = alignment_columns(metrics, self.split) if label == NONE else {}
+            row.update({column: plain.get(column, math.nan)
+                        for column, _, _ in ALIGNMENT_SCORES})
+        return out
+
