@@ -260,6 +260,13 @@ def test_a_fusion_from_a_plugin_file_trains_and_evaluates_from_the_command_line(
         assert name in FUSIONS
         assert main(["evaluate", str(tmp_path / "plugged"), "--plugin", str(plugin)]) == 0
         assert json.loads((tmp_path / "plugged" / "metrics.json").read_text())["windows"] > 0
+        study = tmp_path / "study"
+        assert main(["study", "--grid", "smoke", "--fusions", name, "--runs-dir", str(study),
+                     "--set", f"data.cache_dir={shapes_cache}", "--set", "data.n_stories=24",
+                     "--set", "eval.retrieval_windows=0", "--no-ablation",
+                     "--plugin", str(plugin)]) == 0
+        rows = json.loads((study / "study.json").read_text())["rows"]
+        assert [row["fusion"] for row in rows] == [name]
     finally:
         FUSIONS.pop(name, None)
         for module in [m for m in sys.modules if m.startswith("cmar_plugin_my_fusion")]:

@@ -9,8 +9,10 @@ the character's box centre, append where the character stands (one-hot ring posi
 a linear classifier to the ring position of the landmark it faces.
 
 Floors on the same examples: ``stand only`` (the one-hot position alone: what not reading the
-dot leaves), and the same probe on an **untrained** model of the same configuration (what a
-random CNN already passes on). A trained model at its ``stand only`` floor has not learned to
+dot leaves), the same probe on an **untrained** model of the same configuration (what a
+random CNN already passes on), and ``shuffled labels`` (the trained model's probe fitted to
+labels shuffled across the training characters: near chance, or the probe finds structure in
+the split itself). A trained model at its ``stand only`` floor has not learned to
 see the dot, whatever its decoder does. ``cmar probe --run RUN_DIR``.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmar.experiment.probe import accuracy, fit_classifier
 from cmar.research.probes.facing import frame_facings, frame_tables
 
 
@@ -64,19 +67,11 @@ def region_examples(model, stories, cots: dict[str, str]) -> dict[str, torch.Ten
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, n_classes: int, steps: int = 300, seed: int = 0) -> float:
     """Test accuracy of a softmax classifier fitted full-batch (Adam) to standardised
-    features (N, F); seeded, so the same inputs give the same accuracy."""
-    torch.manual_seed(seed)
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    classifier = nn.Linear(train_x.shape[1], n_classes)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(classifier(train_x), train_y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float((classifier(test_x).argmax(1) == test_y).float().mean())
+    features (N, F) (:func:`cmar.experiment.probe.fit_classifier`); seeded, so the same
+    inputs give the same accuracy."""
+    classifier = fit_classifier(train_x, train_y, n_classes, hidden=0, epochs=steps, seed=seed,
+                                weight_decay=1e-4)
+    return accuracy(classifier, test_x, test_y)
 
 
 def _with_stand(examples: dict, features: bool = True) -> torch.Tensor:
@@ -109,6 +104,10 @@ def run_region_probe(run_dir: str | Path, train_stories: int = 400, test_stories
         train, test = (region_examples(model, splits[s], cots) for s in ("train", "test"))
         result[name] = linear_probe(_with_stand(train), train["labels"], _with_stand(test),
                                     test["labels"], train["n_classes"], seed=seed)
+    shuffled = train["labels"][torch.randperm(len(train["labels"]),
+                                              generator=torch.Generator().manual_seed(seed))]
+    result["shuffled labels"] = linear_probe(_with_stand(train), shuffled, _with_stand(test),
+                                             test["labels"], train["n_classes"], seed=seed)
     result["stand only"] = linear_probe(_with_stand(train, False), train["labels"],
                                         _with_stand(test, False), test["labels"],
                                         train["n_classes"], seed=seed)
@@ -125,4 +124,6 @@ def render_region_probe(result: dict) -> str:
         f"{'trained':<12}{result['trained']:>8.3f}   (its region under the character + stand)",
         f"{'untrained':<12}{result['untrained']:>8.3f}   (same configuration, random weights)",
         f"{'stand only':<12}{result['stand only']:>8.3f}   (where it stands, no image)",
+        *([f"{'shuffled':<12}{result['shuffled labels']:>8.3f}   (the trained model's probe "
+           "fitted to shuffled labels)"] if "shuffled labels" in result else []),
         f"{'chance':<12}{result['chance']:>8.3f}   (1 / (landmarks - 1))"])
