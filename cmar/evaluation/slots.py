@@ -9,13 +9,21 @@ from cmar.data.shapes_oracle import parse_caption
 SLOTS = ("who", "look", "verb", "place", "met")
 
 
-def _parts(caption: str) -> dict[str, object] | None:
+def caption_slots(caption: str) -> dict[str, object] | None:
+    """{slot: value} of a ShapeStories caption; None when it does not parse (another
+    source's caption, or one cut short)."""
     try:
         said = parse_caption(caption.strip().lower())
     except ValueError:
         return None
     return {"who": said.name, "look": said.look, "verb": said.verb, "place": said.place,
             "met": tuple(sorted(said.met))}
+
+
+def caption_place(caption: str) -> str | None:
+    """The place slot of a ShapeStories caption (None when it does not parse)."""
+    slots = caption_slots(caption)
+    return None if slots is None else slots["place"]
 
 
 def slot_accuracy(predictions: dict[str, str], references: dict[str, list[str]]) -> dict:
@@ -26,11 +34,11 @@ def slot_accuracy(predictions: dict[str, str], references: dict[str, list[str]])
     right = dict.fromkeys(SLOTS, 0)
     parsed = n = 0
     for key, prediction in predictions.items():
-        reference = _parts(references[key][0])
+        reference = caption_slots(references[key][0])
         if reference is None:
             continue
         n += 1
-        guess = _parts(prediction)
+        guess = caption_slots(prediction)
         if guess is None:
             continue
         parsed += 1

@@ -29,16 +29,10 @@ from cmar.data.batches import Collate
 from cmar.evaluation.alignment import per_window_caption_loss
 from cmar.evaluation.metrics import caption_scores
 from cmar.evaluation.run import context_unk_id, device_for, load_run, run_data, scored_texts
-from cmar.evaluation.slots import slot_accuracy
+from cmar.evaluation.slots import caption_place, slot_accuracy
 from cmar.evaluation.stats import ci95
 from cmar.experiment.controls import SplitWindows
-from cmar.experiment.probe import caption_place
 from cmar.experiment.representations import REPLACEABLE, check_name, donor_values, replaced
-
-
-@torch.no_grad()
-def _captions(model, batch, ev) -> torch.Tensor:
-    return model.generate(batch, ev.strategy, beam_size=ev.beam_size)
 
 
 @torch.no_grad()
@@ -70,12 +64,12 @@ def intervene(run: str | Path, representation: str = "image", position: int = -1
         donor = windows.other_story_batch(batch)
         values = donor_values(model, donor, representation, position)
         plain_nll.append(per_window_caption_loss(model(batch).logits, batch).float().cpu())
-        plain.update(zip(batch.window_ids, _decoded(data, _captions(model, batch, ev)),
+        plain.update(zip(batch.window_ids, _decoded(data, model, batch, ev),
                          strict=True))
         with replaced(model, representation, position, values):
             swapped_nll.append(per_window_caption_loss(model(batch).logits, batch).float().cpu())
             swapped.update(zip(batch.window_ids,
-                               _decoded(data, _captions(model, batch, ev)), strict=True))
+                               _decoded(data, model, batch, ev), strict=True))
         donor_of.update(zip(batch.window_ids, donor.window_ids, strict=True))
     before, after = torch.cat(plain_nll), torch.cat(swapped_nll)
     change = (after - before).tolist()
@@ -93,7 +87,9 @@ def intervene(run: str | Path, representation: str = "image", position: int = -1
     return out
 
 
-def _decoded(data, ids: torch.Tensor) -> list[str]:
+def _decoded(data, model, batch, ev) -> list[str]:
+    """Free-running captions of ``batch``, decoded as the run's ``eval`` section says."""
+    ids = model.generate(batch, ev.strategy, beam_size=ev.beam_size)
     return [decode(data.tokenizer, row) for row in ids.cpu()]
 
 

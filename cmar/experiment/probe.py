@@ -29,19 +29,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cmar.data.shapes_oracle import parse_caption
 from cmar.data.story import Story
 from cmar.evaluation.run import device_for, load_run, run_data
+from cmar.evaluation.slots import caption_place
 from cmar.experiment.representations import FRAME_LEVEL, check_name, read
 
 Target = Callable[[Story, int], object]
-
-
-def caption_place(caption: str) -> str | None:
-    try:
-        return parse_caption(caption.strip().lower()).place
-    except ValueError:  # not a ShapeStories caption (or cut short)
-        return None
 
 
 def place(story: Story, t: int) -> str | None:
