@@ -1211,10 +1211,10 @@ NOTEBOOKS["07_investigation"] = header(
     "supports. Import the reference system; expose your intervention; keep the experiment in "
     "the notebook.") + parameters(
     'SEEDS = [0, 1, 2]  # every arm trains once per seed; more seeds, narrower intervals\n'
-    'EPOCHS = 3  # per run (the default preset trains 8)\n'
+    'EPOCHS = 2  # per run (the default preset trains 8)\n'
     'RUNS_DIR = "runs/investigation"  # on Colab, a Google Drive folder keeps the runs',
     about="In full mode the comparison trains 3 fusions x 3 seeds of the `default` preset "
-          "for 3 epochs each and scores every run under two controls; the whole notebook "
+          "for 2 epochs each and scores every run under two controls; the whole notebook "
           "took about 30 minutes on a 2-core CPU (its last run's timings are in the outputs). "
           "Finished runs are read back, so running it again costs seconds. In smoke mode "
           "(`SMOKE = True`) the arms are the `smoke` preset for 1 epoch on seeds 0 and 1: "
@@ -1434,7 +1434,7 @@ NOTEBOOKS["07_investigation"] = header(
     md("""
         ## 8. Limitations and alternative explanations
 
-        - **Few seeds, short training.** 3 seeds of 3 epochs, where the preset trains 8.
+        - **Few seeds, short training.** 3 seeds of 2 epochs, where the preset trains 8.
           A difference may appear or vanish with longer training; the intervals say how
           little 3 pairs can show.
         - **One dataset.** ShapeStories is procedural: its images hold one thing the captions
