@@ -961,7 +961,7 @@ NOTEBOOKS = {
                greedy decoding's (beam search tends to write safer, more repeated captions).
             2. Train with grounding supervision: in notebook 03 set
                `OVERRIDES = ["model.w_ground=0.2"]`, then run this notebook again. The
-               grounding accuracy should rise well above chance (the README measured 0.933
+               grounding accuracy should rise well above chance (docs/training.md reports 0.933
                against 0.165 on ShapeStories) and the maps should light up the named
                character.
             3. In "Right and wrong predictions", draw `wrong[:8]` and sort each mistake: name,
@@ -975,13 +975,13 @@ NOTEBOOKS = {
                            "ablations of the best run. The same code as `cmar study`. Finished "
                            "runs are read back, not retrained, so a study that stopped continues "
                            "where it was.") + parameters(
-        'GRID = "quick"  # "quick": 6 runs, about 12 min on a 2-core CPU; "readme": the README\'s '
-        'study,\n#   54 runs, about 2 h; "full": those 54 runs at the preset\'s 8 epochs (hours)',
+        'GRID = "quick"  # "quick": 6 runs, about 12 min on a 2-core CPU; "readme": the study '
+        'of docs/results.md,\n#   54 runs, about 2 h; "full": those 54 runs at the preset\'s 8 epochs (hours)',
         about="`GRID` picks the study. `quick` (the default) trains every fusion with the "
               "default preset's Transformer decoder on 2 seeds for 1 epoch each, in `next` "
               "mode: 6 runs, about 12 minutes on a 2-core CPU (an estimate: about 60 s per "
               "epoch of the `default` preset and 45 s per evaluation). It is a first look, too "
-              "short and too few seeds to rank the fusions. `readme` is the README's study, "
+              "short and too few seeds to rank the fusions. `readme` is the study of docs/results.md, "
               "one setting away: 3 fusions x 3 decoders x 3 seeds x 2 modes, 3 epochs each (54 "
               "runs, about 2 hours on a 2-core CPU, far less on a GPU). Timings are for "
               "ShapeStories; on StoryReasoning every run takes longer. In smoke mode the grid "
@@ -1075,7 +1075,7 @@ NOTEBOOKS = {
         md("""
             ## Try this
 
-            1. Set `GRID = "readme"`: the README's 54 runs (about 2 hours on a 2-core CPU,
+            1. Set `GRID = "readme"`: the 54 runs of docs/results.md (about 2 hours on a 2-core CPU,
                minutes per run on a GPU). With three seeds and three decoders per fusion the
                intervals narrow; check whether the `quick` grid's ranking survives.
             2. Add a fusion to the `quick` grid: `fusions=("concat", "cross", "cmar",
