@@ -1247,20 +1247,21 @@ NOTEBOOKS["07_investigation"] = header(
         ## 3. The reference system
 
         The reference is cmar's own model with one change that makes the question fair: its
-        decoder reads only the story states. By default it also attends over every context
-        word and region directly, so the images could reach it without passing through the
-        fusion, and the fusions would be compared on a path the decoder may ignore. With
-        `model.memory_tokens=false` and `model.memory_regions=false`, everything the decoder
-        knows of the context went through the fusion under test (the copy head copies memory
-        words, so it goes too)."""),
+        decoder does not read the image regions directly. By default it attends over the
+        story states, every context frame's words after fusion, and every region, so the
+        images could reach it without passing through the fusion, and the fusions would be
+        compared on a path the decoder may ignore. With `model.memory_regions=false` the
+        decoder reads the story states and the fused words (where it finds, and copies, the
+        names), so whatever it knows of the images went through the fusion under test: into
+        the frame vector for every fusion, and into the words too for CMAR (its words attend
+        to the regions; concat's and FiLM's words leave the fusion as they came in)."""),
     code("""
         from cmar.config import load_config, preset_for
 
         CONFIG = preset_for(SOURCE, SMOKE)  # or name a preset yourself
         print("preset:", CONFIG)
         COMMON = [f"data.source={SOURCE}", f"train.epochs={1 if SMOKE else EPOCHS}",
-                  "model.memory_tokens=false", "model.memory_regions=false",
-                  "model.copy_tokens=false"]
+                  "model.memory_regions=false"]
         reference = load_config(CONFIG, ["model.fusion=cmar", *COMMON])
         m = reference.model
         print(f"{m.image_encoder} image encoder -> {m.fusion} fusion -> {m.story_encoder} story "
@@ -1446,8 +1447,8 @@ NOTEBOOKS["07_investigation"] = header(
           that problem, and the intervention swaps in a real frame's representation.
         - **Matched parameters, not compute.** The fusions have the same parameter budget;
           CMAR costs more multiply-adds per frame (`cmar bench cost`).
-        - **The decoder memory.** The question was asked with the story states as the only
-          memory. With the default memory the answer may differ: that is a second
+        - **The decoder memory.** The question was asked without the regions in the
+          decoder's memory. With the default memory the answer may differ: that is a second
           investigation (below).
         - **Several comparisons.** Two arms, two metrics, two controls: with many intervals
           one may leave 0 out by chance. Decide the key comparison before running (section 2)
