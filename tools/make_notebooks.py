@@ -1215,7 +1215,7 @@ NOTEBOOKS["07_investigation"] = header(
     'RUNS_DIR = "runs/investigation"  # on Colab, a Google Drive folder keeps the runs',
     about="In full mode the comparison trains 3 fusions x 3 seeds of the `default` preset "
           "for 2 epochs each and scores every run under two controls; the whole notebook "
-          "took about 30 minutes on a 2-core CPU (its last run's timings are in the outputs). "
+          "took 20 minutes on a 2-core CPU (its timings are in the outputs). "
           "Finished runs are read back, so running it again costs seconds. In smoke mode "
           "(`SMOKE = True`) the arms are the `smoke` preset for 1 epoch on seeds 0 and 1: "
           "seconds, and numbers that mean nothing.") + [
