@@ -976,12 +976,14 @@ NOTEBOOKS = {
                            "runs are read back, not retrained, so a study that stopped continues "
                            "where it was.") + parameters(
         'GRID = "quick"  # "quick": 6 runs, about 12 min on a 2-core CPU; "readme": the study '
-        'of docs/results.md,\n#   54 runs, about 2 h; "full": those 54 runs at the preset\'s 8 epochs (hours)',
+        'of docs/results.md,\n#   54 runs, about 2 h; "full": those 54 runs at the preset\'s 8 '
+        'epochs (hours)',
         about="`GRID` picks the study. `quick` (the default) trains every fusion with the "
               "default preset's Transformer decoder on 2 seeds for 1 epoch each, in `next` "
               "mode: 6 runs, about 12 minutes on a 2-core CPU (an estimate: about 60 s per "
               "epoch of the `default` preset and 45 s per evaluation). It is a first look, too "
-              "short and too few seeds to rank the fusions. `readme` is the study of docs/results.md, "
+              "short and too few seeds to rank the fusions. `readme` is the study of "
+              "docs/results.md, "
               "one setting away: 3 fusions x 3 decoders x 3 seeds x 2 modes, 3 epochs each (54 "
               "runs, about 2 hours on a 2-core CPU, far less on a GPU). Timings are for "
               "ShapeStories; on StoryReasoning every run takes longer. In smoke mode the grid "
