@@ -44,7 +44,8 @@ __all__ = [  # the settings, re-exported, then what this module adds
     "CAPTION_POLICIES", "DEVICES", "DIFFICULTIES", "HF_PREFIX", "IMAGE_FITS", "LOSS_TERMS",
     "METRIC_TOKENIZERS", "MODES", "NEXT_NEGATIVES", "NEXT_TARGETS", "SPLITS", "STRATEGIES",
     "Config", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig",
-    "PRESETS_DIR", "check_combinations", "check_device", "check_ranges", "load_config",
+    "OWN_PART_HINT", "PRESETS_DIR", "check_combinations", "check_device", "check_ranges",
+    "load_config",
     "preset_for", "save_config", "selectable_keys",
 ]
 
@@ -242,6 +243,11 @@ def _models():
     return registry, image_encoder
 
 
+# the end of the error of an unknown part name
+OWN_PART_HINT = ("a part of your own is registered once the file defining it is imported: run "
+                 "that cell first, or pass --plugin FILE.py to the cmar command")
+
+
 def _check_parts(config: Config) -> None:
     """Every part key names a registered part (or ``hf:<source>`` where allowed)."""
     registry, _ = _models()
@@ -254,9 +260,8 @@ def _check_parts(config: Config) -> None:
         names = sorted(getattr(registry, kind))
         if value not in names:
             extra = f", or {HF_PREFIX}<hub id or local folder>" if hf else ""
-            raise _bad(key, value, f"one of {', '.join(names)}{extra} (a part of your own "
-                       "is registered once the file defining it is imported: run that cell "
-                       "first, or pass --plugin FILE.py to the cmar command)")
+            error = _bad(key, value, f"one of {', '.join(names)}{extra}")
+            raise ValueError(f"{error}; {OWN_PART_HINT}")
 
 
 def check_combinations(config: Config) -> Config:

@@ -15,7 +15,15 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cmar.config import CHOICES, HF_PREFIX, PART_KEYS, Config, load_config, selectable_keys
+from cmar.config import (
+    CHOICES,
+    HF_PREFIX,
+    OWN_PART_HINT,
+    PART_KEYS,
+    Config,
+    load_config,
+    selectable_keys,
+)
 from cmar.evaluation import evaluate_run
 from cmar.models import registry
 from cmar.train import train  # imports cmar.models and cmar.data: every check load_config has
@@ -242,9 +250,11 @@ REFUSED = [  # one bad value per rule, and its exact message
     (['model.decoder="hf:"'], "config key model.decoder must be hf:<hub id or local folder>, "
                             "got 'hf:'"),
     (["model.story_encoder=hf:gpt2"],
-     "config key model.story_encoder must be one of gru, lstm, transformer, got 'hf:gpt2'"),
+     "config key model.story_encoder must be one of gru, lstm, transformer, got 'hf:gpt2'; "
+     + OWN_PART_HINT),
     (["model.text_encoder=bert"], "config key model.text_encoder must be one of gru, lstm, "
-                                  "transformer, or hf:<hub id or local folder>, got 'bert'"),
+                                  "transformer, or hf:<hub id or local folder>, got 'bert'; "
+                                  + OWN_PART_HINT),
     (["name=a/b"], "config key name must be a folder name: not empty, not . or .., no / or \\, "
                    "got 'a/b'"),
     (['data.source=" "'], "config key data.source must be shapestories, storyreasoning, a hub "
