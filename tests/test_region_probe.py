@@ -27,6 +27,8 @@ def test_the_probe_reads_informative_features_and_not_noise():
     informative[:, :4] += 6 * torch.nn.functional.one_hot(labels, 4)
     train, test = slice(0, 600), slice(600, 800)
     good = linear_probe(informative[train], labels[train], informative[test], labels[test], 4)
+    assert linear_probe(informative[train], labels[train], informative[test], labels[test], 4,
+                        hidden=16) > 0.9  # the MLP probe reads it too
     bad = linear_probe(noise[train], labels[train], noise[test], labels[test], 4)
     assert good > 0.95 and bad < 0.4
     assert good == linear_probe(informative[train], labels[train], informative[test],
@@ -74,5 +76,7 @@ def test_cli_probes_a_trained_run_beside_its_floors(shapes_cache, tmp_path, caps
     result = json.loads((trainer.run_dir / "region_probe.json").read_text())
     assert result["chance"] == pytest.approx(1 / 3)
     assert result["examples"]["train"] > 100 and result["examples"]["test"] > 20
-    for key in ("trained", "untrained", "stand only"):
+    for key in ("trained", "untrained", "trained MLP", "untrained MLP", "shuffled labels",
+                "stand only"):
         assert 0.0 <= result[key] <= 1.0
+    assert "MLP" in out and "shuffled" in out

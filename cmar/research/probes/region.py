@@ -8,6 +8,9 @@ then region encoder if any: exactly what the fusion and the decoder get) at the 
 the character's box centre, append where the character stands (one-hot ring position), and fit
 a linear classifier to the ring position of the landmark it faces.
 
+Each representation gets a linear probe and a one-hidden-layer MLP probe (``trained MLP``,
+``untrained MLP``): a linear probe understates what a representation holds.
+
 Floors on the same examples: ``stand only`` (the one-hot position alone: what not reading the
 dot leaves), the same probe on an **untrained** model of the same configuration (what a
 random CNN already passes on), and ``shuffled labels`` (the trained model's probe fitted to
@@ -64,13 +67,18 @@ def region_examples(model, stories, cots: dict[str, str]) -> dict[str, torch.Ten
             "labels": torch.tensor(labels), "n_classes": n_classes}
 
 
+MLP_HIDDEN = 64  # the hidden width of the MLP probe beside the linear one
+
+
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, n_classes: int, steps: int = 300, seed: int = 0) -> float:
+                 test_y: torch.Tensor, n_classes: int, steps: int = 300, seed: int = 0,
+                 hidden: int = 0) -> float:
     """Test accuracy of a softmax classifier fitted full-batch (Adam) to standardised
     features (N, F) (:func:`cmar.experiment.probe.fit_classifier`); seeded, so the same
-    inputs give the same accuracy."""
-    classifier = fit_classifier(train_x, train_y, n_classes, hidden=0, epochs=steps, seed=seed,
-                                weight_decay=1e-4)
+    inputs give the same accuracy. ``hidden`` > 0: a one-hidden-layer MLP instead (a linear
+    probe understates what a representation holds)."""
+    classifier = fit_classifier(train_x, train_y, n_classes, hidden=hidden, epochs=steps,
+                                seed=seed, weight_decay=1e-4)
     return accuracy(classifier, test_x, test_y)
 
 
@@ -100,10 +108,14 @@ def run_region_probe(run_dir: str | Path, train_stories: int = 400, test_stories
     splits = {"train": load_split(cfg.data, "train", False)[:train_stories],
               "test": load_split(cfg.data, "test", False)[:test_stories]}
     result = {"run": str(run_dir), "checkpoint": checkpoint, "seed": seed}
-    for name, model in (("trained", trained), ("untrained", untrained)):
-        train, test = (region_examples(model, splits[s], cots) for s in ("train", "test"))
-        result[name] = linear_probe(_with_stand(train), train["labels"], _with_stand(test),
-                                    test["labels"], train["n_classes"], seed=seed)
+    examples = {name: [region_examples(model, splits[s], cots) for s in ("train", "test")]
+                for name, model in (("trained", trained), ("untrained", untrained))}
+    for name, (train, test) in examples.items():
+        for key, hidden in ((name, 0), (f"{name} MLP", MLP_HIDDEN)):
+            result[key] = linear_probe(_with_stand(train), train["labels"], _with_stand(test),
+                                       test["labels"], train["n_classes"], seed=seed,
+                                       hidden=hidden)
+    train, test = examples["trained"]  # the controls below probe the trained model's examples
     shuffled = train["labels"][torch.randperm(len(train["labels"]),
                                               generator=torch.Generator().manual_seed(seed))]
     result["shuffled labels"] = linear_probe(_with_stand(train), shuffled, _with_stand(test),
@@ -116,13 +128,22 @@ def run_region_probe(run_dir: str | Path, train_stories: int = 400, test_stories
     return result
 
 
+def _mlp(result: dict, name: str) -> str:
+    """The MLP column of a row (blank for a result written before the MLP probe)."""
+    value = result.get(f"{name} MLP")
+    return f"{value:>8.3f}" if value is not None else f"{'':>8}"
+
+
 def render_region_probe(result: dict) -> str:
     """A small plain-text table of one region-probe result."""
     return "\n".join([
         f"region probe: {result['run']} ({result['checkpoint']}), {result['examples']['train']} "
         f"train / {result['examples']['test']} test characters",
-        f"{'trained':<12}{result['trained']:>8.3f}   (its region under the character + stand)",
-        f"{'untrained':<12}{result['untrained']:>8.3f}   (same configuration, random weights)",
+        f"{'':<12}{'linear':>8}{'MLP':>8}",
+        f"{'trained':<12}{result['trained']:>8.3f}{_mlp(result, 'trained')}   (its region under "
+        "the character + stand)",
+        f"{'untrained':<12}{result['untrained']:>8.3f}{_mlp(result, 'untrained')}   (same "
+        "configuration, random weights)",
         f"{'stand only':<12}{result['stand only']:>8.3f}   (where it stands, no image)",
         *([f"{'shuffled':<12}{result['shuffled labels']:>8.3f}   (the trained model's probe "
            "fitted to shuffled labels)"] if "shuffled labels" in result else []),
