@@ -478,6 +478,7 @@ examples:
                        help="Probe a trained run instead: do its region features under each "
                             "character hold its facing? A linear probe beside an untrained "
                             "model and the stand-only floor; the JSON goes into RUN_DIR.")
+    _add_plugin_arg(probe)
     probe.set_defaults(run=cmd_probe)
 
     bench = _command(commands, "bench", "Measure speed, memory and FLOPs: one target, or all "
@@ -519,6 +520,7 @@ examples:
                             "are deleted: 14 GB for the storyreasoning-sized workload).")
     bench.add_argument("--out", default="runs/bench",
                        help="The folder for the JSON results (default: %(default)s).")
+    _add_plugin_arg(bench)
     bench.set_defaults(run=cmd_bench)
     return parser
 
