@@ -351,3 +351,13 @@ def test_paired_drops_compare_what_each_arm_loses_under_a_control():
         table.paired("concat", "BLEU-4", drop=True)
     means = table.means(["BLEU-4"])
     assert means.loc[("film", "none"), "BLEU-4 mean"] == pytest.approx(0.7)
+
+
+def test_scores_already_cached_load_no_model(comparison):
+    from cmar.experiment.scoring import ScoredRun
+
+    _, _, runs = comparison
+    scored = ScoredRun(runs / "film-s0", progress=False)
+    rows = scored.rows(resolve(["images_blanked"], 3))
+    assert set(rows) == {"none", "images_blanked"}
+    assert "inputs" not in vars(scored)  # every row came from controls.json

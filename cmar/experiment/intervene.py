@@ -24,15 +24,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cmar.data import decode
-from cmar.data.batches import Collate
-from cmar.evaluation.alignment import per_window_caption_loss
 from cmar.evaluation.metrics import caption_scores
-from cmar.evaluation.run import context_unk_id, device_for, load_run, run_data, scored_texts
 from cmar.evaluation.slots import caption_place, slot_accuracy
 from cmar.evaluation.stats import ci95
-from cmar.experiment.controls import SplitWindows
 from cmar.experiment.representations import REPLACEABLE, check_name, donor_values, replaced
+from cmar.experiment.scoring import captions_and_nll, load_inputs
 
 
 @torch.no_grad()
@@ -42,38 +38,33 @@ def intervene(run: str | Path, representation: str = "image", position: int = -1
     another story's in every window of ``split`` of the run in folder ``run``; the paired
     changes described in this module's docstring."""
     check_name(representation, REPLACEABLE)
-    cfg, tokenizer, model = load_run(run)
-    model.to(device_for(cfg.device))
+    inputs = load_inputs(run, split, seed, progress)
+    cfg, model, data = inputs.cfg, inputs.model, inputs.data
     device = next(model.parameters()).device
-    data = run_data(cfg, tokenizer, model, ("train", split), progress)
-    texts, references, _ = scored_texts(data, split, cfg)
     dataset = data.datasets[split]
     k = dataset.windows[0].k if dataset.windows else cfg.data.k
     if not -k <= position < k:
         raise ValueError(f"position {position} is outside the {k} context frames")
     position %= k
-    windows = SplitWindows(dataset, Collate(model.pad_id, model.bos_id, model.eos_id,
-                                            dataset.context_pad_id),
-                           context_unk_id(data.context_tokenizer), seed)
-    ev = cfg.eval
-    loader = data.loader(split, shuffle=False, batch_size=ev.batch_size, num_workers=0)
+    loader = data.loader(split, shuffle=False, batch_size=cfg.eval.batch_size, num_workers=0)
     plain_nll, swapped_nll, plain, swapped, donor_of = [], [], {}, {}, {}
     for batch in tqdm(loader, desc=f"intervene: {representation} of frame {position}",
                       disable=not progress):
         batch = batch.to(device)
-        donor = windows.other_story_batch(batch)
+        donor = inputs.windows.other_story_batch(batch)
         values = donor_values(model, donor, representation, position)
-        plain_nll.append(per_window_caption_loss(model(batch).logits, batch).float().cpu())
-        plain.update(zip(batch.window_ids, _decoded(data, model, batch, ev),
-                         strict=True))
+        said, nll = captions_and_nll(inputs, batch)
+        plain.update(zip(batch.window_ids, said, strict=True))
+        plain_nll.append(nll)
         with replaced(model, representation, position, values):
-            swapped_nll.append(per_window_caption_loss(model(batch).logits, batch).float().cpu())
-            swapped.update(zip(batch.window_ids,
-                               _decoded(data, model, batch, ev), strict=True))
+            said, nll = captions_and_nll(inputs, batch)
+        swapped.update(zip(batch.window_ids, said, strict=True))
+        swapped_nll.append(nll)
         donor_of.update(zip(batch.window_ids, donor.window_ids, strict=True))
     before, after = torch.cat(plain_nll), torch.cat(swapped_nll)
     change = (after - before).tolist()
     interval = ci95(change)
+    references = inputs.references
     out = {"run": str(run), "representation": representation, "position": position,
            "windows": len(change),
            "caption NLL": {"plain": before.mean().item(), "swapped": after.mean().item(),
@@ -82,15 +73,9 @@ def intervene(run: str | Path, representation: str = "image", position: int = -1
                            "windows worse": sum(c > 0 for c in change)},
            "BLEU-4": {"plain": _bleu(plain, references), "swapped": _bleu(swapped, references)}}
     if cfg.data.source == "shapestories":
-        targets = {wid: target for wid, _, target in texts}
+        targets = {wid: target for wid, _, target in inputs.texts}
         out["place"] = _place_changes(plain, swapped, references, donor_of, targets)
     return out
-
-
-def _decoded(data, model, batch, ev) -> list[str]:
-    """Free-running captions of ``batch``, decoded as the run's ``eval`` section says."""
-    ids = model.generate(batch, ev.strategy, beam_size=ev.beam_size)
-    return [decode(data.tokenizer, row) for row in ids.cpu()]
 
 
 def _bleu(predictions: dict[str, str], references: dict[str, list[str]]) -> float:

@@ -16,12 +16,15 @@ import inspect
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from cmar.data import decode
+from cmar.config import Config, load_config
+from cmar.data import StoryData, decode
 from cmar.data.batches import Collate
 from cmar.evaluation.alignment import per_window_caption_loss
 from cmar.evaluation.metrics import caption_scores
@@ -38,21 +41,6 @@ ALIGNMENT_SCORES = (("next-frame R@1", "next-frame retrieval", "R@1"),
                     ("context gap", "context sensitivity", "gap"),
                     ("grounding", "grounding", "accuracy"))
 SCORES = (*CAPTION_SCORES, *SLOT_SCORES, *(column for column, _, _ in ALIGNMENT_SCORES))
-DESCRIPTIONS = {
-    "BLEU-4": "corpus BLEU-4 of free-running captions (the run's eval strategy)",
-    "CIDEr-D": "corpus CIDEr-D of the same captions",
-    "names F1": "F1 of the character names the captions say (NaN: no reference tags a name)",
-    "caption NLL": "mean per-token negative log-likelihood of the true next caption "
-                   "(teacher-forced; lower is better)",
-    **{f"slot {s}": f"share of windows whose {s} slot is right (ShapeStories)" for s in SLOTS},
-    "next-frame R@1": "next-frame retrieval among other stories' frames (plain run only)",
-    "caption R@1": "next-caption retrieval by likelihood (plain run only)",
-    "context gap": "caption loss with another story's context minus with the true one "
-                   "(plain run only)",
-    "grounding": "word-to-region grounding accuracy (plain run only)",
-}
-
-
 def control_key(label: str, control: Callable | None, split: str, strategy: str) -> str:
     """The cache key of a control's row: its label, split, decoding and source code."""
     source = ""
@@ -75,53 +63,85 @@ def alignment_columns(metrics: dict, split: str) -> dict[str, float]:
             for column, group, key in ALIGNMENT_SCORES}
 
 
-class ScoredRun:
-    """A trained run loaded once, with its split's references, to score under controls.
+@dataclass
+class RunInputs:
+    """A trained run loaded for scoring on one split: its model (on the run's device), data,
+    the split's windows as text, the references cut as trained, the names they tag, and the
+    :class:`SplitWindows` its controls borrow from."""
 
-    ``rows(controls)`` -> {label: {score: value}}: ``"none"`` (the plain run) first.
-    """
+    cfg: Config
+    model: torch.nn.Module
+    data: StoryData
+    texts: list
+    references: dict[str, list[str]]
+    names: tuple
+    windows: SplitWindows
+
+
+def load_inputs(run_dir: str | Path, split: str = "test", seed: int = 0,
+                progress: bool = True) -> RunInputs:
+    """Load a run folder for scoring on ``split`` (the train split too: the names it knows)."""
+    cfg, tokenizer, model = load_run(run_dir)
+    model.to(device_for(cfg.device))
+    data = run_data(cfg, tokenizer, model, ("train", split), progress)
+    texts, references, names = scored_texts(data, split, cfg)
+    dataset = data.datasets[split]
+    collate = Collate(model.pad_id, model.bos_id, model.eos_id, dataset.context_pad_id)
+    windows = SplitWindows(dataset, collate, context_unk_id(data.context_tokenizer), seed)
+    return RunInputs(cfg, model, data, texts, references, names, windows)
+
+
+@torch.no_grad()
+def captions_and_nll(run: RunInputs, batch) -> tuple[list[str], torch.Tensor]:
+    """The free-running captions of ``batch`` (decoded as the run's ``eval`` section says)
+    and each window's caption NLL (B,), on the CPU."""
+    ev, model = run.cfg.eval, run.model
+    ids = model.generate(batch, ev.strategy, beam_size=ev.beam_size)
+    captions = [decode(run.data.tokenizer, row) for row in ids.cpu()]
+    return captions, per_window_caption_loss(model(batch).logits, batch).float().cpu()
+
+
+class ScoredRun:
+    """A trained run scored on ``split`` as-is and under controls: ``rows(controls)`` ->
+    {label: {score: value}}, ``"none"`` (the plain run) first. The model and data are loaded
+    only when a row is missing from the run's controls.json."""
 
     def __init__(self, run_dir: str | Path, split: str = "test", seed: int = 0,
                  progress: bool = True):
-        self.run_dir, self.split, self.progress = Path(run_dir), split, progress
-        self.cfg, self.tokenizer, self.model = load_run(run_dir)
-        self.model.to(device_for(self.cfg.device))
-        self.data = run_data(self.cfg, self.tokenizer, self.model, ("train", split), progress)
-        self.texts, self.references, self.names = scored_texts(self.data, split, self.cfg)
-        dataset = self.data.datasets[split]
-        collate = Collate(self.model.pad_id, self.model.bos_id, self.model.eos_id,
-                          dataset.context_pad_id)
-        self.windows = SplitWindows(dataset, collate, context_unk_id(self.data.context_tokenizer),
-                                    seed)
+        self.run_dir, self.split, self.seed, self.progress = Path(run_dir), split, seed, progress
+        self.cfg = load_config(self.run_dir / "config.yaml")
 
-    @torch.no_grad()
+    @cached_property
+    def inputs(self) -> RunInputs:
+        return load_inputs(self.run_dir, self.split, self.seed, self.progress)
+
     def _pass(self, change: Callable | None) -> tuple[dict[str, str], float]:
         """Free-running captions and the mean caption NLL over the split's windows."""
-        ev, model = self.cfg.eval, self.model
-        device = next(model.parameters()).device
-        loader = self.data.loader(self.split, shuffle=False, batch_size=ev.batch_size,
-                                  num_workers=0)
+        run = self.inputs
+        device = next(run.model.parameters()).device
+        loader = run.data.loader(self.split, shuffle=False, batch_size=self.cfg.eval.batch_size,
+                                 num_workers=0)
         captions, losses = {}, []
         for batch in tqdm(loader, desc="windows", leave=False, disable=not self.progress):
             batch = batch.to(device)
             if change is not None:
-                batch = change(batch, self.windows)
-            ids = model.generate(batch, ev.strategy, beam_size=ev.beam_size)
-            captions.update({w: decode(self.data.tokenizer, row)
-                             for w, row in zip(batch.window_ids, ids.cpu(), strict=True)})
-            losses.append(per_window_caption_loss(model(batch).logits, batch).float().cpu())
+                batch = change(batch, run.windows)
+            said, nll = captions_and_nll(run, batch)
+            captions.update(zip(batch.window_ids, said, strict=True))
+            losses.append(nll)
         return captions, torch.cat(losses).mean().item()
 
     def score(self, change: Callable | None) -> dict[str, float]:
         """The caption scores of one pass (``change``: a control, None for the plain run)."""
         predictions, nll = self._pass(change)
-        scores = caption_scores(predictions, self.references, tokenizer=self.cfg.eval.tokenizer)
-        wanted, known = self.names
+        references = self.inputs.references
+        scores = caption_scores(predictions, references, tokenizer=self.cfg.eval.tokenizer)
+        wanted, known = self.inputs.names
         names = (name_scores(predictions, wanted, known)["F1"] if any(wanted.values())
                  else math.nan)
         row = {"BLEU-4": scores["BLEU-4"], "CIDEr-D": scores["CIDEr"], "names F1": names,
                "caption NLL": nll}
-        slots = (slot_accuracy(predictions, self.references)
+        slots = (slot_accuracy(predictions, references)
                  if self.cfg.data.source == "shapestories" else {})
         row.update({f"slot {s}": math.nan if slots.get(s) is None else slots[s]
                     for s in SLOTS})
