@@ -38,6 +38,7 @@ from cmar.settings import (
     ModelConfig,
     TrainConfig,
     check_model,
+    loss_terms_of,
 )
 
 __all__ = [  # the settings, re-exported, then what this module adds
@@ -45,7 +46,7 @@ __all__ = [  # the settings, re-exported, then what this module adds
     "METRIC_TOKENIZERS", "MODES", "NEXT_NEGATIVES", "NEXT_TARGETS", "SPLITS", "STRATEGIES",
     "Config", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig",
     "OWN_PART_HINT", "PRESETS_DIR", "check_combinations", "check_device", "check_ranges",
-    "load_config",
+    "load_config", "loss_terms_of",
     "preset_for", "save_config", "selectable_keys",
 ]
 
@@ -119,7 +120,8 @@ AT_LEAST = {"data.k": 1, "data.batch_size": 1, "data.max_tokens": 1, "data.image
             "model.d_model": 1, "model.n_heads": 1, "model.decoder_layers": 1,
             "model.encoder_layers": 1, "model.cmar_rounds": 1,
             "data.n_stories": 1, "data.shapestories_seed": 0, "data.min_pair_freq": 0,
-            "model.region_layers": 0, "model.w_ground": 0, "train.weight_decay": 0,
+            "model.region_layers": 0, "model.w_ground": 0, "model.w_regions": 0,
+            "train.weight_decay": 0,
             "train.grad_clip": 0, "train.w_align": 0, "train.w_next": 0, "train.patience": 0,
             "eval.candidates": 2, "eval.retrieval_windows": 0, "eval.examples": 0,
             "eval.bootstrap": 0, "train.process_timeout": 1,
@@ -134,6 +136,7 @@ FLOAT32_MAX = 3.4e38  # a float setting ends up in float32 tensors (a learning r
 # keys in an interval: key -> (low, high, whether high is allowed); low always is
 WITHIN = {"data.val_fraction": (0, 1, False), "data.test_fraction": (0, 1, False),
           "model.dropout": (0, 1, False), "train.warmup": (0, 1, True),
+          "train.caption_dropout": (0, 1, True), "train.word_dropout": (0, 1, False),
           "seed": (0, 2**32 - 1, True)}  # numpy's seed
 # string keys with a closed set of choices
 CHOICES = {"data.mode": MODES, "data.caption_policy": CAPTION_POLICIES,
@@ -191,6 +194,16 @@ def check_ranges(config: Config) -> Config:
     sizes = config.eval.candidate_sets
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 2 for n in sizes):
         raise _bad("eval.candidate_sets", sizes, "a list of integers, each at least 2")
+    for key in ("train.lr_groups", "train.frozen_epochs"):
+        groups = _get(config, key)
+        whole = key == "train.frozen_epochs"
+        for prefix, value in groups.items():
+            number = (isinstance(value, int) if whole else isinstance(value, (int, float)))
+            if not (isinstance(prefix, str) and prefix and number
+                    and not isinstance(value, bool) and 0 <= value <= FLOAT32_MAX):
+                raise _bad(key, groups, "a mapping from parameter name prefixes (such as "
+                           f"image_encoder) to {'whole epochs' if whole else 'multipliers'}, "
+                           "each at least 0")
     for key, choices in CHOICES.items():
         if _get(config, key) not in choices:
             raise _bad(key, _get(config, key), f"one of {', '.join(choices)}")
@@ -216,8 +229,7 @@ def _items(config: Any, where: str = "") -> list[tuple[str, Any]]:
 
 def selectable_keys(config: Config) -> list[str]:
     """The history keys ``train.select`` may name: ``val_`` or ``train_`` and a loss term."""
-    terms = (*LOSS_TERMS, *(("ground",) if config.model.w_ground > 0 else ()), "total")
-    return [f"{split}_{term}" for split in ("val", "train") for term in terms]
+    return [f"{split}_{term}" for split in ("val", "train") for term in loss_terms_of(config)]
 
 
 def _check_names(config: Config) -> None:
@@ -268,6 +280,9 @@ def check_combinations(config: Config) -> Config:
     """``config``, or a ValueError naming the first keys whose values cannot run together."""
     m, d = config.model, config.data
     check_model(m)  # the model keys' own combinations (StoryModel runs them too)
+    if m.predict_regions and d.mode != "next":
+        raise ValueError(f"config key model.predict_regions (true) predicts the target frame, "
+                         f"which data.mode={d.mode} shows the model: it needs data.mode=next")
     registry, encoders = _models()
     if m.pretrained:
         encoder = registry.IMAGE_ENCODERS.get(m.image_encoder)

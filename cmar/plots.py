@@ -6,7 +6,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-TERMS = ("total", "caption", "align", "next", "ground")  # "ground" only where a run has it
+TERMS = ("total", "caption", "align", "next", "ground", "regions")  # the last two where a run
+#                                                                   has them
 
 
 def loss_curves_figure(history: list[dict]):

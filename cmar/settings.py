@@ -26,6 +26,8 @@ DIFFICULTIES = {
 }
 NEXT_TARGETS = ("shared", "detached")  # model.next_target
 NEXT_NEGATIVES = ("batch", "story")  # model.next_negatives
+REGION_SOURCES = ("fused", "encoder", "both")  # model.memory_region_source
+PREDICT_FROM = ("fused", "encoder")  # model.predict_regions_from
 STRATEGIES = ("greedy", "beam", "sample")  # eval.strategy
 METRIC_TOKENIZERS = ("python", "ptb")  # eval.tokenizer
 LOSS_TERMS = ("caption", "align", "next")  # every run's loss terms ("ground" too if asked)
@@ -88,7 +90,11 @@ class ModelConfig:
     encoder_layers: int = 1  # layers of the text encoder and of the story encoder
     decoder_layers: int = 2  # layers of the caption decoder
     memory_tokens: bool = True  # decoder memory also holds every context frame's fused words
-    memory_regions: bool = True  # ... and every context frame's fused image regions
+    memory_regions: bool = True  # ... and every context frame's image regions
+    memory_region_source: str = "fused"  # which regions the memory holds: "fused" (after the
+    #                                      fusion: they have read their caption) | "encoder"
+    #                                      (before it: a visual route the text cannot flood)
+    #                                      | "both"
     copy_tokens: bool = True  # pointer-generator decoder: a word may be copied from the
     #                           context captions' tokens in its memory (needs memory_tokens):
     #                           names are copied from the context, not memorised
@@ -102,6 +108,17 @@ class ModelConfig:
     w_ground: float = 0.0  # weight of the grounding loss: the fusion's word-to-region
     #                        attention at a character's name pulled onto the regions of its box
     #                        (needs boxes in chain_of_thought and a cmar or cross fusion; 0: off)
+    predict_regions: bool = False  # "imagine, then describe" (next mode): predict frame k+1's
+    #                                regions from the context frames' regions (no text input);
+    #                                the prediction joins the decoder memory where grounded
+    #                                mode puts the real frame's regions (cmar.models.imagine)
+    predict_regions_from: str = "encoder"  # what the prediction reads: the context regions
+    #                                        from the "encoder" (no text at all) | "fused"
+    #                                        (after the fusion: each read its own caption)
+    w_regions: float = 0.0  # weight of the dense next-frame loss: each predicted region pulled
+    #                         to the encoded region of the true frame k+1 (stop-gradient),
+    #                         weighted by how much that region changed (needs predict_regions;
+    #                         0: off, the prediction then learns from the caption loss only)
 
 
 @dataclass
@@ -113,6 +130,16 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 turns clipping off)
     w_align: float = 0.1  # weight of the image-text alignment InfoNCE (0 turns it off)
     w_next: float = 0.1  # weight of the next-frame InfoNCE (0 turns it off)
+    lr_groups: dict = field(default_factory=dict)  # learning-rate multipliers by parameter name
+    #                                               prefix, e.g. {"image_encoder": 0.1}; the
+    #                                               longest matching prefix wins (1: the rest)
+    frozen_epochs: dict = field(default_factory=dict)  # parameter name prefix -> epochs at the
+    #                                                   start with its learning rate held at 0,
+    #                                                   e.g. {"image_encoder": 2}: protect a
+    #                                                   part, then fine-tune it
+    caption_dropout: float = 0.0  # share of training windows whose context captions are all
+    #                               blanked (one [UNK] each, as the captions_blanked control)
+    word_dropout: float = 0.0  # share of the remaining context caption tokens set to [UNK]
     amp: bool = True  # mixed precision on CUDA only: bf16 from compute capability 8.0 (A100,
     #                   H100), fp16 with the gradient scaler below it (T4): devices.amp_dtype
     select: str = "val_caption"  # history key that picks the best checkpoint (lower is better)
@@ -154,6 +181,14 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def loss_terms_of(config: Config) -> tuple[str, ...]:
+    """The loss terms a run of ``config`` logs: :data:`LOSS_TERMS`, then ``ground`` and
+    ``regions`` where their weights turn them on, then ``total``."""
+    m = config.model
+    return (*LOSS_TERMS, *(("ground",) if m.w_ground > 0 else ()),
+            *(("regions",) if m.predict_regions and m.w_regions > 0 else ()), "total")
+
+
 def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
     """``m``, or a ValueError naming the first model keys whose values cannot run together.
 
@@ -166,6 +201,15 @@ def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
         if value not in choices:
             raise ValueError(f"config key model.{key} must be one of {', '.join(choices)}, "
                              f"got {value!r}")
+    for key, value, choices in (("memory_region_source", m.memory_region_source,
+                                 REGION_SOURCES),
+                                ("predict_regions_from", m.predict_regions_from, PREDICT_FROM)):
+        if value not in choices:
+            raise ValueError(f"config key model.{key} must be one of {', '.join(choices)}, "
+                             f"got {value!r}")
+    if m.w_regions > 0 and not m.predict_regions:
+        raise ValueError(f"config key model.w_regions ({m.w_regions}) weights the loss of the "
+                         "predicted next-frame regions: it needs model.predict_regions=true")
     if m.d_model % m.n_heads:
         raise ValueError(f"config key model.d_model ({m.d_model}) must be divisible by "
                          f"model.n_heads ({m.n_heads})")

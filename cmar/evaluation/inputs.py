@@ -36,18 +36,25 @@ def blank_images(batch: Batch, frames: slice | int = slice(None), target: bool =
     return dataclasses.replace(batch, **changed)
 
 
-def blank_captions(batch: Batch, unk_id: int, frames: slice | int = slice(None)) -> Batch:
+def context_unk_id(tokenizer) -> int:
+    """The id a blanked context caption holds: the tokenizer's [UNK], else its [PAD]."""
+    return tokenizer.pad_token_id if tokenizer.unk_token_id is None else tokenizer.unk_token_id
+
+
+def blank_captions(batch: Batch, unk_id: int, frames: slice | int = slice(None),
+                   windows: torch.Tensor | None = None) -> Batch:
     """The context captions of ``frames`` reduced to one [UNK] token, the rest masked out as
-    padding (``unk_id``: the context tokenizer's). Their caption boxes become NaN: no name is
-    left to ground."""
+    padding (``unk_id``: the context tokenizer's), in every window or in those ``windows``
+    (B,) bool marks. Their caption boxes become NaN: no name is left to ground."""
+    rows = slice(None) if windows is None else windows.to(batch.context_tokens.device)
     tokens, mask = batch.context_tokens.clone(), batch.context_mask.clone()
-    tokens[:, frames] = unk_id  # masked positions are never read
-    mask[:, frames] = False
-    mask[:, frames, 0] = True
+    tokens[rows, frames] = unk_id  # masked positions are never read
+    mask[rows, frames] = False
+    mask[rows, frames, 0] = True
     changed = {"context_tokens": tokens, "context_mask": mask}
     if batch.context_boxes is not None:
         boxes = batch.context_boxes.clone()
-        boxes[:, frames] = float("nan")
+        boxes[rows, frames] = float("nan")
         changed["context_boxes"] = boxes
     return dataclasses.replace(batch, **changed)
 

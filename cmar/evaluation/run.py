@@ -19,7 +19,7 @@ from cmar.evaluation.alignment import alignment_scores
 from cmar.evaluation.bootstrap import mean_with_interval
 from cmar.evaluation.captions import caption_section, image_use, reference_names, score_system
 from cmar.evaluation.floors import all_floors, windows_text
-from cmar.evaluation.inputs import blank_captions, blank_images
+from cmar.evaluation.inputs import blank_captions, blank_images, context_unk_id
 from cmar.evaluation.report import write_report
 from cmar.evaluation.slots import slot_accuracy
 from cmar.models import load_model
@@ -57,11 +57,6 @@ def run_data(cfg, tokenizer, model, splits: tuple[str, ...], progress: bool = Tr
         attach_feature_cache(data, model, Path(cfg.data.cache_dir) / "features",
                              device=next(model.parameters()).device, progress=progress)
     return data
-
-
-def context_unk_id(tokenizer) -> int:
-    """The id a blanked context caption holds: the tokenizer's [UNK], else its [PAD]."""
-    return tokenizer.pad_token_id if tokenizer.unk_token_id is None else tokenizer.unk_token_id
 
 
 def blank(batch, what: str | None, unk_id: int = UNK_ID):

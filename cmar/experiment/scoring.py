@@ -27,8 +27,9 @@ from cmar.config import Config, load_config
 from cmar.data import StoryData, decode
 from cmar.data.batches import Collate
 from cmar.evaluation.alignment import per_window_caption_loss
+from cmar.evaluation.inputs import context_unk_id
 from cmar.evaluation.metrics import caption_scores
-from cmar.evaluation.run import context_unk_id, device_for, load_run, run_data, scored_texts
+from cmar.evaluation.run import device_for, load_run, run_data, scored_texts
 from cmar.evaluation.slots import SLOTS, slot_accuracy
 from cmar.evaluation.text_stats import name_scores
 from cmar.experiment.controls import NONE, SplitWindows

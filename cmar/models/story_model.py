@@ -8,7 +8,8 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
     fusion per frame (concat | cross | cmar)        -> frame (B*k, d), refined tokens
     story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
     memory = story states [+ fused words and regions of every context frame]
-             [+ target-frame regions if grounded]
+             [+ target-frame regions if grounded | + predicted next-frame regions]
+    next_regions(context regions)                   -> predicted regions of frame k+1 (B, R, d)
     decoder(target_in (B, L), memory)               -> logits (B, L, V)
     next_frame(summary)                             -> predicted image embedding (B, d)
 
@@ -18,8 +19,9 @@ picture. A region wholly in the padding is no key of any attention (region encod
 decoder memory), no part of any pooled vector (both InfoNCE terms, the frame vector) and gets
 0 weight in the attention maps. Square frames keep every region: mask None, unmasked code.
 
-``forward`` returns the logits and the three loss terms (caption cross-entropy, alignment
-InfoNCE of the image and text vectors from before fusion, next-frame InfoNCE); the trainer
+``forward`` returns the logits and the loss terms (caption cross-entropy, alignment InfoNCE of
+the image and text vectors from before fusion, next-frame InfoNCE; the grounding loss and the
+dense next-frame loss of :mod:`cmar.models.imagine` where their weights ask); the trainer
 weights them. ``components=`` replaces any part:
 ``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
 """
@@ -36,6 +38,7 @@ from torch import nn
 from cmar.models.fusion import FusedFrame
 from cmar.models.hf.loading import hf_source
 from cmar.models.image_encoder import RegionEncoder, region_grid, region_mask, takes
+from cmar.models.imagine import NextRegions, next_regions_loss
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
@@ -95,6 +98,10 @@ class Encoded:
     #                                          picture; None: every region does
     target_region_mask: torch.Tensor | None = None  # (B, R) the same of the target frame,
     #                                                 grounded mode only
+    regions: torch.Tensor | None = None  # (B*k, R, d) each context frame's regions from the
+    #                                      image encoder (before fusion)
+    predicted: torch.Tensor | None = None  # (B, R, d) the predicted regions of frame k+1
+    #                                        (model.predict_regions)
 
 
 @dataclass
@@ -154,6 +161,11 @@ class StoryModel(nn.Module):
         # which context frame a token is from: one row per frame, so max_frames >= data.k
         self.frame_position = nn.Embedding(max_frames, d)
         self.memory_kind = nn.Embedding(MEMORY_KINDS, d)
+        # optional, built only when asked (older checkpoints hold neither)
+        self.next_regions = (NextRegions(d, cfg.n_heads, 2, drop, max_frames)
+                             if cfg.predict_regions else None)
+        self.encoder_region_kind = (nn.Parameter(torch.zeros(d))
+                                    if cfg.memory_region_source == "both" else None)
         if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
             start = math.log(1 / cfg.infonce_temperature)
             self.infonce_log_scale = nn.Parameter(torch.full((2,), start))
@@ -168,8 +180,9 @@ class StoryModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {part: count_parameters(getattr(self, part)) for part in PARTS}
-        if self.region_encoder is not None:
-            counts["region_encoder"] = count_parameters(self.region_encoder)
+        for extra in ("region_encoder", "next_regions"):
+            if getattr(self, extra) is not None:
+                counts[extra] = count_parameters(getattr(self, extra))
         counts["total"] = count_parameters(self)
         return counts
 
@@ -243,13 +256,21 @@ class StoryModel(nn.Module):
             where = self.frame_position.weight[:k].repeat_interleave(mask.shape[1], 0)
             parts.append(fused.tokens.reshape(b, -1, story.shape[-1]) + where + kinds[1])
             masks.append(mask.reshape(b, -1))
-        if self.cfg.memory_regions and fused.regions is not None:
-            r = fused.regions.shape[1]
-            where = self.frame_position.weight[:k].repeat_interleave(r, 0)
-            parts.append(fused.regions.reshape(b, k * r, -1) + where + kinds[2])
-            masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device)
-                         if keep is None else keep.reshape(b, k * r))  # padding regions out
-        target = target_keep = None
+        if self.cfg.memory_regions:
+            for held, extra in self.memory_regions(fused, regions):
+                r = held.shape[1]
+                where = self.frame_position.weight[:k].repeat_interleave(r, 0)
+                parts.append(held.reshape(b, k * r, -1) + where + kinds[2] + extra)
+                masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device)
+                             if keep is None else keep.reshape(b, k * r))  # padding out
+        target = target_keep = predicted = None
+        if self.next_regions is not None:  # imagine frame k+1, then let the decoder read it
+            source = (fused.regions if self.cfg.predict_regions_from == "fused"
+                      and fused.regions is not None else regions)
+            predicted = self.next_regions(source.view(b, k, *source.shape[1:]),
+                                          None if keep is None else keep.view(b, k, -1))
+            parts.append(predicted + kinds[3])  # where grounded mode puts the real frame
+            masks.append(torch.ones(predicted.shape[:2], dtype=torch.bool, device=story.device))
         if self.mode == "grounded":  # the target frame's image joins the memory
             target_keep = self.region_mask(getattr(batch, "target_content", None))  # (B, R)
             target = self.encode_frames(batch.target_image, batch.target_features,
@@ -263,7 +284,23 @@ class StoryModel(nn.Module):
         if self.cfg.memory_tokens:  # the word entries follow the k story states
             ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
         return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target,
-                       keep, target_keep)
+                       keep, target_keep, regions, predicted)
+
+    def memory_regions(self, fused: FusedFrame, regions: torch.Tensor
+                       ) -> list[tuple[torch.Tensor, torch.Tensor | float]]:
+        """The context regions (B*k, R, d) the memory holds (``model.memory_region_source``),
+        each with what is added to tell it apart: the fused ones, the encoder's (a visual
+        route the captions cannot flood), or both (the encoder's then carry a learned
+        offset). A fusion that returns no regions leaves the fused ones out."""
+        source = self.cfg.memory_region_source
+        out = []
+        if source in ("fused", "both") and fused.regions is not None:
+            out.append((fused.regions, 0.0))
+        if source == "encoder":
+            out.append((regions, 0.0))
+        elif source == "both":
+            out.append((regions, self.encoder_region_kind))
+        return out
 
     def forward(self, batch, return_attention: bool = False) -> ModelOutput:
         ground = self.cfg.w_ground > 0 and batch.context_boxes is not None
@@ -272,12 +309,18 @@ class StoryModel(nn.Module):
                               **self.copy_from(enc))  # (B, L, V)
         per_token = token_nll(logits, batch.target_out)  # (B, L)
         caption = (per_token * batch.target_mask).sum() / batch.target_mask.sum()
-        # The target of the next-frame loss (already encoded in grounded mode).
-        _, next_true = enc.target or self.encode_frames(
-            batch.target_image, batch.target_features,
-            region_mask=self.region_mask(getattr(batch, "target_content", None)))
+        # The target of the next-frame losses (already encoded in grounded mode).
+        target_keep = (enc.target_region_mask if enc.target is not None
+                       else self.region_mask(getattr(batch, "target_content", None)))
+        true_regions, next_true = enc.target or self.encode_frames(
+            batch.target_image, batch.target_features, region_mask=target_keep)
         next_pred = self.next_frame(enc.summary)
         losses = {"caption": caption, **self.contrastive_losses(batch, enc, next_pred, next_true)}
+        if enc.predicted is not None and self.cfg.w_regions > 0:
+            b, k = batch.context_tokens.shape[:2]
+            newest = enc.regions.view(b, k, *enc.regions.shape[1:])[:, -1]  # (B, R, d)
+            losses["regions"] = next_regions_loss(enc.predicted, true_regions, newest,
+                                                  target_keep)
         attention = enc.fused.attention
         if attention is not None:
             b, k = batch.context_tokens.shape[:2]

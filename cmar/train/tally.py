@@ -57,7 +57,7 @@ class EpochTally:
                     f"{(epoch - 1) * self.steps_per_epoch + at}); terms: "
                     + ", ".join(f"{k}={v:.4g}" for k, v in zip(self.terms, row, strict=True))
                     + ". Lower train.lr (or a loss weight: train.w_align, train.w_next, "
-                    "model.w_ground), or check the input data.")
+                    "model.w_ground, model.w_regions), or check the input data.")
             for term, value in zip(self.terms, row, strict=True):
                 self.sums[term] += value
         return rows[-1][-1]

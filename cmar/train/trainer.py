@@ -3,6 +3,11 @@
 loss = caption cross-entropy + w_align * InfoNCE(image, text of each context frame)
                              + w_next  * InfoNCE(predicted next frame, true next frame)
                              (+ w_ground * grounding loss, when asked)
+                             (+ w_regions * dense next-frame loss, when asked)
+
+Training windows may lose some context captions first (``train.caption_dropout``,
+``train.word_dropout``: :mod:`cmar.train.caption_dropout`), and parts may learn at their own
+rates (``train.lr_groups``, ``train.frozen_epochs``: :mod:`cmar.train.optim`).
 
 :func:`train_step` is one optimiser step; :class:`Trainer` runs it over the epochs. What a
 resume needs lives beside it (:mod:`cmar.train.checkpoints`), as do the epoch's bookkeeping
@@ -28,10 +33,12 @@ from tqdm.auto import tqdm
 
 from cmar.config import Config, load_config, save_config, selectable_keys
 from cmar.data import load_tokenizer, prepare_data, save_tokenizer
+from cmar.evaluation.inputs import context_unk_id
 from cmar.models import build_model
 from cmar.models.hf.loading import tokenizers_for
 from cmar.processes import decide_on_main, gather, main_process_first
-from cmar.settings import LOSS_TERMS
+from cmar.settings import LOSS_TERMS, loss_terms_of
+from cmar.train.caption_dropout import drop_captions
 from cmar.train.checkpoints import (
     Checkpoints,
     RunProgress,
@@ -45,17 +52,18 @@ from cmar.train.launch import fall_back_from_mps, make_accelerator
 from cmar.train.optim import make_optimizer
 from cmar.train.tally import EpochTally, sum_over_processes
 
-TERMS = LOSS_TERMS  # the loss terms of every run, then "ground" if asked
+TERMS = LOSS_TERMS  # the loss terms of every run; "ground" and "regions" where asked
 DATA_RECORD = "data.json"  # what the run learns from: see write_data_record
 
 
 def loss_terms(model, batch, cfg: Config) -> dict[str, torch.Tensor]:
     """The model's loss terms on ``batch`` (scalars) and their weighted sum, ``total``."""
-    losses = dict(model(batch).losses)  # caption, align, next (and ground)
-    t = cfg.train
+    losses = dict(model(batch).losses)  # caption, align, next (and ground, regions)
+    t, m = cfg.train, cfg.model
     losses["total"] = losses["caption"] + t.w_align * losses["align"] + t.w_next * losses["next"]
-    if cfg.model.w_ground > 0:
-        losses["total"] = losses["total"] + cfg.model.w_ground * losses["ground"]
+    for term, weight in (("ground", m.w_ground), ("regions", m.w_regions)):
+        if term in losses and weight > 0:
+            losses["total"] = losses["total"] + weight * losses[term]
     return losses
 
 
@@ -92,7 +100,7 @@ class Trainer:
         if resume:
             cfg = load_config(self.run_dir / "config.yaml")
         self.cfg, self.progress = cfg, progress
-        self.terms = (*TERMS, *(("ground",) if cfg.model.w_ground > 0 else ()), "total")
+        self.terms = loss_terms_of(cfg)
         selectable = selectable_keys(cfg)  # a Config built in Python skips load_config
         if cfg.train.select not in selectable:
             raise ValueError(f"train.select must be one of {selectable}, got {cfg.train.select!r}")
@@ -105,7 +113,8 @@ class Trainer:
         # process at every optimiser step, so the schedule is written for one process.
         batches = math.ceil(len(self.data.datasets["train"]) / cfg.data.batch_size)
         self.steps_per_epoch = math.ceil(batches / self.accelerator.num_processes)
-        optimizer, scheduler = make_optimizer(self.model, cfg.train, batches * cfg.train.epochs)
+        optimizer, scheduler = make_optimizer(self.model, cfg.train, batches * cfg.train.epochs,
+                                              steps_per_epoch=batches)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             self.model, optimizer, scheduler)
         self.checkpoints = Checkpoints(self.run_dir, self.accelerator, cfg.train.select,
@@ -201,7 +210,10 @@ class Trainer:
                    total=self.steps_per_epoch, disable=not (self.progress and self.main),
                    leave=False)
         alone = self.accelerator.num_processes == 1
+        t, unk = self.cfg.train, context_unk_id(self.data.context_tokenizer)
         for step, batch in enumerate(bar, start=steps + 1):
+            if t.caption_dropout > 0 or t.word_dropout > 0:
+                batch = drop_captions(batch, unk, t.caption_dropout, t.word_dropout)
             losses = train_step(self.model, batch, self.optimizer, self.scheduler, self.cfg,
                                 self.accelerator)
             steps += 1

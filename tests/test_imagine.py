@@ -1,0 +1,249 @@
+"""The visual-route recipe: predicted next-frame regions (model.predict_regions, w_regions),
+the decoder memory's region source, context-caption dropout, and per-part learning rates.
+Each objective's gradient reaches what it should, and each is off at weight or rate 0."""
+
+import dataclasses
+
+import pytest
+import torch
+from model_helpers import random_batch, tiny_model
+
+from cmar.config import load_config
+from cmar.models.imagine import NextRegions, next_regions_loss
+from cmar.train import loss_terms
+from cmar.train.caption_dropout import drop_captions
+from cmar.train.optim import make_optimizer, parameter_groups
+
+UNK = 3
+
+
+def imagining(**overrides):
+    return tiny_model(**{"predict_regions": True, "w_regions": 1.0, **overrides})
+
+
+def test_predicted_regions_join_the_memory_as_the_target_frame_does_in_grounded_mode():
+    batch = random_batch()
+    torch.manual_seed(0)
+    plain = tiny_model()
+    torch.manual_seed(0)
+    model = imagining()
+    r = model.image_encoder.n_regions
+    plain_enc, enc = plain.encode(batch), model.encode(batch)
+    assert enc.predicted.shape == (4, r, 32)
+    assert enc.memory.shape[1] == plain_enc.memory.shape[1] + r
+    kind = model.memory_kind.weight[3]  # the target-frame kind
+    assert torch.allclose(enc.memory[:, -r:], enc.predicted + kind)
+    assert enc.memory_mask[:, -r:].all()
+    # the decoder reads them: another prediction changes the logits
+    logits = model.decoder(batch.target_in, enc.memory, enc.memory_mask)
+    moved = enc.memory.clone()
+    moved[:, -r:] += 1.0
+    assert not torch.allclose(logits, model.decoder(batch.target_in, moved, enc.memory_mask))
+
+
+def test_the_region_loss_trains_the_predictor_and_the_context_encoder_not_the_target():
+    torch.manual_seed(0)
+    model = imagining(image_encoder="small_cnn")
+    batch = random_batch()
+    losses = model(batch).losses
+    assert "regions" in losses and losses["regions"] > 0
+    losses["regions"].backward()
+    predictor = [p.grad for p in model.next_regions.parameters()]
+    assert all(g is not None for g in predictor) and any(g.abs().sum() > 0 for g in predictor)
+    cnn = next(model.image_encoder.parameters()).grad
+    assert cnn is not None and cnn.abs().sum() > 0  # through the context regions it reads
+    # the true frame and frame k only set the target and the weights: no gradient reaches them
+    enc = model.encode(batch)
+    true_regions, _ = model.encode_frames(batch.target_image, None)
+    newest = enc.regions.view(4, 3, *enc.regions.shape[1:])[:, -1]
+    predicted = enc.predicted.detach().requires_grad_()
+    loss = next_regions_loss(predicted, true_regions, newest)
+    to_predicted, to_true, to_newest = torch.autograd.grad(
+        loss, [predicted, true_regions, newest], allow_unused=True)
+    assert to_predicted.abs().sum() > 0 and to_true is None and to_newest is None
+
+
+def test_the_region_loss_is_off_at_weight_zero_and_refused_without_the_predictor():
+    torch.manual_seed(0)
+    model = imagining(w_regions=0.0)
+    losses = model(random_batch()).losses
+    assert "regions" not in losses
+    assert model.encode(random_batch()).predicted is not None  # the prediction is still read
+    cfg = load_config("smoke", ["model.predict_regions=true", "model.w_regions=0"])
+    total = loss_terms(tiny_model(predict_regions=True), random_batch(), cfg)
+    assert set(total) == {"caption", "align", "next", "total"}
+    with pytest.raises(ValueError, match="model.predict_regions=true"):
+        load_config("smoke", ["model.w_regions=0.5"])
+    with pytest.raises(ValueError, match="data.mode=next"):
+        load_config("smoke", ["model.predict_regions=true", "data.mode=grounded"])
+
+
+def test_the_weighted_total_adds_the_region_term_at_its_weight():
+    cfg = load_config("smoke", ["model.predict_regions=true", "model.w_regions=0.5"])
+    torch.manual_seed(0)
+    model = imagining(w_regions=0.5)
+    model.eval()
+    out = loss_terms(model, random_batch(), cfg)
+    t = cfg.train
+    expected = (out["caption"] + t.w_align * out["align"] + t.w_next * out["next"]
+                + 0.5 * out["regions"])
+    assert torch.allclose(out["total"], expected)
+
+
+def test_region_loss_weights_the_regions_that_changed():
+    torch.manual_seed(0)
+    newest = torch.randn(1, 4, 8)
+    true = newest.clone()
+    true[0, 2] = torch.randn(8)  # only region 2 changes
+    perfect = next_regions_loss(true.clone(), true, newest)
+    assert perfect == pytest.approx(0, abs=1e-6)
+    # a prediction that copies frame k is wrong only at region 2, which weighs the most
+    copy = next_regions_loss(newest.clone(), true, newest)
+    wrong_elsewhere = true.clone()
+    wrong_elsewhere[0, 0] = -true[0, 0]  # as wrong as can be, at a region that did not move
+    assert copy > next_regions_loss(wrong_elsewhere, true, newest) / 2
+    change = 1 - torch.nn.functional.cosine_similarity(true, newest, dim=-1)
+    weight = 1 + change / change.mean()
+    distance = 1 - torch.nn.functional.cosine_similarity(newest, true, dim=-1)
+    assert torch.allclose(copy, (weight * distance).sum() / weight.sum())
+    # a region outside the picture weighs nothing
+    keep = torch.tensor([[True, True, False, True]])
+    assert next_regions_loss(newest.clone(), true, newest, keep) == pytest.approx(0, abs=1e-6)
+
+
+def test_the_predictor_ignores_masked_context_regions():
+    torch.manual_seed(0)
+    head = NextRegions(16, 2, dropout=0.0).eval()
+    regions = torch.randn(2, 3, 4, 16)
+    keep = torch.ones(2, 3, 4, dtype=torch.bool)
+    keep[:, 0, 1] = False
+    changed = regions.clone()
+    changed[:, 0, 1] = 100.0
+    assert torch.allclose(head(regions, keep), head(changed, keep), atol=1e-5)
+    assert not torch.allclose(head(regions), head(changed), atol=1e-3)
+
+
+@pytest.mark.parametrize("source", ["fused", "encoder", "both"])
+def test_memory_region_source_picks_the_regions_the_decoder_reads(source):
+    torch.manual_seed(0)
+    model = tiny_model(memory_region_source=source, fusion="cmar")
+    enc = model.encode(random_batch())
+    k, r = 3, model.image_encoder.n_regions
+    start = k + 3 * 6  # story states, then the context words (k captions of 6 tokens)
+    where = model.frame_position.weight[:k].repeat_interleave(r, 0)
+    fused = enc.fused.regions.reshape(4, k * r, -1) + where + model.memory_kind.weight[2]
+    raw = enc.regions.reshape(4, k * r, -1) + where + model.memory_kind.weight[2]
+    held = enc.memory[:, start:]
+    if source == "fused":
+        assert torch.allclose(held, fused)
+    elif source == "encoder":
+        assert torch.allclose(held, raw)
+    else:
+        assert torch.allclose(held[:, :k * r], fused)
+        assert torch.allclose(held[:, k * r:], raw + model.encoder_region_kind)
+    with pytest.raises(ValueError, match="memory_region_source"):
+        load_config("smoke", ["model.memory_region_source=pixels"])
+
+
+def test_caption_dropout_blanks_exactly_the_drawn_windows():
+    batch = random_batch(b=64)
+    torch.manual_seed(5)
+    drawn = torch.rand(64) < 0.3
+    torch.manual_seed(5)
+    dropped = drop_captions(batch, UNK, caption_rate=0.3)
+    blank = dropped.context_mask.sum(-1) == 1  # (B, k)
+    assert 0 < drawn.sum() < 64
+    assert (blank.all(-1) == drawn).all() and not (blank.any(-1) & ~drawn).any()
+    assert (dropped.context_tokens[drawn][..., 0] == UNK).all()
+    assert torch.equal(dropped.context_tokens[~drawn], batch.context_tokens[~drawn])
+    assert torch.equal(dropped.context_mask[~drawn], batch.context_mask[~drawn])
+    for name in ("context_images", "target_in", "target_out", "target_image"):
+        assert torch.equal(getattr(dropped, name), getattr(batch, name))  # text only
+    assert drop_captions(batch, UNK) is batch  # rates of 0: nothing drawn, nothing changed
+
+
+def test_word_dropout_sets_a_share_of_the_real_tokens_to_unk_and_drops_their_boxes():
+    batch = random_batch(b=64)
+    boxes = torch.zeros(*batch.context_tokens.shape, 4)
+    batch = dataclasses.replace(batch, context_boxes=boxes)
+    torch.manual_seed(0)
+    dropped = drop_captions(batch, UNK, word_rate=0.25)
+    changed = dropped.context_tokens != batch.context_tokens
+    real = batch.context_mask
+    assert not (changed & ~real).any()  # padding is never touched
+    assert (dropped.context_tokens[changed] == UNK).all()
+    share = changed.sum() / real.sum()
+    assert 0.18 < share < 0.32
+    assert torch.equal(dropped.context_mask, batch.context_mask)
+    assert dropped.context_boxes[changed].isnan().all()
+    assert not dropped.context_boxes[~changed].isnan().any()
+
+
+def test_the_trainer_drops_captions_in_training_only(tmp_path):
+    from cmar.train import Trainer
+
+    cfg = load_config("smoke", [f"runs_dir={tmp_path}", "train.epochs=1",
+                                "train.caption_dropout=1.0", "data.n_stories=24"])
+    trainer = Trainer(cfg, progress=False)
+    seen = {True: [], False: []}
+
+    def record(module, args):
+        tokens, mask = args
+        seen[module.training].append(mask.sum(-1))
+
+    trainer.model.text_encoder.register_forward_pre_hook(record)
+    trainer._check_memory = lambda: None  # its one trial step (undone) reads whole captions
+    trainer.fit()
+    training, validation = torch.cat(seen[True]), torch.cat(seen[False])
+    assert (training == 1).all()  # every training caption was one [UNK]
+    assert (validation > 1).any()  # validation read the captions
+
+
+def test_lr_groups_scale_a_part_and_frozen_epochs_hold_it_at_zero():
+    torch.manual_seed(0)
+    model = tiny_model(image_encoder="small_cnn")
+    train = load_config("smoke", ["train.lr_groups={image_encoder: 0.1, decoder.out: 0.5}",
+                                  "train.frozen_epochs={image_encoder: 2}"]).train
+    groups = parameter_groups(model, 0.01, train.lr_groups, train.frozen_epochs)
+    by_name = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        names = [by_name[id(p)] for p in group["params"]]
+        prefix = group["prefix"]
+        if prefix is None:
+            assert not any(n.startswith(("image_encoder.", "decoder.out.")) for n in names)
+        else:
+            assert all(n.startswith(prefix + ".") for n in names)
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters()
+                                                         if p.requires_grad)
+    optimizer, scheduler = make_optimizer(model, train, total_steps=40, steps_per_epoch=10)
+    rates = []
+    for _ in range(40):
+        rates.append({g["prefix"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    for step in (5, 15, 25):
+        assert rates[step]["decoder.out"] == pytest.approx(0.5 * rates[step][None])
+    assert all(rates[s]["image_encoder"] == 0 for s in range(20))  # frozen for 2 epochs
+    assert rates[25]["image_encoder"] == pytest.approx(0.1 * rates[25][None])
+    assert rates[25]["image_encoder"] > 0
+    with pytest.raises(ValueError, match="imge_encoder"):
+        parameter_groups(model, 0.01, {"imge_encoder": 0.1})
+    with pytest.raises(ValueError, match="train.lr_groups"):
+        load_config("smoke", ["train.lr_groups={image_encoder: -1}"])
+
+
+def test_a_part_in_its_frozen_epochs_keeps_its_weights(tmp_path):
+    from cmar.train import Trainer
+
+    cfg = load_config("smoke", [f"runs_dir={tmp_path}", "train.epochs=2", "data.n_stories=24",
+                                "train.frozen_epochs={image_encoder: 1}"])
+    trainer = Trainer(cfg, progress=False)
+    start = {n: p.detach().clone() for n, p in trainer.model.image_encoder.named_parameters()}
+    decoder_start = trainer.model.decoder.out.weight.detach().clone()
+    trainer.fit(stop_after=1)
+    after_one = dict(trainer.model.image_encoder.named_parameters())
+    assert all(torch.equal(start[n], after_one[n]) for n in start)
+    assert not torch.equal(decoder_start, trainer.model.decoder.out.weight)
+    trainer.fit()
+    after_two = dict(trainer.model.image_encoder.named_parameters())
+    assert any(not torch.equal(start[n], after_two[n]) for n in start)
