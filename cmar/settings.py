@@ -28,6 +28,7 @@ NEXT_TARGETS = ("shared", "detached")  # model.next_target
 NEXT_NEGATIVES = ("batch", "story")  # model.next_negatives
 REGION_SOURCES = ("fused", "encoder", "both")  # model.memory_region_source
 PREDICT_FROM = ("fused", "encoder")  # model.predict_regions_from
+GROUND_MENTIONS = ("characters", "all")  # model.ground_mentions
 STRATEGIES = ("greedy", "beam", "sample")  # eval.strategy
 METRIC_TOKENIZERS = ("python", "ptb")  # eval.tokenizer
 LOSS_TERMS = ("caption", "align", "next")  # every run's loss terms ("ground" too if asked)
@@ -106,8 +107,12 @@ class ModelConfig:
     next_negatives: str = "batch"  # "batch": the next frames of the batch's other windows |
     #                                "story": also the window's own context frames
     w_ground: float = 0.0  # weight of the grounding loss: the fusion's word-to-region
-    #                        attention at a character's name pulled onto the regions of its box
-    #                        (needs boxes in chain_of_thought and a cmar or cross fusion; 0: off)
+    #                        attention at a tagged mention (a character's name; see
+    #                        ground_mentions) pulled onto the regions of its box (needs boxes
+    #                        in chain_of_thought and a cmar or cross fusion; 0: off)
+    ground_mentions: str = "characters"  # which tagged mentions the grounding loss pulls:
+    #                                      "characters" (names) | "all" (also objects and
+    #                                      places: <gdl lmN>the pond</gdl>) that have a box
     predict_regions: bool = False  # "imagine, then describe" (next mode): predict frame k+1's
     #                                regions from the context frames' regions (no text input);
     #                                the prediction joins the decoder memory where grounded
@@ -203,7 +208,8 @@ def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
                              f"got {value!r}")
     for key, value, choices in (("memory_region_source", m.memory_region_source,
                                  REGION_SOURCES),
-                                ("predict_regions_from", m.predict_regions_from, PREDICT_FROM)):
+                                ("predict_regions_from", m.predict_regions_from, PREDICT_FROM),
+                                ("ground_mentions", m.ground_mentions, GROUND_MENTIONS)):
         if value not in choices:
             raise ValueError(f"config key model.{key} must be one of {', '.join(choices)}, "
                              f"got {value!r}")

@@ -11,7 +11,7 @@ from model_helpers import random_batch, tiny_model
 
 from cmar.config import load_config
 from cmar.data import decode, prepare_data
-from cmar.data.mentions import MentionTargets, box_regions, region_overlaps
+from cmar.data.mentions import MentionTargets, box_regions, region_overlaps, token_position
 from cmar.data.windows import window_frame
 from cmar.models.losses import grounding_loss
 
@@ -117,3 +117,36 @@ def test_a_run_with_w_ground_logs_the_term_and_selects_on_it(shapes_cache, tmp_p
     expected = (row["train_caption"] + 0.1 * row["train_align"] + 0.1 * row["train_next"]
                 + 0.5 * row["train_ground"])
     assert row["train_total"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_ground_mentions_all_adds_each_landmark_mention_at_its_box(shapes_cache):
+    cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}", "model.w_ground=0.5",
+                                "model.ground_mentions=all"])
+    data = prepare_data(cfg.data, splits=("train",), progress=False, boxes=True,
+                        every_mention=True)
+    stories, store = data.stories["train"], data.datasets["train"].store
+    names = MentionTargets(stories, store, data.tokenizer)
+    every = MentionTargets(stories, store, data.tokenizer, every=True)
+    landmarks = 0
+    for story in stories[:10]:
+        for t in range(len(story)):
+            extra = dict(every.frame(story.story_id, t))
+            plain = dict(names.frame(story.story_id, t))
+            assert plain.items() <= extra.items()  # the characters' mentions stay as they are
+            places = [m for m in story.mentions[t] if m.kind == "gdl"]
+            assert len(extra) == len(plain) + len(places)  # one place a frame: the destination
+            for mention in places:
+                position = token_position(data.tokenizer, story.captions[t], mention.start,
+                                          mention.end)
+                box = store.fit_box(stories.index(story), t, story.entities[t][mention.ids[0]])
+                assert extra[position] == pytest.approx(box)
+                landmarks += 1
+    assert landmarks >= 10
+    batch = next(iter(data.loader("train", shuffle=False, batch_size=8, num_workers=0)))
+    plain_batch = next(iter(prepare_data(cfg.data, splits=("train",), progress=False,
+                                         boxes=True).loader("train", shuffle=False,
+                                                            batch_size=8, num_workers=0)))
+    named = ~torch.isnan(batch.context_boxes[..., 0])
+    assert named.sum() > (~torch.isnan(plain_batch.context_boxes[..., 0])).sum()
+    with pytest.raises(ValueError, match="ground_mentions"):
+        load_config("smoke", ["model.ground_mentions=verbs"])

@@ -2,6 +2,7 @@
 
 A character mention (``<gdo charN>Name</gdo>`` in the markup) of a frame whose
 ``chain_of_thought`` table gives the character's box is tied to the first BPE token of the name
+(with ``every``, also an object's or a place's: ``<gdl lm2>the pond</gdl>``)
 and to the box mapped into the model's S x S frame (the store's ``fit_box``: the geometry of
 ``data.image_fit`` that made the frame). Grounding accuracy (``cmar.evaluation.grounding``)
 and the grounding loss (``model.w_ground``) both read them from here.
@@ -32,30 +33,34 @@ def token_position(tokenizer, text: str, start: int, end: int) -> int | None:
 
 
 class MentionTargets:
-    """The scorable character mentions of each frame of ``stories``, computed once per frame.
+    """The scorable mentions of each frame of ``stories``, computed once per frame.
 
     ``stories`` are in the store's order (``data.stories[split]`` with
     ``data.datasets[split].store``). A mention qualifies when it is an entity tag (``gdo``) of
     exactly one character id (``charN``; group mentions such as ``<gdo char1 char2>`` are
     skipped: no single box), that character has a box in that frame, and the box survives the
-    fit (:meth:`ImageStore.fit_box` is not None). ``frame(story_id, t)`` gives
+    fit (:meth:`ImageStore.fit_box` is not None). ``every=True`` also takes the single-id
+    mentions of objects (``<gdo objN>``) and places (``<gdl lmN>``, a landmark) that have a
+    box (``model.ground_mentions=all``). ``frame(story_id, t)`` gives
     ``[(token_position, box_in_frame_pixels), ...]``.
     """
 
-    def __init__(self, stories: Sequence[Story], store, tokenizer):
+    def __init__(self, stories: Sequence[Story], store, tokenizer, every: bool = False):
         self.stories, self.store, self.tokenizer = stories, store, tokenizer
+        self.every = every
         self.index = {story.story_id: i for i, story in enumerate(stories)}
         self._frames: dict[tuple[int, int], list[tuple[int, Box]]] = {}
 
-    @staticmethod
-    def _boxed(story: Story, t: int) -> list[tuple[Mention, Box]]:
-        """Character mentions of frame t with their box in original pixels."""
+    def _boxed(self, story: Story, t: int) -> list[tuple[Mention, Box]]:
+        """The qualifying mentions of frame t with their box in original pixels."""
         entities = story.entities[t] if t < len(story.entities) else {}
         mentions = story.mentions[t] if t < len(story.mentions) else ()
+        kinds = ("gdo", "gdl") if self.every else ("gdo",)
         out = []
         for mention in mentions:
-            if mention.kind != "gdo" or len(mention.ids) != 1 \
-                    or not mention.ids[0].startswith("char"):
+            if mention.kind not in kinds or len(mention.ids) != 1:
+                continue
+            if not (self.every or mention.ids[0].startswith("char")):
                 continue
             box = entities.get(mention.ids[0])
             if box is not None:

@@ -145,13 +145,13 @@ def cut_targets_warning(summary: dict, caption_policy: str = "full") -> str | No
 
 def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLITS,
                  progress: bool = True, boxes: bool = False,
-                 context_tokenizer=None) -> StoryData:
+                 context_tokenizer=None, every_mention: bool = False) -> StoryData:
     """Load, tokenize, window and decode every split named in ``splits``. ``tokenizer``: the
     caption tokenizer (a run's, or a pretrained decoder's); None trains a BPE on the training
     captions. ``context_tokenizer``: a pretrained text encoder's, for the context captions
     (default: the caption tokenizer). ``boxes``: batches also carry the boxes of the
     characters named in the context captions (``Batch.context_boxes``, for the grounding
-    loss)."""
+    loss); ``every_mention``: of the objects and places too (``model.ground_mentions=all``)."""
     if cfg.mode not in MODES:
         raise ValueError(f"data.mode must be one of {MODES}, got {cfg.mode!r}")
     stories = {split: load_split(cfg, split, progress) for split in splits}
@@ -171,7 +171,8 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
         store = ImageStore(split_stories, cfg.image_size, cache_dir=frame_cache, progress=progress,
                            fit=cfg.image_fit)
         windows = make_windows(split_stories, cfg.k)
-        mentions = MentionTargets(split_stories, store, context_tokenizer) if boxes else None
+        mentions = (MentionTargets(split_stories, store, context_tokenizer, every_mention)
+                    if boxes else None)
         data.datasets[split] = WindowDataset(split_stories, windows, store, tokenizer,
                                              max_tokens=cfg.max_tokens, mentions=mentions,
                                              context_tokenizer=context_tokenizer)

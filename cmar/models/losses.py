@@ -41,8 +41,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor
 
 def grounding_loss(attention: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
                    image_size: int) -> torch.Tensor:
-    """Minus the log of the attention mass a character's name puts on the regions its box
-    covers, averaged over the names in the batch and the fusion's rounds.
+    """Minus the log of the attention mass a tagged mention (a character's name, or with
+    ``model.ground_mentions=all`` an object or place too) puts on the regions its box covers,
+    averaged over the mentions in the batch and the fusion's rounds.
 
     attention (B, k, rounds, Lc, R) word-to-region weights over a square grid of R regions
     (:mod:`cmar.data.mentions`); boxes (B, k, Lc, 4) in the S x S frame's pixels, NaN where a

@@ -137,6 +137,7 @@ class Trainer:
             self.data = prepare_data(cfg.data, splits=("train", "validation"),
                                      progress=self.progress and self.main,
                                      boxes=cfg.model.w_ground > 0,
+                                     every_mention=cfg.model.ground_mentions == "all",
                                      **tokenizers_for(cfg.model, tokenizer))
             self.tokenizer = self.data.tokenizer
             self.model = build_model(cfg.model, self.tokenizer, cfg.data)
