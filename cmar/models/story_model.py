@@ -267,7 +267,8 @@ class StoryModel(nn.Module):
         if self.next_regions is not None:  # imagine frame k+1, then let the decoder read it
             source = (fused.regions if self.cfg.predict_regions_from == "fused"
                       and fused.regions is not None else regions)
-            predicted = self.next_regions(source.view(b, k, *source.shape[1:]),
+            newest = regions.view(b, k, *regions.shape[1:])[:, -1]  # (B, R, d) frame k
+            predicted = self.next_regions(source.view(b, k, *source.shape[1:]), newest,
                                           None if keep is None else keep.view(b, k, -1))
             parts.append(predicted + kinds[3])  # where grounded mode puts the real frame
             masks.append(torch.ones(predicted.shape[:2], dtype=torch.bool, device=story.device))

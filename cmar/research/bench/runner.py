@@ -9,6 +9,7 @@ Timings are reported as median and spread over repeats, never asserted in unit t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -204,6 +205,11 @@ def bench_train(cfg, steps: int = 20, cache_dir=None, repeats: int = 3) -> dict:
     result = {"image_encoder": cfg.model.image_encoder, "image_size": cfg.data.image_size,
               "frozen": cfg.model.freeze_image_encoder, "steps": steps, "repeats": repeats,
               "batch_size": cfg.data.batch_size, "images": run()}
+    if not cfg.model.freeze_image_encoder:  # where the time of a step goes
+        from cmar.research.bench.profile import profile_steps
+
+        batches = itertools.islice(data.loader("train", shuffle=True, seed=cfg.seed), steps + 1)
+        result["profile"] = profile_steps(model, batches, optimizer)
     if cache_dir is not None and cfg.model.freeze_image_encoder:
         from cmar.models.feature_cache import attach_feature_cache
 

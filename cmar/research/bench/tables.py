@@ -72,6 +72,13 @@ def render(result: dict) -> str:
         if "speedup" in f:
             body += (f"\nfeature cache / re-encoding: {f['speedup']}x per epoch (target >= 10x)"
                      f"; cache built once in {f['cache_build_s']} s")
+        if "profile" in t:
+            prof = t["profile"]
+            shares = sorted(prof["shares"].items(), key=lambda item: -item[1])
+            body += (f"\n\nwhere a training step's time goes ({t['image_encoder']} trainable, "
+                     f"{prof['steps']} profiled steps, {prof['step']:.0f} ms a step):\n")
+            body += _rows(["phase", "share of the step"],
+                          [[phase, f"{100 * share:.1f}%"] for phase, share in shares])
     elif target == "decode":
         r = result
         body = _rows(["decoding", "windows/s", "runs"], [
