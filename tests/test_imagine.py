@@ -24,15 +24,16 @@ def imagining(**overrides):
 def test_predicted_regions_join_the_memory_as_the_target_frame_does_in_grounded_mode():
     batch = random_batch()
     torch.manual_seed(0)
-    plain = tiny_model()
+    plain = tiny_model(region_layers=1)
     torch.manual_seed(0)
-    model = imagining()
+    model = imagining(region_layers=1).eval()
     r = model.image_encoder.n_regions
     plain_enc, enc = plain.encode(batch), model.encode(batch)
-    assert enc.predicted.shape == (4, r, 32)
+    assert enc.predicted.shape == enc.newest.shape == (4, r, 32)
     assert enc.memory.shape[1] == plain_enc.memory.shape[1] + r
-    kind = model.memory_kind.weight[3]  # the target-frame kind
-    assert torch.allclose(enc.memory[:, -r:], enc.predicted + kind)
+    # the memory holds what the region encoder makes of the prediction, as of a real frame
+    imagined, _ = model.refine((enc.predicted, enc.predicted.mean(1)))
+    assert torch.allclose(enc.memory[:, -r:], imagined + model.memory_kind.weight[3], atol=1e-6)
     assert enc.memory_mask[:, -r:].all()
     # the decoder reads them: another prediction changes the logits
     logits = model.decoder(batch.target_in, enc.memory, enc.memory_mask)
@@ -54,10 +55,10 @@ def test_the_region_loss_trains_the_predictor_and_the_context_encoder_not_the_ta
     assert all(g is not None for g in predictor) and any(g.abs().sum() > 0 for g in predictor)
     cnn = next(model.image_encoder.parameters()).grad
     assert cnn is not None and cnn.abs().sum() > 0  # through the context regions it reads
-    # the true frame and frame k only set the target and the weights: no gradient reaches them
+    # the true frame and frame k only set the target and the scale: no gradient reaches them
     enc = model.encode(batch)
-    true_regions, _ = model.encode_frames(batch.target_image, None)
-    newest = enc.regions.view(4, 3, *enc.regions.shape[1:])[:, -1]
+    true_regions, _ = model.encode_grid(batch.target_image, None)
+    newest = enc.newest.detach().requires_grad_()
     predicted = enc.predicted.detach().requires_grad_()
     loss = next_regions_loss(predicted, true_regions, newest)
     to_predicted, to_true, to_newest = torch.autograd.grad(
@@ -118,10 +119,12 @@ def test_region_loss_is_the_share_of_the_change_left_unpredicted():
 
 def test_the_prediction_starts_as_a_copy_of_the_newest_frame():
     torch.manual_seed(0)
-    model = imagining().eval()
-    enc = model.encode(random_batch())
-    newest = enc.regions.view(4, 3, *enc.regions.shape[1:])[:, -1]
-    assert torch.allclose(enc.predicted, newest)
+    model = imagining(region_layers=1).eval()
+    batch = random_batch()
+    enc = model.encode(batch)
+    newest, _ = model.encode_grid(batch.context_images[:, -1], None)  # before region layers
+    assert torch.allclose(enc.newest, newest, atol=1e-6)
+    assert torch.allclose(enc.predicted, newest, atol=1e-6)
 
 
 def test_the_predictor_ignores_masked_context_regions():

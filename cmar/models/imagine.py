@@ -11,10 +11,13 @@ and :func:`next_regions_loss` pulls it towards the real frame's encoded regions
 
     context regions (B, k, R, d) --NextRegions--> change (B, R, d)
     predicted = frame k's regions (stop-gradient) + change
+    memory   += region encoder(predicted), as the real frame's would be
     loss = sum_r |predicted_r - true_r|^2 / sum_r |true_r - frame k's_r|^2  (true: no gradient)
 
-Most of a frame does not change from one step to the next, so the prediction starts as a copy
-of frame k and learns only the change. The loss is the share of the frame's change left
+The predicted and the true regions are the image encoder's own (before the region encoder,
+whose dropout would add noise to both the target and the change). Most of a frame does not
+change from one step to the next, so the prediction starts as a copy of frame k and learns
+only the change. The loss is the share of the frame's change left
 unpredicted: 1 for copying frame k, 0 for a perfect prediction. Its denominator puts the
 weight where the story moved (the region the actor left and the one it went to) and makes it
 blind to the features' scale, so shrinking the encoder's features cannot lower it; and no

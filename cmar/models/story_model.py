@@ -9,7 +9,8 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
     story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
     memory = story states [+ fused words and regions of every context frame]
              [+ target-frame regions if grounded | + predicted next-frame regions]
-    next_regions(context regions)                   -> predicted regions of frame k+1 (B, R, d)
+    next_regions(context regions, frame k's)        -> predicted regions of frame k+1 (B, R, d),
+                                                       read by the region encoder for the memory
     decoder(target_in (B, L), memory)               -> logits (B, L, V)
     next_frame(summary)                             -> predicted image embedding (B, d)
 
@@ -100,8 +101,11 @@ class Encoded:
     #                                                 grounded mode only
     regions: torch.Tensor | None = None  # (B*k, R, d) each context frame's regions from the
     #                                      image encoder (before fusion)
-    predicted: torch.Tensor | None = None  # (B, R, d) the predicted regions of frame k+1
-    #                                        (model.predict_regions)
+    predicted: torch.Tensor | None = None  # (B, R, d) the predicted regions of frame k+1,
+    #                                        as the image encoder gives them (before the region
+    #                                        encoder, which then reads them for the memory)
+    newest: torch.Tensor | None = None  # (B, R, d) frame k's regions from the image encoder,
+    #                                     what the prediction starts from
 
 
 @dataclass
@@ -206,15 +210,26 @@ class StoryModel(nn.Module):
         frames come as (B, k, ...) and N = B * k. The region encoder, if any, comes last.
         ``region_mask`` (N, R) (see :meth:`region_mask`): the regions the vector pools and
         the region encoder reads (an image encoder pools them only if it takes the mask)."""
+        return self.refine(self.encode_grid(images, features, flat, region_mask), region_mask)
+
+    def encode_grid(self, images: torch.Tensor | None, features: torch.Tensor | None,
+                    flat: bool = False, region_mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image encoder's own output, before the region encoder: regions (N, R, d) and
+        their mean (N, d); arguments as in :meth:`encode_frames`."""
         method = (self.image_encoder.from_features if features is not None
                   else self.image_encoder.forward)
         extra = ({"region_mask": region_mask}
                  if region_mask is not None and takes(method, "region_mask") else {})
         if features is not None:
-            encoded = self.image_encoder.from_features(
+            return self.image_encoder.from_features(
                 features.flatten(0, 1) if flat else features, **extra)
-        else:
-            encoded = self.image_encoder(images.flatten(0, 1) if flat else images, **extra)
+        return self.image_encoder(images.flatten(0, 1) if flat else images, **extra)
+
+    def refine(self, encoded: tuple[torch.Tensor, torch.Tensor],
+               region_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The region encoder, if any, over an image encoder's (regions (N, R, d), vector
+        (N, d)): it returns new ones; without one, ``encoded`` unchanged."""
         if self.region_encoder is None:
             return encoded
         if region_mask is None:
@@ -264,14 +279,19 @@ class StoryModel(nn.Module):
                 masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device)
                              if keep is None else keep.reshape(b, k * r))  # padding out
         target = target_keep = predicted = None
+        newest = None
         if self.next_regions is not None:  # imagine frame k+1, then let the decoder read it
             source = (fused.regions if self.cfg.predict_regions_from == "fused"
                       and fused.regions is not None else regions)
-            newest = regions.view(b, k, *regions.shape[1:])[:, -1]  # (B, R, d) frame k
+            newest = self.newest_grid(batch)[0]  # (B, R, d) frame k, before the region encoder
+            frames_keep = None if keep is None else keep.view(b, k, -1)
             predicted = self.next_regions(source.view(b, k, *source.shape[1:]), newest,
-                                          None if keep is None else keep.view(b, k, -1))
-            parts.append(predicted + kinds[3])  # where grounded mode puts the real frame
-            masks.append(torch.ones(predicted.shape[:2], dtype=torch.bool, device=story.device))
+                                          frames_keep)  # (B, R, d), the image encoder's space
+            last_keep = None if keep is None else frames_keep[:, -1]  # frame k's picture area
+            imagined, _ = self.refine((predicted, predicted.mean(1)), last_keep)
+            parts.append(imagined + kinds[3])  # where grounded mode puts the real frame
+            masks.append(torch.ones(imagined.shape[:2], dtype=torch.bool, device=story.device)
+                         if last_keep is None else last_keep)
         if self.mode == "grounded":  # the target frame's image joins the memory
             target_keep = self.region_mask(getattr(batch, "target_content", None))  # (B, R)
             target = self.encode_frames(batch.target_image, batch.target_features,
@@ -285,7 +305,17 @@ class StoryModel(nn.Module):
         if self.cfg.memory_tokens:  # the word entries follow the k story states
             ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
         return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target,
-                       keep, target_keep, regions, predicted)
+                       keep, target_keep, regions, predicted, newest)
+
+    def newest_grid(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image encoder's own output (:meth:`encode_grid`) for each window's newest
+        context frame (frame k): regions (B, R, d), vector (B, d)."""
+        keep = self.region_mask(getattr(batch, "context_content", None))
+        last = None if keep is None else keep[:, -1]
+        images, features = batch.context_images, batch.context_features
+        return self.encode_grid(None if images is None else images[:, -1],
+                                None if features is None else features[:, -1],
+                                region_mask=last)
 
     def memory_regions(self, fused: FusedFrame, regions: torch.Tensor
                        ) -> list[tuple[torch.Tensor, torch.Tensor | float]]:
@@ -313,14 +343,17 @@ class StoryModel(nn.Module):
         # The target of the next-frame losses (already encoded in grounded mode).
         target_keep = (enc.target_region_mask if enc.target is not None
                        else self.region_mask(getattr(batch, "target_content", None)))
-        true_regions, next_true = enc.target or self.encode_frames(
-            batch.target_image, batch.target_features, region_mask=target_keep)
+        true_grid = None
+        if enc.target is not None:
+            next_true = enc.target[1]
+        else:
+            true_grid = self.encode_grid(batch.target_image, batch.target_features,
+                                         region_mask=target_keep)
+            next_true = self.refine(true_grid, target_keep)[1]
         next_pred = self.next_frame(enc.summary)
         losses = {"caption": caption, **self.contrastive_losses(batch, enc, next_pred, next_true)}
         if enc.predicted is not None and self.cfg.w_regions > 0:
-            b, k = batch.context_tokens.shape[:2]
-            newest = enc.regions.view(b, k, *enc.regions.shape[1:])[:, -1]  # (B, R, d)
-            losses["regions"] = next_regions_loss(enc.predicted, true_regions, newest,
+            losses["regions"] = next_regions_loss(enc.predicted, true_grid[0], enc.newest,
                                                   target_keep)
         attention = enc.fused.attention
         if attention is not None:
