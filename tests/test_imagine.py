@@ -243,6 +243,13 @@ def test_lr_groups_scale_a_part_and_frozen_epochs_hold_it_at_zero():
     assert all(rates[s]["image_encoder"] == 0 for s in range(20))  # frozen for 2 epochs
     assert rates[25]["image_encoder"] == pytest.approx(0.1 * rates[25][None])
     assert rates[25]["image_encoder"] > 0
+    # a * stands for one part of a name; the longest prefix wins
+    from cmar.train.optim import matching_prefix
+
+    prefixes = ["decoder", "decoder.blocks.*.cross", "decoder.blocks"]
+    assert matching_prefix("decoder.blocks.3.cross.weight", prefixes) == "decoder.blocks.*.cross"
+    assert matching_prefix("decoder.blocks.3.self.weight", prefixes) == "decoder.blocks"
+    assert matching_prefix("decoder_norm.weight", prefixes) is None
     with pytest.raises(ValueError, match="imge_encoder"):
         parameter_groups(model, 0.01, {"imge_encoder": 0.1})
     with pytest.raises(ValueError, match="train.lr_groups"):

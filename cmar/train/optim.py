@@ -5,7 +5,8 @@ Parts may learn at their own rates: ``train.lr_groups`` multiplies the learning 
 parameters whose name starts with a prefix (``{"image_encoder": 0.1}``), and
 ``train.frozen_epochs`` holds it at 0 for a part's first epochs (``{"image_encoder": 2}``):
 protect a part while the rest settles, then fine-tune it. A parameter follows the longest
-prefix that matches its name (``model.named_parameters()``); the others get multiplier 1.
+prefix that matches its name (``model.named_parameters()``; ``*`` stands for one part of
+it); the others get multiplier 1.
 
 Decay pulls a weight towards zero. That regularises the matrices of linear, convolution and
 recurrent layers, but not the parameters whose scale or offset is the point: biases, the gains
@@ -30,10 +31,18 @@ def decays(module: nn.Module, name: str, parameter: nn.Parameter) -> bool:
 
 
 def matching_prefix(name: str, prefixes) -> str | None:
-    """The longest of ``prefixes`` that ``name`` (a dotted parameter name) starts with, as a
-    whole part: ``decoder`` matches ``decoder.out.weight``, not ``decoder_norm.weight``."""
-    found = [p for p in prefixes if name == p or name.startswith(p.rstrip(".") + ".")]
-    return max(found, key=len, default=None)
+    """The longest of ``prefixes`` that ``name`` (a dotted parameter name) starts with, as
+    whole parts: ``decoder`` matches ``decoder.out.weight``, not ``decoder_norm.weight``. A
+    ``*`` stands for one part: ``decoder.lm.transformer.h.*.crossattention`` matches the
+    cross-attention of every GPT-2 block."""
+    parts = name.split(".")
+
+    def matches(prefix: str) -> bool:
+        wanted = prefix.rstrip(".").split(".")
+        return len(wanted) <= len(parts) and all(
+            w == "*" or w == p for w, p in zip(wanted, parts, strict=False))
+
+    return max((p for p in prefixes if matches(p)), key=len, default=None)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, lr_groups: dict | None = None,
