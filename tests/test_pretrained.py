@@ -269,3 +269,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(parts):
         sum(model(batch).losses.values()).backward()
         grads.append([p.grad for p in model.decoder.lm.parameters() if p.requires_grad])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
+
+
+def test_the_clip_preset_trains_gpt2s_pretrained_weights_slower_than_its_new_layers(parts):
+    from cmar.train.optim import parameter_groups
+
+    train = load_config("storyreasoning-clip").train
+    model = hf_model(parts)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"]
+             for g in parameter_groups(model, 0.01, train.lr_groups) for p in g["params"]}
+    lm = {n: s for n, s in scale.items() if n.startswith("decoder.lm.")}
+    new = {n for n in lm if "crossattention" in n or "ln_cross_attn" in n}
+    assert new and all(lm[n] == 1.0 for n in new)  # the cross-attention GPT-2 did not have
+    assert all(s == 0.2 for n, s in lm.items() if n not in new)  # its pretrained weights
+    assert scale["decoder.bridge.weight"] == 1.0 and scale["fusion.pool.norm.weight"] == 1.0
+    assert train.lr * 0.2 == pytest.approx(1e-4)
