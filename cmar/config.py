@@ -137,6 +137,7 @@ FLOAT32_MAX = 3.4e38  # a float setting ends up in float32 tensors (a learning r
 WITHIN = {"data.val_fraction": (0, 1, False), "data.test_fraction": (0, 1, False),
           "model.dropout": (0, 1, False), "train.warmup": (0, 1, True),
           "train.caption_dropout": (0, 1, True), "train.word_dropout": (0, 1, False),
+          "model.teacher_regions": (0, 1, True),
           "seed": (0, 2**32 - 1, True)}  # numpy's seed
 # string keys with a closed set of choices
 CHOICES = {"data.mode": MODES, "data.caption_policy": CAPTION_POLICIES,

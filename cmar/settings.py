@@ -120,6 +120,11 @@ class ModelConfig:
     predict_regions_from: str = "encoder"  # what the prediction reads: the context regions
     #                                        from the "encoder" (no text at all) | "fused"
     #                                        (after the fusion: each read its own caption)
+    teacher_regions: float = 0.0  # training only: the share of windows whose decoder reads
+    #                               the true frame k+1's regions in place of the prediction
+    #                               (teacher forcing the imagined frame, so the decoder learns
+    #                               to read that slot as grounded mode does; needs
+    #                               predict_regions)
     w_regions: float = 0.0  # weight of the dense next-frame loss: each predicted region pulled
     #                         to the encoded region of the true frame k+1 (stop-gradient),
     #                         weighted by how much that region changed (needs predict_regions;
@@ -213,6 +218,9 @@ def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
         if value not in choices:
             raise ValueError(f"config key model.{key} must be one of {', '.join(choices)}, "
                              f"got {value!r}")
+    if m.teacher_regions > 0 and not m.predict_regions:
+        raise ValueError(f"config key model.teacher_regions ({m.teacher_regions}) replaces "
+                         "predicted next-frame regions: it needs model.predict_regions=true")
     if m.w_regions > 0 and not m.predict_regions:
         raise ValueError(f"config key model.w_regions ({m.w_regions}) weights the loss of the "
                          "predicted next-frame regions: it needs model.predict_regions=true")

@@ -271,3 +271,37 @@ def test_a_part_in_its_frozen_epochs_keeps_its_weights(tmp_path):
     trainer.fit()
     after_two = dict(trainer.model.image_encoder.named_parameters())
     assert any(not torch.equal(start[n], after_two[n]) for n in start)
+
+
+def test_teacher_regions_feeds_the_true_next_frame_in_training_only():
+    batch = random_batch(b=8)
+    torch.manual_seed(0)
+    model = imagining(teacher_regions=1.0)
+    r = model.image_encoder.n_regions
+    model.train()  # (tiny models have no dropout: the two passes can be compared)
+    enc = model.encode(batch)
+    true_grid, _ = model.encode_grid(batch.target_image, None)
+    read, _ = model.refine((true_grid, true_grid.mean(1)))
+    assert torch.allclose(enc.memory[:, -r:], read + model.memory_kind.weight[3], atol=1e-5)
+    assert enc.true_grid is not None  # encoded once, and the region loss reuses it
+    model.eval()
+    enc = model.encode(batch)
+    imagined, _ = model.refine((enc.predicted, enc.predicted.mean(1)))
+    assert torch.allclose(enc.memory[:, -r:], imagined + model.memory_kind.weight[3], atol=1e-5)
+    # a share of 0.5: each window reads either the truth or its prediction, drawn per window
+    # from the global generator (the draw comes after the encoder's, which draws nothing)
+    model = imagining(teacher_regions=0.5).train()
+    torch.manual_seed(3)
+    chosen = torch.rand(8) < 0.5
+    assert 0 < chosen.sum() < 8
+    torch.manual_seed(3)
+    enc = model.encode(batch)
+    true_grid, _ = model.encode_grid(batch.target_image, None)
+    truth = model.refine((true_grid, true_grid.mean(1)))[0] + model.memory_kind.weight[3]
+    guess = model.refine((enc.predicted, enc.predicted.mean(1)))[0] + model.memory_kind.weight[3]
+    held = enc.memory[:, -r:]
+    for i in range(8):
+        assert torch.allclose(held[i], (truth if chosen[i] else guess)[i], atol=1e-5)
+        assert not torch.allclose(held[i], (guess if chosen[i] else truth)[i], atol=1e-3)
+    with pytest.raises(ValueError, match="model.predict_regions=true"):
+        load_config("smoke", ["model.teacher_regions=0.5"])

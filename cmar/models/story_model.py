@@ -106,6 +106,9 @@ class Encoded:
     #                                        encoder, which then reads them for the memory)
     newest: torch.Tensor | None = None  # (B, R, d) frame k's regions from the image encoder,
     #                                     what the prediction starts from
+    true_grid: tuple[torch.Tensor, torch.Tensor] | None = None  # the true frame k+1 from the
+    #                               image encoder, when teacher forcing (model.teacher_regions)
+    #                               encoded it: regions (B, R, d), vector (B, d)
 
 
 @dataclass
@@ -279,7 +282,7 @@ class StoryModel(nn.Module):
                 masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device)
                              if keep is None else keep.reshape(b, k * r))  # padding out
         target = target_keep = predicted = None
-        newest = None
+        newest = true_grid = None
         if self.next_regions is not None:  # imagine frame k+1, then let the decoder read it
             source = (fused.regions if self.cfg.predict_regions_from == "fused"
                       and fused.regions is not None else regions)
@@ -288,7 +291,16 @@ class StoryModel(nn.Module):
             predicted = self.next_regions(source.view(b, k, *source.shape[1:]), newest,
                                           frames_keep)  # (B, R, d), the image encoder's space
             last_keep = None if keep is None else frames_keep[:, -1]  # frame k's picture area
-            imagined, _ = self.refine((predicted, predicted.mean(1)), last_keep)
+            read = predicted
+            if self.training and self.cfg.teacher_regions > 0:  # teacher forcing: some
+                # windows read the true frame k+1 instead (never in evaluation)
+                true_grid = self.encode_grid(batch.target_image, batch.target_features,
+                                             region_mask=self.region_mask(
+                                                 getattr(batch, "target_content", None)))
+                chosen = torch.rand(b) < self.cfg.teacher_regions  # (B,) the global generator
+                read = torch.where(chosen.to(predicted.device)[:, None, None], true_grid[0],
+                                   predicted)
+            imagined, _ = self.refine((read, read.mean(1)), last_keep)
             parts.append(imagined + kinds[3])  # where grounded mode puts the real frame
             masks.append(torch.ones(imagined.shape[:2], dtype=torch.bool, device=story.device)
                          if last_keep is None else last_keep)
@@ -305,7 +317,7 @@ class StoryModel(nn.Module):
         if self.cfg.memory_tokens:  # the word entries follow the k story states
             ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
         return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target,
-                       keep, target_keep, regions, predicted, newest)
+                       keep, target_keep, regions, predicted, newest, true_grid)
 
     def newest_grid(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The image encoder's own output (:meth:`encode_grid`) for each window's newest
@@ -343,12 +355,13 @@ class StoryModel(nn.Module):
         # The target of the next-frame losses (already encoded in grounded mode).
         target_keep = (enc.target_region_mask if enc.target is not None
                        else self.region_mask(getattr(batch, "target_content", None)))
-        true_grid = None
+        true_grid = enc.true_grid
         if enc.target is not None:
             next_true = enc.target[1]
         else:
-            true_grid = self.encode_grid(batch.target_image, batch.target_features,
-                                         region_mask=target_keep)
+            if true_grid is None:
+                true_grid = self.encode_grid(batch.target_image, batch.target_features,
+                                             region_mask=target_keep)
             next_true = self.refine(true_grid, target_keep)[1]
         next_pred = self.next_frame(enc.summary)
         losses = {"caption": caption, **self.contrastive_losses(batch, enc, next_pred, next_true)}
