@@ -27,7 +27,7 @@ DIFFICULTIES = {
 NEXT_TARGETS = ("shared", "detached")  # model.next_target
 NEXT_NEGATIVES = ("batch", "story")  # model.next_negatives
 REGION_SOURCES = ("fused", "encoder", "both")  # model.memory_region_source
-PREDICT_FROM = ("fused", "encoder")  # model.predict_regions_from
+PREDICT_FROM = ("encoder", "fused", "story")  # model.predict_regions_from
 GROUND_MENTIONS = ("characters", "all")  # model.ground_mentions
 STRATEGIES = ("greedy", "beam", "sample")  # eval.strategy
 METRIC_TOKENIZERS = ("python", "ptb")  # eval.tokenizer
@@ -119,7 +119,8 @@ class ModelConfig:
     #                                mode puts the real frame's regions (cmar.models.imagine)
     predict_regions_from: str = "encoder"  # what the prediction reads: the context regions
     #                                        from the "encoder" (no text at all) | "fused"
-    #                                        (after the fusion: each read its own caption)
+    #                                        (after the fusion: each read its own caption) |
+    #                                        "story" (fused, and the story encoder's states)
     teacher_regions: float = 0.0  # training only: the share of windows whose decoder reads
     #                               the true frame k+1's regions in place of the prediction
     #                               (teacher forcing the imagined frame, so the decoder learns

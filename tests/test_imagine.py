@@ -305,3 +305,16 @@ def test_teacher_regions_feeds_the_true_next_frame_in_training_only():
         assert not torch.allclose(held[i], (guess if chosen[i] else truth)[i], atol=1e-3)
     with pytest.raises(ValueError, match="model.predict_regions=true"):
         load_config("smoke", ["model.teacher_regions=0.5"])
+
+
+@pytest.mark.parametrize("source", ["encoder", "fused", "story"])
+def test_only_the_encoder_source_keeps_the_text_out_of_the_prediction(source):
+    torch.manual_seed(0)
+    model = imagining(predict_regions_from=source, fusion="cmar").eval()
+    torch.nn.init.normal_(model.next_regions.out.weight, std=0.05)  # not the copy it starts as
+    batch = random_batch()
+    other = dataclasses.replace(batch, context_tokens=random_batch(seed=1).context_tokens,
+                                context_mask=random_batch(seed=1).context_mask)
+    same = torch.allclose(model.encode(batch).predicted, model.encode(other).predicted,
+                          atol=1e-6)
+    assert same == (source == "encoder")

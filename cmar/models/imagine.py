@@ -4,7 +4,8 @@ In grounded mode the decoder reads the target frame's regions and names the plac
 stands at. In next mode that frame is what the story is about to show, so
 :class:`NextRegions` predicts it from the context frames' regions: by default those of
 the image encoder, so no text reaches the prediction (``model.predict_regions_from=fused``
-reads them after the fusion, where each has read its own frame's caption). The prediction
+reads them after the fusion, where each has read its own frame's caption; ``story`` also
+the story encoder's states, which know from the captions whose turn it is). The prediction
 joins the decoder memory where grounded mode puts the real frame (``model.predict_regions``),
 and :func:`next_regions_loss` pulls it towards the real frame's encoded regions
 (``model.w_regions``)::
@@ -56,11 +57,17 @@ class NextRegions(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, regions: torch.Tensor, newest: torch.Tensor,
-                region_mask: torch.Tensor | None = None) -> torch.Tensor:
+                region_mask: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``extra`` (B, E, d): more entries to read, such as the story states (E = k)."""
         b, k, r, d = regions.shape
         where = self.frame_position.weight[:k, None]  # (k, 1, d)
         keys = (regions + where).reshape(b, k * r, d)
         padding = None if region_mask is None else ~region_mask.reshape(b, k * r)
+        if extra is not None:
+            keys = torch.cat([keys, extra], 1)
+            if padding is not None:
+                padding = torch.cat([padding, padding.new_zeros(extra.shape[:2])], 1)
         queries = regions[:, -1] + self.step  # (B, R, d) "the newest frame, one step later"
         states = self.layers(queries, keys, memory_key_padding_mask=padding)
         return newest.detach() + self.out(self.norm(states))  # (B, R, d)

@@ -284,12 +284,14 @@ class StoryModel(nn.Module):
         target = target_keep = predicted = None
         newest = true_grid = None
         if self.next_regions is not None:  # imagine frame k+1, then let the decoder read it
-            source = (fused.regions if self.cfg.predict_regions_from == "fused"
+            reads = self.cfg.predict_regions_from
+            source = (fused.regions if reads in ("fused", "story")
                       and fused.regions is not None else regions)
             newest = self.newest_grid(batch)[0]  # (B, R, d) frame k, before the region encoder
             frames_keep = None if keep is None else keep.view(b, k, -1)
             predicted = self.next_regions(source.view(b, k, *source.shape[1:]), newest,
-                                          frames_keep)  # (B, R, d), the image encoder's space
+                                          frames_keep, story if reads == "story" else None)
+            #                                     (B, R, d), in the image encoder's space
             last_keep = None if keep is None else frames_keep[:, -1]  # frame k's picture area
             read = predicted
             if self.training and self.cfg.teacher_regions > 0:  # teacher forcing: some
