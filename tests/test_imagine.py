@@ -318,3 +318,26 @@ def test_only_the_encoder_source_keeps_the_text_out_of_the_prediction(source):
     same = torch.allclose(model.encode(batch).predicted, model.encode(other).predicted,
                           atol=1e-6)
     assert same == (source == "encoder")
+
+
+def test_the_visual_route_tool_trains_scores_and_diagnoses_an_imagining_run(
+        shapes_cache, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "visual_route", Path(__file__).parent.parent / "tools" / "visual_route.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    row = tool.run("imagine", "smoke", [f"data.cache_dir={shapes_cache}", "train.epochs=1",
+                                        "model.predict_regions=true", "model.w_regions=1",
+                                        "model.teacher_regions=0.5"])
+    assert set(row["plain"]) == set(row["images blanked"]) and "slot place" in row["plain"]
+    assert "train_regions" in row["last epoch"]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+    found = tool.diagnose(str(tmp_path / "imagine"))
+    for value in found["place, teacher-forced"].values():
+        assert 0 <= value <= 1
+    assert set(found["change left unpredicted (copy = 1)"]) == {
+        "frame", "region the actor arrives", "region the actor leaves"}
