@@ -39,8 +39,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="default",
-                        help="The preset (smoke, default, storyreasoning or storyreasoning-clip) "
-                             "or YAML file to read the config from (default: %(default)s).")
+                        help="The preset (smoke, default, long, storyreasoning or "
+                             "storyreasoning-clip) or YAML file to read the config from "
+                             "(default: %(default)s).")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="Override one config value, e.g. data.k=4 or "
                                                   "device=cpu; repeat it for several.")
