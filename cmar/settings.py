@@ -121,6 +121,8 @@ class ModelConfig:
     #                                        from the "encoder" (no text at all) | "fused"
     #                                        (after the fusion: each read its own caption) |
     #                                        "story" (fused, and the story encoder's states)
+    predict_regions_motion: bool = False  # the prediction also reads each region's change
+    #                                       between consecutive context frames
     teacher_regions: float = 0.0  # training only: the share of windows whose decoder reads
     #                               the true frame k+1's regions in place of the prediction
     #                               (teacher forcing the imagined frame, so the decoder learns

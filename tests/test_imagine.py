@@ -341,3 +341,29 @@ def test_the_visual_route_tool_trains_scores_and_diagnoses_an_imagining_run(
         assert 0 <= value <= 1
     assert set(found["change left unpredicted (copy = 1)"]) == {
         "frame", "region the actor arrives", "region the actor leaves"}
+
+
+def test_motion_entries_let_the_prediction_read_how_regions_changed():
+    torch.manual_seed(0)
+    head = NextRegions(16, 2, dropout=0.0, motion=True).eval()
+    torch.nn.init.normal_(head.out.weight)
+    regions, newest = torch.randn(2, 3, 4, 16), torch.randn(2, 4, 16)
+    keep = torch.ones(2, 3, 4, dtype=torch.bool)
+    assert head(regions, newest, keep).shape == (2, 4, 16)
+    # the entries read: k * R regions, then (k - 1) * R changes
+    seen = {}
+
+    def count_keys(module, args, out):
+        seen["keys"] = args[1].shape[1]  # (B, entries, d)
+
+    hook = head.layers.layers[0].multihead_attn.register_forward_hook(count_keys)
+    head(regions, newest, keep)
+    hook.remove()
+    assert seen["keys"] == 3 * 4 + 2 * 4
+    # a region masked in either of two frames gives no change entry for that pair
+    keep[:, 0, 1] = False
+    changed = regions.clone()
+    changed[:, 0, 1] = 100.0
+    assert torch.allclose(head(regions, newest, keep), head(changed, newest, keep), atol=1e-5)
+    with pytest.raises(ValueError, match="predict_regions=true"):
+        load_config("smoke", ["model.teacher_regions=0.2"])

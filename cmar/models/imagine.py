@@ -40,12 +40,16 @@ class NextRegions(nn.Module):
     Transformer decoder lets them attend to each other and read every context region (each
     tagged with its frame's position), and a linear layer, zero at the start, gives the
     change added to frame k's regions (stop-gradient). ``region_mask`` (B, k, R), True on
-    regions that see picture, keeps letterbox padding out of the keys.
+    regions that see picture, keeps letterbox padding out of the keys. ``motion``: it also
+    reads how each region changed from one context frame to the next (k - 1 more entries per
+    region: the later frame's region plus a projection of the difference), since which
+    character moved is a difference of two frames.
     """
 
     def __init__(self, d_model: int, n_heads: int = 4, n_layers: int = 2, dropout: float = 0.1,
-                 max_frames: int = 32):
+                 max_frames: int = 32, motion: bool = False):
         super().__init__()
+        self.motion = nn.Linear(d_model, d_model) if motion else None
         self.frame_position = nn.Embedding(max_frames, d_model)
         self.step = nn.Parameter(torch.zeros(d_model))
         layer = nn.TransformerDecoderLayer(d_model, n_heads, 2 * d_model, dropout,
@@ -64,6 +68,12 @@ class NextRegions(nn.Module):
         where = self.frame_position.weight[:k, None]  # (k, 1, d)
         keys = (regions + where).reshape(b, k * r, d)
         padding = None if region_mask is None else ~region_mask.reshape(b, k * r)
+        if self.motion is not None and k > 1:
+            moved = regions[:, 1:] + self.motion(regions[:, 1:] - regions[:, :-1]) + where[1:]
+            keys = torch.cat([keys, moved.reshape(b, (k - 1) * r, d)], 1)
+            if padding is not None:
+                both = region_mask[:, 1:] & region_mask[:, :-1]
+                padding = torch.cat([padding, ~both.reshape(b, (k - 1) * r)], 1)
         if extra is not None:
             keys = torch.cat([keys, extra], 1)
             if padding is not None:

@@ -169,7 +169,8 @@ class StoryModel(nn.Module):
         self.frame_position = nn.Embedding(max_frames, d)
         self.memory_kind = nn.Embedding(MEMORY_KINDS, d)
         # optional, built only when asked (older checkpoints hold neither)
-        self.next_regions = (NextRegions(d, cfg.n_heads, 2, drop, max_frames)
+        self.next_regions = (NextRegions(d, cfg.n_heads, 2, drop, max_frames,
+                                         cfg.predict_regions_motion)
                              if cfg.predict_regions else None)
         self.encoder_region_kind = (nn.Parameter(torch.zeros(d))
                                     if cfg.memory_region_source == "both" else None)
