@@ -112,6 +112,18 @@ class Encoded:
 
 
 @dataclass
+class Imagined:
+    """What :meth:`StoryModel.imagine` gives (all None when the model does not imagine)."""
+
+    memory: torch.Tensor | None = None  # (B, R, d) what the decoder memory holds of frame k+1
+    mask: torch.Tensor | None = None  # (B, R) True on its real entries
+    predicted: torch.Tensor | None = None  # (B, R, d) the prediction, image encoder's space
+    newest: torch.Tensor | None = None  # (B, R, d) frame k's regions it started from
+    true_grid: tuple[torch.Tensor, torch.Tensor] | None = None  # the true frame k+1, when
+    #                                                              teacher forcing encoded it
+
+
+@dataclass
 class ModelOutput:
     logits: torch.Tensor  # (B, L, V)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # caption, align, next
@@ -282,31 +294,12 @@ class StoryModel(nn.Module):
                 parts.append(held.reshape(b, k * r, -1) + where + kinds[2] + extra)
                 masks.append(torch.ones(b, k * r, dtype=torch.bool, device=story.device)
                              if keep is None else keep.reshape(b, k * r))  # padding out
-        target = target_keep = predicted = None
-        newest = true_grid = None
+        target = target_keep = None
+        imagined = Imagined()
         if self.next_regions is not None:  # imagine frame k+1, then let the decoder read it
-            reads = self.cfg.predict_regions_from
-            source = (fused.regions if reads in ("fused", "story")
-                      and fused.regions is not None else regions)
-            newest = self.newest_grid(batch)[0]  # (B, R, d) frame k, before the region encoder
-            frames_keep = None if keep is None else keep.view(b, k, -1)
-            predicted = self.next_regions(source.view(b, k, *source.shape[1:]), newest,
-                                          frames_keep, story if reads == "story" else None)
-            #                                     (B, R, d), in the image encoder's space
-            last_keep = None if keep is None else frames_keep[:, -1]  # frame k's picture area
-            read = predicted
-            if self.training and self.cfg.teacher_regions > 0:  # teacher forcing: some
-                # windows read the true frame k+1 instead (never in evaluation)
-                true_grid = self.encode_grid(batch.target_image, batch.target_features,
-                                             region_mask=self.region_mask(
-                                                 getattr(batch, "target_content", None)))
-                chosen = torch.rand(b) < self.cfg.teacher_regions  # (B,) the global generator
-                read = torch.where(chosen.to(predicted.device)[:, None, None], true_grid[0],
-                                   predicted)
-            imagined, _ = self.refine((read, read.mean(1)), last_keep)
-            parts.append(imagined + kinds[3])  # where grounded mode puts the real frame
-            masks.append(torch.ones(imagined.shape[:2], dtype=torch.bool, device=story.device)
-                         if last_keep is None else last_keep)
+            imagined = self.imagine(batch, fused, regions, story, keep)
+            parts.append(imagined.memory + kinds[3])  # where grounded mode puts the real frame
+            masks.append(imagined.mask)
         if self.mode == "grounded":  # the target frame's image joins the memory
             target_keep = self.region_mask(getattr(batch, "target_content", None))  # (B, R)
             target = self.encode_frames(batch.target_image, batch.target_features,
@@ -320,7 +313,36 @@ class StoryModel(nn.Module):
         if self.cfg.memory_tokens:  # the word entries follow the k story states
             ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
         return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target,
-                       keep, target_keep, regions, predicted, newest, true_grid)
+                       keep, target_keep, regions, imagined.predicted, imagined.newest,
+                       imagined.true_grid)
+
+    def imagine(self, batch, fused: FusedFrame, regions: torch.Tensor, story: torch.Tensor,
+                keep: torch.Tensor | None) -> Imagined:
+        """The predicted regions of frame k+1 (:mod:`cmar.models.imagine`) and what the
+        decoder memory holds of them: ``regions`` (B*k, R, d) the context frames' regions from
+        the image side, ``story`` (B, k, d) the story states, ``keep`` (B*k, R) or None."""
+        b, k = story.shape[:2]
+        reads = self.cfg.predict_regions_from
+        source = (fused.regions if reads in ("fused", "story") and fused.regions is not None
+                  else regions)
+        newest = self.newest_grid(batch)[0]  # (B, R, d) frame k, before the region encoder
+        frames_keep = None if keep is None else keep.view(b, k, -1)
+        predicted = self.next_regions(source.view(b, k, *source.shape[1:]), newest, frames_keep,
+                                      story if reads == "story" else None)  # (B, R, d)
+        last_keep = None if keep is None else frames_keep[:, -1]  # frame k's picture area
+        read, true_grid = predicted, None
+        if self.training and self.cfg.teacher_regions > 0:  # teacher forcing: some windows
+            # read the true frame k+1 instead (never in evaluation)
+            true_grid = self.encode_grid(batch.target_image, batch.target_features,
+                                         region_mask=self.region_mask(
+                                             getattr(batch, "target_content", None)))
+            chosen = torch.rand(b) < self.cfg.teacher_regions  # (B,) the global generator
+            read = torch.where(chosen.to(predicted.device)[:, None, None], true_grid[0],
+                               predicted)
+        held, _ = self.refine((read, read.mean(1)), last_keep)  # as a real frame's would be
+        mask = (torch.ones(held.shape[:2], dtype=torch.bool, device=held.device)
+                if last_keep is None else last_keep)
+        return Imagined(held, mask, predicted, newest, true_grid)
 
     def newest_grid(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The image encoder's own output (:meth:`encode_grid`) for each window's newest
