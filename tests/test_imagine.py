@@ -367,3 +367,26 @@ def test_motion_entries_let_the_prediction_read_how_regions_changed():
     assert torch.allclose(head(regions, newest, keep), head(changed, newest, keep), atol=1e-5)
     with pytest.raises(ValueError, match="predict_regions=true"):
         load_config("smoke", ["model.teacher_regions=0.2"])
+
+
+def test_letterboxed_frames_keep_their_padding_out_of_the_imagined_frame():
+    torch.manual_seed(0)
+    model = imagining(size=64, region_layers=1, teacher_regions=0.5,
+                      predict_regions_motion=True)
+    batch = random_batch(size=64)
+    band = torch.tensor([0.0, 18.0, 64.0, 45.0])  # a 575 x 240 frame letterboxed into 64 px
+    batch = dataclasses.replace(batch, context_content=band.expand(4, 3, 4).clone(),
+                                target_content=band.expand(4, 4).clone())
+    out = model(batch)
+    keep = model.region_mask(batch.context_content)[:, -1]  # (B, R) frame k's picture rows
+    assert not keep.all() and keep.any()
+    r = model.image_encoder.n_regions
+    assert torch.equal(out.encoded.memory_mask[:, -r:], keep)
+    assert torch.isfinite(out.losses["regions"])
+    # what the padding regions of the true frame hold does not move the loss
+    changed = batch.target_image.clone()
+    changed[..., :8, :] += 5.0  # the top band: padding only
+    torch.manual_seed(1)
+    first = model.eval()(batch).losses["regions"]
+    second = model(dataclasses.replace(batch, target_image=changed)).losses["regions"]
+    assert torch.allclose(first, second, atol=1e-5)
