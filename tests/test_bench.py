@@ -3,6 +3,8 @@
 
 import json
 
+import pytest
+
 from cmar.config import load_config
 from cmar.data import prepare_data
 from cmar.research.bench.runner import bench_cost, bench_metrics
@@ -142,3 +144,19 @@ def test_train_bench_reports_the_spread_of_every_pass_and_the_cache_speedup(tmp_
     table = render({"target": "train", "config": "smoke", "trainable": out, "frozen": out,
                     "machine": {"cpu_count": 2, "torch_threads": 2, "cuda": None}})
     assert "feature cache / re-encoding" in table and "2 passes of 2 / 2 steps" in table
+
+
+def test_train_bench_profiles_a_step_and_never_asks_for_more_steps_than_an_epoch(shapes_cache):
+    from cmar.research.bench.runner import bench_train, render
+
+    cfg = load_config("smoke", [f"data.cache_dir={shapes_cache}", "data.n_stories=24"])
+    out = bench_train(cfg, steps=500, repeats=1)  # far more steps than the epoch holds
+    assert 1 <= out["steps"] < 500
+    profile = out["profile"]
+    parts = {"image_encoder", "text_encoder", "fusion", "story_encoder", "decoder"}
+    assert parts <= set(profile["forward"])
+    assert sum(profile["shares"].values()) == pytest.approx(1, abs=0.01)
+    assert profile["step"] >= profile["backward"] > 0
+    table = render({"target": "train", "config": "smoke", "trainable": out, "frozen": out,
+                    "machine": {"cpu_count": 2, "torch_threads": 2, "cuda": None}})
+    assert "where a training step's time goes" in table and "backward" in table

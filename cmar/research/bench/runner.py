@@ -176,6 +176,8 @@ def bench_train(cfg, steps: int = 20, cache_dir=None, repeats: int = 3) -> dict:
     data = prepare_data(cfg.data, splits=("train",), progress=False)
     model = build_model(cfg.model, data.tokenizer, cfg.data).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    # a pass is one warm-up step and ``steps`` timed ones, within one epoch of the data
+    steps = max(1, min(steps, len(data.loader("train", shuffle=False)) - 1))
 
     def one_pass(seed: int) -> tuple[float, float]:
         iterator = iter(data.loader("train", shuffle=True, seed=seed))
