@@ -135,9 +135,13 @@ def names_a_key_or_source(message: str, drawn: dict) -> bool:
 
 @contextlib.contextmanager
 def inside(folder: str):
-    """Run with ``folder`` as the working directory: relative paths drawn stay in it."""
+    """Run with ``folder``/work as the working directory: relative paths drawn (``..`` too)
+    stay in ``folder``, which the test removes; a run written to the shared parent of every
+    temporary folder would make the next test run find it there."""
     before = os.getcwd()
-    os.chdir(folder)
+    work = os.path.join(folder, "work")
+    os.makedirs(work, exist_ok=True)
+    os.chdir(work)
     try:
         yield
     finally:
