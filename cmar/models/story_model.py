@@ -325,11 +325,12 @@ class StoryModel(nn.Module):
         reads = self.cfg.predict_regions_from
         source = (fused.regions if reads in ("fused", "story") and fused.regions is not None
                   else regions)
-        newest = self.newest_grid(batch)[0]  # (B, R, d) frame k, before the region encoder
         frames_keep = None if keep is None else keep.view(b, k, -1)
+        last_keep = None if keep is None else frames_keep[:, -1]  # frame k's picture area
+        newest = self.newest_grid(batch, last_keep)[0]  # (B, R, d) frame k, before the
+        #                                                 region encoder
         predicted = self.next_regions(source.view(b, k, *source.shape[1:]), newest, frames_keep,
                                       story if reads == "story" else None)  # (B, R, d)
-        last_keep = None if keep is None else frames_keep[:, -1]  # frame k's picture area
         read, true_grid = predicted, None
         if self.training and self.cfg.teacher_regions > 0:  # teacher forcing: some windows
             # read the true frame k+1 instead (never in evaluation)
@@ -344,15 +345,15 @@ class StoryModel(nn.Module):
                 if last_keep is None else last_keep)
         return Imagined(held, mask, predicted, newest, true_grid)
 
-    def newest_grid(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def newest_grid(self, batch, keep: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The image encoder's own output (:meth:`encode_grid`) for each window's newest
-        context frame (frame k): regions (B, R, d), vector (B, d)."""
-        keep = self.region_mask(getattr(batch, "context_content", None))
-        last = None if keep is None else keep[:, -1]
+        context frame (frame k): regions (B, R, d), vector (B, d); ``keep`` (B, R) its
+        regions that see picture, or None."""
         images, features = batch.context_images, batch.context_features
         return self.encode_grid(None if images is None else images[:, -1],
                                 None if features is None else features[:, -1],
-                                region_mask=last)
+                                region_mask=keep)
 
     def memory_regions(self, fused: FusedFrame, regions: torch.Tensor
                        ) -> list[tuple[torch.Tensor, torch.Tensor | float]]:
