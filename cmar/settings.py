@@ -29,6 +29,7 @@ NEXT_NEGATIVES = ("batch", "story")  # model.next_negatives
 REGION_SOURCES = ("fused", "encoder", "both")  # model.memory_region_source
 PREDICT_FROM = ("encoder", "fused", "story")  # model.predict_regions_from
 GROUND_MENTIONS = ("characters", "all")  # model.ground_mentions
+DESCRIBE_ENTITIES = ("characters", "all")  # model.describe_entities
 STRATEGIES = ("greedy", "beam", "sample")  # eval.strategy
 METRIC_TOKENIZERS = ("python", "ptb")  # eval.tokenizer
 LOSS_TERMS = ("caption", "align", "next")  # every run's loss terms ("ground" too if asked)
@@ -132,6 +133,12 @@ class ModelConfig:
     #                         to the encoded region of the true frame k+1 (stop-gradient),
     #                         weighted by how much that region changed (needs predict_regions;
     #                         0: off, the prediction then learns from the caption loss only)
+    w_describe: float = 0.0  # weight of the describe loss: the image encoder's regions under
+    #                          each boxed entity of a context frame must say its description
+    #                          in chain_of_thought (training-only supervision; needs boxes and
+    #                          descriptions there; cmar.models.describe; 0: off)
+    describe_entities: str = "characters"  # which boxed entities it describes: "characters"
+    #                                        | "all" (objects and landmarks too)
 
 
 @dataclass
@@ -199,7 +206,8 @@ def loss_terms_of(config: Config) -> tuple[str, ...]:
     ``regions`` where their weights turn them on, then ``total``."""
     m = config.model
     return (*LOSS_TERMS, *(("ground",) if m.w_ground > 0 else ()),
-            *(("regions",) if m.predict_regions and m.w_regions > 0 else ()), "total")
+            *(("regions",) if m.predict_regions and m.w_regions > 0 else ()),
+            *(("describe",) if m.w_describe > 0 else ()), "total")
 
 
 def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
@@ -217,7 +225,8 @@ def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
     for key, value, choices in (("memory_region_source", m.memory_region_source,
                                  REGION_SOURCES),
                                 ("predict_regions_from", m.predict_regions_from, PREDICT_FROM),
-                                ("ground_mentions", m.ground_mentions, GROUND_MENTIONS)):
+                                ("ground_mentions", m.ground_mentions, GROUND_MENTIONS),
+                                ("describe_entities", m.describe_entities, DESCRIBE_ENTITIES)):
         if value not in choices:
             raise ValueError(f"config key model.{key} must be one of {', '.join(choices)}, "
                              f"got {value!r}")

@@ -71,3 +71,16 @@ def test_train_and_evaluate_score_against_the_text_as_trained(prose_copy, tmp_pa
     assert grounding["mentions"] > 0 and 0 < grounding["floor"]["accuracy"] < 1
     report = (tmp_path / cfg.name / "report.md").read_text()
     assert ("WARNING" in report) == bool(metrics["warnings"])  # a collapse is never silent
+
+
+def test_the_describe_objective_trains_on_the_lookalike_through_the_letterbox(prose_copy,
+                                                                               tmp_path):
+    stories = load_stories(str(prose_copy), "train", progress=False)
+    assert stories[0].descriptions[0]["char1"].startswith("man in a rain-soaked grey coat")
+    assert "Tom" not in str(stories[0].descriptions)  # descriptions never carry a name
+    cfg = smoke_on(prose_copy, tmp_path, "model.w_describe=0.5")
+    row = Trainer(cfg, progress=False).fit()[-1]
+    assert row["train_describe"] > 0 and row["val_describe"] > 0
+    expected = (row["train_caption"] + 0.1 * row["train_align"] + 0.1 * row["train_next"]
+                + 0.5 * row["train_describe"])
+    assert row["train_total"] == pytest.approx(expected, rel=1e-4)

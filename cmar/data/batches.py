@@ -17,6 +17,10 @@ A :class:`Batch` of B windows with k context frames, image side S:
 - ``context_boxes``   float (B, k, Lc, 4), only from ``prepare_data(..., boxes=True)``: at the
   first token of each character's name in a context caption, that character's box in the
   frame (x1, y1, x2, y2, frame pixels); NaN at every other token (:mod:`cmar.data.mentions`)
+- ``context_entity_boxes`` float (B, k, E, 4), ``context_descriptions`` long (B, k, E, Ld) and
+  ``context_description_mask`` bool (B, k, E, Ld), only from ``prepare_data(...,
+  describe=...)``: each described entity of a context frame, its box (NaN for padding) and
+  its ``chain_of_thought`` description (:mod:`cmar.data.descriptions`)
 - ``context_content`` float (B, k, 4) and ``target_content`` (B, 4): where each frame's picture
   lies in the S x S frame (x1, y1, x2, y2, frame pixels; :meth:`ImageStore.content_box`), the
   rest being letterbox padding. The model turns them into a mask of the regions that see any
@@ -32,6 +36,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cmar.data.descriptions import EntityDescriptions, collate_descriptions
 from cmar.data.images import ImageStore, image_transform
 from cmar.data.mentions import MentionTargets
 from cmar.data.story import Story
@@ -56,6 +61,9 @@ class Batch:
     context_boxes: torch.Tensor | None = None
     context_content: torch.Tensor | None = None
     target_content: torch.Tensor | None = None
+    context_entity_boxes: torch.Tensor | None = None
+    context_descriptions: torch.Tensor | None = None
+    context_description_mask: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         moved = {
@@ -104,12 +112,13 @@ class WindowDataset(Dataset):
     indexes. ``context_tokenizer`` tokenizes the context captions when a pretrained text
     encoder brings its own (default: ``tokenizer``, the caption tokenizer). With ``mentions``
     (grounding supervision), an item also carries the boxes of the characters its context
-    captions name, worked out once per frame on first use.
+    captions name, worked out once per frame on first use; with ``described`` (the describe
+    objective), the box and description of each described entity of its context frames.
     """
 
     def __init__(self, stories: list[Story], windows: list[Window], store: ImageStore,
                  tokenizer, max_tokens: int = 40, mentions: MentionTargets | None = None,
-                 context_tokenizer=None):
+                 context_tokenizer=None, described: EntityDescriptions | None = None):
         self.story_ids = [s.story_id for s in stories]  # not the stories: workers stay light
         self.windows = windows
         self.store = store
@@ -121,6 +130,7 @@ class WindowDataset(Dataset):
                                 for s in stories]
             self.context_pad_id = context_tokenizer.pad_token_id
         self.mentions = mentions
+        self.described = described
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -146,6 +156,8 @@ class WindowDataset(Dataset):
                 [(p, box) for p, box in self.mentions.frame(self.story_ids[w.story], c)
                  if p < len(self.context_ids[w.story][c])]  # a name cut off with its caption
                 for c in w.context]
+        if self.described is not None:  # [(box, description ids), ...] per context frame
+            item["context_entities"] = [self.described.frame(w.story, c) for c in w.context]
         return item
 
 
@@ -205,6 +217,7 @@ class Collate:
             window_ids=[it["window_id"] for it in items],
             context_boxes=_boxes(items, context_tokens.shape[-1]),
             **_content(items),
+            **collate_descriptions(items, self.pad_id),
         )
 
 

@@ -36,7 +36,12 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cmar.data.markup import apply_caption_policy, parse_boxes, parse_segments
+from cmar.data.markup import (
+    apply_caption_policy,
+    parse_boxes,
+    parse_descriptions,
+    parse_segments,
+)
 from cmar.data.own import CAPTIONS_COLUMN, captions_file, open_own
 from cmar.data.story import LoadReport, Story, StoryList, decode_image
 from cmar.settings import SPLITS
@@ -411,6 +416,7 @@ def _validate_row(
             return None
 
     entities: list[dict] = [{} for _ in images]
+    descriptions: list[dict] = [{} for _ in images]
     mentions: list[tuple] = [() for _ in images]
     if markup:
         frame_count = row.get("frame_count")
@@ -433,6 +439,8 @@ def _validate_row(
         reasoning = row.get("chain_of_thought")
         boxes = parse_boxes(reasoning) if isinstance(reasoning, str) else {}
         entities = [boxes.get(t + 1, {}) for t in range(len(images))]
+        described = parse_descriptions(reasoning) if isinstance(reasoning, str) else {}
+        descriptions = [described.get(t + 1, {}) for t in range(len(images))]
     else:
         texts = row[captions_column]
         if not isinstance(texts, list) or len(texts) != len(images):
@@ -459,4 +467,4 @@ def _validate_row(
             for segment, caption in zip(segments, captions, strict=True)
         ]
     return Story(story_id=story_id, images=images, captions=captions,
-                 entities=entities, mentions=mentions)
+                 entities=entities, mentions=mentions, descriptions=descriptions)

@@ -51,6 +51,10 @@ PARAGRAPHS = [
     'char2>{b}</gdo> takes a step back and grips the railing as the foghorn sounds. The water '
     'below is black and very calm tonight, like glass.',
 ]
+# What the chain_of_thought's Description column says of char1 and char2 (invented, in the
+# dataset's manner: what a viewer sees, never the name).
+LOOKS = ("man in a rain-soaked grey coat, collar turned up",
+         "woman with a red scarf and a worn leather bag")
 COLOURS = [(200, 60, 60), (60, 160, 80), (60, 90, 210), (220, 190, 40), (150, 70, 180),
            (230, 120, 30)]
 
@@ -74,9 +78,11 @@ def prose_row(i: int, n_frames: int) -> dict:
     story = "\n".join(f"<gdi image{t + 1}>\n{PARAGRAPHS[(i + t) % len(PARAGRAPHS)]}\n</gdi>"
                       .format(a=a, b=b) for t in range(n_frames))
     cot = "\n\n".join(
-        f"## Image {t + 1}\n### Characters\n| Character ID | Name | Bounding Box |\n|---|---|---|\n"
-        + "\n".join(f"| {cid} | {name} | {','.join(map(str, box))} |"
-                    for (cid, box), name in zip(boxes.items(), (a, b), strict=True))
+        f"## Image {t + 1}\n### Characters\n| Character ID | Name | Description | Bounding Box "
+        "|\n|---|---|---|---|\n"
+        + "\n".join(f"| {cid} | {name} | {look} | {','.join(map(str, box))} |"
+                    for (cid, box), name, look in zip(boxes.items(), (a, b), LOOKS,
+                                                      strict=True))
         for t, (_, boxes) in enumerate(frames))
     return {"story_id": f"movie{i:02d}", "images": [{"bytes": png, "path": None}
                                                      for png, _ in frames],

@@ -11,7 +11,8 @@ match the id kind (``<gdo bg26>`` happens), whitespace and newlines vary, and a 
 ``</gdi>`` is sometimes missing; the parser tolerates all of it.
 
 ``chain_of_thought`` holds, per ``## Image N`` section, markdown tables whose last column is a
-``Bounding Box`` ``x1,y1,x2,y2`` in pixels; :func:`parse_boxes` returns them per image.
+``Bounding Box`` ``x1,y1,x2,y2`` in pixels; :func:`parse_boxes` returns them per image, and
+:func:`parse_descriptions` the ``Description`` cell of each boxed entity.
 """
 
 from __future__ import annotations
@@ -229,6 +230,27 @@ def parse_boxes(chain_of_thought: str) -> dict[int, dict[str, Box]]:
                 x1, y1, x2, y2 = (float(n) for n in numbers[:4])
                 image_boxes[entity_id] = (x1, y1, x2, y2)
     return boxes
+
+
+def parse_descriptions(chain_of_thought: str) -> dict[int, dict[str, str]]:
+    """What the ``chain_of_thought`` tables say each boxed entity looks like, per image.
+
+    Returns ``{image_number (1-based): {entity_id: description}}`` from every row that
+    :func:`parse_boxes` keeps (an id and a box of four numbers) and whose ``Description`` cell
+    is not empty. Only that column is read: a ``Name`` column never is (names live in the
+    captions only).
+    """
+    boxes = parse_boxes(chain_of_thought)
+    described: dict[int, dict[str, str]] = {}
+    for image, rows in parse_tables(chain_of_thought).items():
+        image_described = described.setdefault(image, {})
+        for row in rows:
+            entity_id = next(iter(row.values()), "")
+            text = next((v for k, v in row.items() if k.lower() == "description"), "")
+            text = _WS.sub(" ", text).strip()
+            if text and entity_id in boxes.get(image, {}):
+                image_described[entity_id] = text
+    return described
 
 
 def _ends_sentence(text: str, match: re.Match) -> bool:

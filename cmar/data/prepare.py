@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmar.data.batches import WindowDataset, make_loader
+from cmar.data.descriptions import EntityDescriptions
 from cmar.data.images import ImageStore
 from cmar.data.loading import load_stories
 from cmar.data.mentions import MentionTargets
@@ -145,13 +146,17 @@ def cut_targets_warning(summary: dict, caption_policy: str = "full") -> str | No
 
 def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLITS,
                  progress: bool = True, boxes: bool = False,
-                 context_tokenizer=None, every_mention: bool = False) -> StoryData:
+                 context_tokenizer=None, every_mention: bool = False,
+                 describe: str | None = None) -> StoryData:
     """Load, tokenize, window and decode every split named in ``splits``. ``tokenizer``: the
     caption tokenizer (a run's, or a pretrained decoder's); None trains a BPE on the training
     captions. ``context_tokenizer``: a pretrained text encoder's, for the context captions
     (default: the caption tokenizer). ``boxes``: batches also carry the boxes of the
     characters named in the context captions (``Batch.context_boxes``, for the grounding
-    loss); ``every_mention``: of the objects and places too (``model.ground_mentions=all``)."""
+    loss); ``every_mention``: of the objects and places too (``model.ground_mentions=all``).
+    ``describe`` (``characters`` or ``all``): batches also carry the box and
+    ``chain_of_thought`` description of each such entity of the context frames (the describe
+    objective, ``model.w_describe``)."""
     if cfg.mode not in MODES:
         raise ValueError(f"data.mode must be one of {MODES}, got {cfg.mode!r}")
     stories = {split: load_split(cfg, split, progress) for split in splits}
@@ -173,7 +178,10 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
         windows = make_windows(split_stories, cfg.k)
         mentions = (MentionTargets(split_stories, store, context_tokenizer, every_mention)
                     if boxes else None)
+        described = (EntityDescriptions(split_stories, store, tokenizer, describe)
+                     if describe else None)
         data.datasets[split] = WindowDataset(split_stories, windows, store, tokenizer,
                                              max_tokens=cfg.max_tokens, mentions=mentions,
-                                             context_tokenizer=context_tokenizer)
+                                             context_tokenizer=context_tokenizer,
+                                             described=described)
     return data

@@ -24,7 +24,9 @@ class Story:
     demand, so a split of thousands of stories costs no heap for its images; :meth:`image`
     decodes one. ``captions[t]`` is the caption of frame t after the caption policy;
     ``entities[t]`` maps entity id to its box in frame t (empty when the source has no boxes);
-    ``mentions[t]`` are the tagged spans of ``captions[t]`` (empty for sources without markup).
+    ``mentions[t]`` are the tagged spans of ``captions[t]`` (empty for sources without markup);
+    ``descriptions[t]`` maps a boxed entity's id to its ``Description`` in ``chain_of_thought``
+    (training-only supervision: ``model.w_describe``; empty when the source has none).
     """
 
     story_id: str
@@ -32,6 +34,7 @@ class Story:
     captions: list[str]
     entities: list[dict[str, Box]] = field(default_factory=list)
     mentions: list[tuple[Mention, ...]] = field(default_factory=list)
+    descriptions: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.captions)

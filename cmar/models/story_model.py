@@ -21,8 +21,9 @@ decoder memory), no part of any pooled vector (both InfoNCE terms, the frame vec
 0 weight in the attention maps. Square frames keep every region: mask None, unmasked code.
 
 ``forward`` returns the logits and the loss terms (caption cross-entropy, alignment InfoNCE of
-the image and text vectors from before fusion, next-frame InfoNCE; the grounding loss and the
-dense next-frame loss of :mod:`cmar.models.imagine` where their weights ask); the trainer
+the image and text vectors from before fusion, next-frame InfoNCE; the grounding loss, the
+dense next-frame loss of :mod:`cmar.models.imagine` and the describe loss of
+:mod:`cmar.models.describe` where their weights ask); the trainer
 weights them. ``components=`` replaces any part:
 ``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
 """
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cmar.models.describe import RegionDescriber
 from cmar.models.fusion import FusedFrame
 from cmar.models.hf.loading import hf_source
 from cmar.models.image_encoder import RegionEncoder, region_grid, region_mask, takes
@@ -184,6 +186,8 @@ class StoryModel(nn.Module):
         self.next_regions = (NextRegions(d, cfg.n_heads, 2, drop, max_frames,
                                          cfg.predict_regions_motion)
                              if cfg.predict_regions else None)
+        self.describer = (RegionDescriber(vocab_size, d, drop)  # training-only supervision
+                          if cfg.w_describe > 0 else None)
         self.encoder_region_kind = (nn.Parameter(torch.zeros(d))
                                     if cfg.memory_region_source == "both" else None)
         if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
@@ -200,7 +204,7 @@ class StoryModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {part: count_parameters(getattr(self, part)) for part in PARTS}
-        for extra in ("region_encoder", "next_regions"):
+        for extra in ("region_encoder", "next_regions", "describer"):
             if getattr(self, extra) is not None:
                 counts[extra] = count_parameters(getattr(self, extra))
         counts["total"] = count_parameters(self)
@@ -394,6 +398,12 @@ class StoryModel(nn.Module):
         if enc.predicted is not None and self.cfg.w_regions > 0:
             losses["regions"] = next_regions_loss(enc.predicted, true_grid[0], enc.newest,
                                                   target_keep)
+        if self.describer is not None and batch.context_descriptions is not None:
+            losses["describe"] = self.describer.loss(
+                enc.regions, batch.context_entity_boxes.flatten(0, 1),
+                batch.context_descriptions.flatten(0, 1),
+                batch.context_description_mask.flatten(0, 1), self.init_args["image_size"],
+                enc.region_mask)
         attention = enc.fused.attention
         if attention is not None:
             b, k = batch.context_tokens.shape[:2]

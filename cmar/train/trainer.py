@@ -58,10 +58,11 @@ DATA_RECORD = "data.json"  # what the run learns from: see write_data_record
 
 def loss_terms(model, batch, cfg: Config) -> dict[str, torch.Tensor]:
     """The model's loss terms on ``batch`` (scalars) and their weighted sum, ``total``."""
-    losses = dict(model(batch).losses)  # caption, align, next (and ground, regions)
+    losses = dict(model(batch).losses)  # caption, align, next (ground, regions, describe)
     t, m = cfg.train, cfg.model
     losses["total"] = losses["caption"] + t.w_align * losses["align"] + t.w_next * losses["next"]
-    for term, weight in (("ground", m.w_ground), ("regions", m.w_regions)):
+    for term, weight in (("ground", m.w_ground), ("regions", m.w_regions),
+                         ("describe", m.w_describe)):
         if term in losses and weight > 0:
             losses["total"] = losses["total"] + weight * losses[term]
     return losses
@@ -138,6 +139,8 @@ class Trainer:
                                      progress=self.progress and self.main,
                                      boxes=cfg.model.w_ground > 0,
                                      every_mention=cfg.model.ground_mentions == "all",
+                                     describe=(cfg.model.describe_entities
+                                               if cfg.model.w_describe > 0 else None),
                                      **tokenizers_for(cfg.model, tokenizer))
             self.tokenizer = self.data.tokenizer
             self.model = build_model(cfg.model, self.tokenizer, cfg.data)
