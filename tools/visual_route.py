@@ -2,6 +2,10 @@
 
     python tools/visual_route.py run NAME PRESET [KEY=VALUE ...]   # train, then score
     python tools/visual_route.py diagnose RUN_DIR                  # where an imagining run fails
+    python tools/visual_route.py describes RUN_DIR                 # what a describing run's
+    #                                                                regions say of each character
+    python tools/visual_route.py relation PHASES [KEY=VALUE ...]  # e.g. kind:4 or
+    #                                                                direction:2,kind:3
 
 ``run`` trains the preset with the overrides into ``runs/visual-route/NAME`` and scores the
 test split free-running, as it is and with the context images blanked (the pipeline of
@@ -13,6 +17,20 @@ place word's first token with the predicted regions and with the true next frame
 slot (can the decoder read the slot at all?), and the share of frame k+1's change the
 prediction leaves unpredicted, overall and at the regions the actor leaves and arrives in
 (does the prediction know who moves, and where to?).
+
+``describes`` reads a run with ``model.w_describe``: on the test split, the teacher-forced
+accuracy of its describer at the landmark after "at the" (where the character stands: local in
+the picture) and after "facing the" (the landmark its dot points at: the place of its next
+move, a relation of two places in the picture).
+
+``relation`` trains the image side alone (image encoder, region encoder, describer) of the
+``default`` preset on the describe loss of the characters, phase after phase, and prints after
+each epoch the validation accuracy at the word after "facing the" (of that phase's target).
+``kind``: the descriptions as written ("... facing the tree"). ``direction``: the faced
+landmark's name replaced by its ring direction ("... facing the north", from the landmark
+table of the same frame): the dot alone, no relation. Perception against relation: can the
+encoder see the dot, and can it find what the dot points at? ``direction:2,kind:3`` asks
+whether the relation is learnable once the dot's direction is encoded.
 """
 
 from __future__ import annotations
@@ -116,11 +134,158 @@ def diagnose(run_dir: str) -> dict:
                 **{f"region the actor {k}": round(a / b, 3) for k, (a, b) in moved.items()}}}
 
 
+def _facing_positions(tokenizer, tokens: torch.Tensor, after: str) -> list[tuple[int, int]]:
+    """(row, position) of the first token after ``after`` in each description (M, L)."""
+    from cmar.data import decode
+
+    out = []
+    for row, ids in enumerate(tokens.tolist()):
+        for j in range(1, len(ids)):
+            if decode(tokenizer, ids[:j]).endswith(after):
+                out.append((row, j))
+                break
+    return out
+
+
+def _describer_hits(model, batch, regions, tokenizer, size: int, after: str) -> tuple[int, int]:
+    """Teacher-forced hits and count of ``model.describer`` at the word after ``after``."""
+    from cmar.data.mentions import box_regions
+
+    boxes = batch.context_entity_boxes.flatten(0, 1)
+    tokens = batch.context_descriptions.flatten(0, 1)
+    mask = batch.context_description_mask.flatten(0, 1)
+    side = model.image_encoder.grid[0]
+    covered = box_regions(boxes, side, size / side)
+    described = covered.any(-1) & mask.any(-1)
+    weights = covered[described].to(regions.dtype)
+    vectors = (weights[:, :, None] * regions[described.nonzero()[:, 0]]).sum(1) / weights.sum(
+        1, keepdim=True)
+    said = tokens[described]
+    guess = model.describer(vectors, said).argmax(-1)
+    where = _facing_positions(tokenizer, said, after)
+    return sum(int(guess[r, j] == said[r, j]) for r, j in where), len(where)
+
+
+@torch.no_grad()
+def describes(run_dir: str, batches: int = 20) -> dict:
+    from cmar.config import load_config
+    from cmar.data import prepare_data
+    from cmar.data.tokenizer import load_tokenizer
+    from cmar.models.checkpoint import load_model
+
+    cfg = load_config(f"{run_dir}/config.yaml")
+    model = load_model(f"{run_dir}/best.pt")[0].eval()
+    if model.describer is None:
+        raise SystemExit(f"{run_dir} was trained without model.w_describe")
+    tokenizer = load_tokenizer(f"{run_dir}/tokenizer")
+    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=("test",), progress=False,
+                        describe="characters")
+    hits = {"at the": [0, 0], "facing the": [0, 0]}
+    for i, batch in enumerate(data.loader("test", shuffle=False, batch_size=32, num_workers=0)):
+        if i == batches:
+            break
+        regions = model.encode(batch).regions
+        for after, tally in hits.items():
+            a, n = _describer_hits(model, batch, regions, tokenizer, cfg.data.image_size, after)
+            tally[0] += a
+            tally[1] += n
+    return {f"word after {after!r}": {"accuracy": round(a / n, 3), "n": n}
+            for after, (a, n) in hits.items()}
+
+
+def _say_direction(stories) -> None:
+    """Each character's "facing the <landmark>" becomes "facing the <its ring direction>", as
+    the same frame's landmark table gives it (ShapeStories: a landmark's Description)."""
+    import re
+
+    from cmar.data.shapes_world import LANDMARKS
+
+    facing = re.compile(r"facing the (\w+)")
+    for story in stories:
+        for described in story.descriptions:
+            for entity, text in list(described.items()):
+                match = facing.search(text)
+                if match and entity.startswith("char"):
+                    landmark = f"lm{LANDMARKS.index(match.group(1)) + 1}"
+                    described[entity] = f"{text[:match.start()]}facing the {described[landmark]}"
+
+
+def relation(phases: list[tuple[str, int]], overrides: list[str] = ()) -> list[dict]:
+    """``phases``: (target, epochs) in order, each target ``kind`` or ``direction``."""
+    from cmar.config import load_config
+    from cmar.data import prepare_data
+    from cmar.models import build_model
+    from cmar.train.checkpoints import seed_everything
+
+    cfg = load_config("default", ["model.w_describe=1", *overrides])
+    seed_everything(cfg.seed)
+    data = prepare_data(cfg.data, splits=("train", "validation"), progress=False,
+                        describe="characters")
+    written = {split: [[dict(d) for d in story.descriptions] for story in data.stories[split]]
+               for split in ("train", "validation")}
+
+    def say(target: str) -> None:  # the descriptions as written, or with ring directions
+        for split, stories in written.items():
+            for story, descriptions in zip(data.stories[split], stories, strict=True):
+                story.descriptions[:] = [dict(d) for d in descriptions]
+            data.datasets[split].described.forget()
+            if target == "direction":
+                _say_direction(data.stories[split])
+
+    tokenizer, size = data.tokenizer, cfg.data.image_size
+    model = build_model(cfg.model, tokenizer, cfg.data)
+    parts = (model.image_encoder, model.region_encoder, model.describer)
+    optimizer = torch.optim.AdamW([p for part in parts if part is not None
+                                   for p in part.parameters()], lr=cfg.train.lr)
+
+    def regions_of(batch):
+        return model.encode_frames(batch.context_images, batch.context_features, flat=True)[0]
+
+    rows, epoch = [], 0
+    for target, epochs in phases:
+        for _ in range(epochs):
+            say(target)
+            model.train()
+            start, total, steps = time.time(), 0.0, 0
+            for batch in data.loader("train", shuffle=True, seed=cfg.seed * 10_000 + epoch):
+                loss = model.describer.loss(
+                    regions_of(batch), batch.context_entity_boxes.flatten(0, 1),
+                    batch.context_descriptions.flatten(0, 1),
+                    batch.context_description_mask.flatten(0, 1), size)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, steps = total + loss.item(), steps + 1
+            model.eval()
+            hits = count = 0
+            with torch.no_grad():
+                for batch in data.loader("validation", shuffle=False, num_workers=0):
+                    a, n = _describer_hits(model, batch, regions_of(batch), tokenizer, size,
+                                           "facing the")
+                    hits, count = hits + a, count + n
+            epoch += 1
+            row = {"target": target, "epoch": epoch, "train_describe": round(total / steps, 3),
+                   "facing accuracy": round(hits / count, 3), "n": count,
+                   "seconds": round(time.time() - start)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    say("kind")
+    return rows
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:] or ["--help"]
     if command == "run" and len(rest) >= 2:
         print(json.dumps(run(rest[0], rest[1], rest[2:])))
     elif command == "diagnose" and len(rest) == 1:
         print(json.dumps(diagnose(rest[0]), indent=2))
+    elif command == "describes" and len(rest) == 1:
+        print(json.dumps(describes(rest[0]), indent=2))
+    elif command == "relation" and rest:
+        phases = [(target, int(epochs)) for target, epochs in
+                  (phase.split(":") for phase in rest[0].split(","))]
+        if any(target not in ("kind", "direction") for target, _ in phases):
+            raise SystemExit("phases are kind:EPOCHS or direction:EPOCHS, comma-separated")
+        relation(phases, rest[1:])
     else:
         print(__doc__)

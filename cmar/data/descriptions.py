@@ -44,6 +44,10 @@ class EntityDescriptions:
         self.entities, self.max_tokens = entities, max_tokens
         self._frames: dict[tuple[int, int], list[tuple[Box, list[int]]]] = {}
 
+    def forget(self) -> None:
+        """Drop the frames worked out so far (after the stories' descriptions changed)."""
+        self._frames.clear()
+
     def frame(self, story: int, t: int) -> list[tuple[Box, list[int]]]:
         """(box in the S x S frame, description token ids) of each described entity of frame
         t of story number ``story``, in the table's order."""
