@@ -149,18 +149,10 @@ def _facing_positions(tokenizer, tokens: torch.Tensor, after: str) -> list[tuple
 
 def _describer_hits(model, batch, regions, tokenizer, size: int, after: str) -> tuple[int, int]:
     """Teacher-forced hits and count of ``model.describer`` at the word after ``after``."""
-    from cmar.data.mentions import box_regions
-
-    boxes = batch.context_entity_boxes.flatten(0, 1)
-    tokens = batch.context_descriptions.flatten(0, 1)
-    mask = batch.context_description_mask.flatten(0, 1)
-    side = model.image_encoder.grid[0]
-    covered = box_regions(boxes, side, size / side)
-    described = covered.any(-1) & mask.any(-1)
-    weights = covered[described].to(regions.dtype)
-    vectors = (weights[:, :, None] * regions[described.nonzero()[:, 0]]).sum(1) / weights.sum(
-        1, keepdim=True)
-    said = tokens[described]
+    vectors, said, _ = model.describer.entities(
+        regions, batch.context_entity_boxes.flatten(0, 1),
+        batch.context_descriptions.flatten(0, 1), batch.context_description_mask.flatten(0, 1),
+        size)
     guess = model.describer(vectors, said).argmax(-1)
     where = _facing_positions(tokenizer, said, after)
     return sum(int(guess[r, j] == said[r, j]) for r, j in where), len(where)

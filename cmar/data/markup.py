@@ -210,16 +210,10 @@ def _section_rows(section: str) -> list[dict[str, str]]:
     return rows
 
 
-def parse_boxes(chain_of_thought: str) -> dict[int, dict[str, Box]]:
-    """Entity boxes per image from the ``chain_of_thought`` tables.
-
-    Returns ``{image_number (1-based): {entity_id: (x1, y1, x2, y2)}}``. Every row of a table
-    with a ``Bounding Box`` column contributes: the first cell is the id, the box cell must hold
-    four numbers (rows without are skipped, never guessed).
-    """
-    boxes: dict[int, dict[str, Box]] = {}
-    for image, rows in parse_tables(chain_of_thought).items():
-        image_boxes = boxes.setdefault(image, {})
+def _boxed_rows(tables: dict[int, list[dict[str, str]]]):
+    """(image number, entity id, box, row) of every row of ``tables`` (:func:`parse_tables`)
+    with an id and a box cell of at least four numbers (the first four are the box)."""
+    for image, rows in tables.items():
         for row in rows:
             box_cell = next((v for k, v in row.items() if k.lower() == "bounding box"), None)
             entity_id = next(iter(row.values()), "")
@@ -227,8 +221,20 @@ def parse_boxes(chain_of_thought: str) -> dict[int, dict[str, Box]]:
                 continue
             numbers = _NUMBER.findall(box_cell)
             if len(numbers) >= 4:
-                x1, y1, x2, y2 = (float(n) for n in numbers[:4])
-                image_boxes[entity_id] = (x1, y1, x2, y2)
+                yield image, entity_id, tuple(float(n) for n in numbers[:4]), row
+
+
+def parse_boxes(chain_of_thought: str) -> dict[int, dict[str, Box]]:
+    """Entity boxes per image from the ``chain_of_thought`` tables.
+
+    Returns ``{image_number (1-based): {entity_id: (x1, y1, x2, y2)}}``. Every row of a table
+    with a ``Bounding Box`` column contributes: the first cell is the id, the box cell must hold
+    four numbers (rows without are skipped, never guessed).
+    """
+    tables = parse_tables(chain_of_thought)
+    boxes: dict[int, dict[str, Box]] = {image: {} for image in tables}
+    for image, entity_id, box, _ in _boxed_rows(tables):
+        boxes[image][entity_id] = box
     return boxes
 
 
@@ -240,16 +246,13 @@ def parse_descriptions(chain_of_thought: str) -> dict[int, dict[str, str]]:
     is not empty. Only that column is read: a ``Name`` column never is (names live in the
     captions only).
     """
-    boxes = parse_boxes(chain_of_thought)
-    described: dict[int, dict[str, str]] = {}
-    for image, rows in parse_tables(chain_of_thought).items():
-        image_described = described.setdefault(image, {})
-        for row in rows:
-            entity_id = next(iter(row.values()), "")
-            text = next((v for k, v in row.items() if k.lower() == "description"), "")
-            text = _WS.sub(" ", text).strip()
-            if text and entity_id in boxes.get(image, {}):
-                image_described[entity_id] = text
+    tables = parse_tables(chain_of_thought)
+    described: dict[int, dict[str, str]] = {image: {} for image in tables}
+    for image, entity_id, _, row in _boxed_rows(tables):
+        text = next((v for k, v in row.items() if k.lower() == "description"), "")
+        text = _WS.sub(" ", text).strip()
+        if text:
+            described[image][entity_id] = text
     return described
 
 

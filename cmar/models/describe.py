@@ -54,6 +54,24 @@ class RegionDescriber(nn.Module):
         hidden, _ = self.gru(inputs, state.contiguous())
         return self.out(self.drop(hidden))
 
+    def entities(self, regions: torch.Tensor, boxes: torch.Tensor, tokens: torch.Tensor,
+                 mask: torch.Tensor, image_size: int, region_mask: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each described entity's vector (M, d): the mean of the regions its box covers; with
+        its description's tokens and mask (M, L). Arguments as in :meth:`loss`."""
+        side = math.isqrt(regions.shape[1])
+        if side * side != regions.shape[1]:
+            raise ValueError("the describe loss needs a square grid of regions, got "
+                             f"R={regions.shape[1]}")
+        covered = box_regions(boxes, side, image_size / side)  # (N, E, R)
+        if region_mask is not None:
+            covered = covered & region_mask[:, None]
+        described = covered.any(-1) & mask.any(-1)  # (N, E)
+        weights = covered[described].to(regions.dtype)  # (M, R)
+        frame = described.nonzero()[:, 0]  # (M,) the frame of each entity
+        vectors = (weights[:, :, None] * regions[frame]).sum(1) / weights.sum(1, keepdim=True)
+        return vectors, tokens[described], mask[described]
+
     def loss(self, regions: torch.Tensor, boxes: torch.Tensor, tokens: torch.Tensor,
              mask: torch.Tensor, image_size: int,
              region_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,19 +83,9 @@ class RegionDescriber(nn.Module):
         region_mask (N, R) True on regions that see picture, or None. A batch that describes
         no one gives 0, still attached to the graph.
         """
-        side = math.isqrt(regions.shape[1])
-        if side * side != regions.shape[1]:
-            raise ValueError("the describe loss needs a square grid of regions, got "
-                             f"R={regions.shape[1]}")
-        covered = box_regions(boxes, side, image_size / side)  # (N, E, R)
-        if region_mask is not None:
-            covered = covered & region_mask[:, None]
-        described = covered.any(-1) & mask.any(-1)  # (N, E)
-        if not described.any():
+        vectors, said, real = self.entities(regions, boxes, tokens, mask, image_size,
+                                            region_mask)
+        if not len(vectors):
             return regions.sum() * 0
-        weights = covered[described].to(regions.dtype)  # (M, R)
-        frame = described.nonzero()[:, 0]  # (M,) the frame of each entity
-        vectors = (weights[:, :, None] * regions[frame]).sum(1) / weights.sum(1, keepdim=True)
-        logits = self(vectors, tokens[described])  # (M, L, V)
-        real = mask[described].to(logits.dtype)  # (M, L)
-        return (token_nll(logits, tokens[described]) * real).sum() / real.sum()
+        real = real.to(regions.dtype)  # (M, L)
+        return (token_nll(self(vectors, said), said) * real).sum() / real.sum()
