@@ -139,6 +139,13 @@ class ModelConfig:
     #                          descriptions there; cmar.models.describe; 0: off)
     describe_entities: str = "characters"  # which boxed entities it describes: "characters"
     #                                        | "all" (objects and landmarks too)
+    look_ahead: bool = False  # each context region points at where its content goes in the
+    #                           next frame and reads what lies there (after the region
+    #                           encoder, before the fusion; cmar.models.look_ahead)
+    w_look_ahead: float = 0.0  # weight of the look-ahead loss: the regions under each
+    #                            character that moves point at its box in the next frame
+    #                            (training-only supervision from chain_of_thought boxes; needs
+    #                            look_ahead; 0: the pointer learns from the other losses only)
 
 
 @dataclass
@@ -207,7 +214,8 @@ def loss_terms_of(config: Config) -> tuple[str, ...]:
     m = config.model
     return (*LOSS_TERMS, *(("ground",) if m.w_ground > 0 else ()),
             *(("regions",) if m.predict_regions and m.w_regions > 0 else ()),
-            *(("describe",) if m.w_describe > 0 else ()), "total")
+            *(("describe",) if m.w_describe > 0 else ()),
+            *(("look_ahead",) if m.look_ahead and m.w_look_ahead > 0 else ()), "total")
 
 
 def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
@@ -233,6 +241,9 @@ def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
     if m.teacher_regions > 0 and not m.predict_regions:
         raise ValueError(f"config key model.teacher_regions ({m.teacher_regions}) replaces "
                          "predicted next-frame regions: it needs model.predict_regions=true")
+    if m.w_look_ahead > 0 and not m.look_ahead:
+        raise ValueError(f"config key model.w_look_ahead ({m.w_look_ahead}) weights the "
+                         "look-ahead pointer's loss: it needs model.look_ahead=true")
     if m.w_regions > 0 and not m.predict_regions:
         raise ValueError(f"config key model.w_regions ({m.w_regions}) weights the loss of the "
                          "predicted next-frame regions: it needs model.predict_regions=true")

@@ -21,6 +21,9 @@ A :class:`Batch` of B windows with k context frames, image side S:
   ``context_description_mask`` bool (B, k, E, Ld), only from ``prepare_data(...,
   describe=...)``: each described entity of a context frame, its box (NaN for padding) and
   its ``chain_of_thought`` description (:mod:`cmar.data.descriptions`)
+- ``context_move_from`` and ``context_move_to`` float (B, k, E, 4), only from
+  ``prepare_data(..., moves=True)``: each character that moves between a context frame and
+  the frame after it, its box in both (NaN for padding; :mod:`cmar.data.moves`)
 - ``context_content`` float (B, k, 4) and ``target_content`` (B, 4): where each frame's picture
   lies in the S x S frame (x1, y1, x2, y2, frame pixels; :meth:`ImageStore.content_box`), the
   rest being letterbox padding. The model turns them into a mask of the regions that see any
@@ -39,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from cmar.data.descriptions import EntityDescriptions, collate_descriptions
 from cmar.data.images import ImageStore, image_transform
 from cmar.data.mentions import MentionTargets
+from cmar.data.moves import EntityMoves, collate_moves
 from cmar.data.story import Story
 from cmar.data.tokenizer import encode
 from cmar.data.windows import Window, window_frame, window_id
@@ -64,6 +68,8 @@ class Batch:
     context_entity_boxes: torch.Tensor | None = None
     context_descriptions: torch.Tensor | None = None
     context_description_mask: torch.Tensor | None = None
+    context_move_from: torch.Tensor | None = None
+    context_move_to: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         moved = {
@@ -113,12 +119,15 @@ class WindowDataset(Dataset):
     encoder brings its own (default: ``tokenizer``, the caption tokenizer). With ``mentions``
     (grounding supervision), an item also carries the boxes of the characters its context
     captions name, worked out once per frame on first use; with ``described`` (the describe
-    objective), the box and description of each described entity of its context frames.
+    objective), the box and description of each described entity of its context frames;
+    with ``moves`` (the look-ahead objective), the boxes of each character that moves between
+    a context frame and the frame after it.
     """
 
     def __init__(self, stories: list[Story], windows: list[Window], store: ImageStore,
                  tokenizer, max_tokens: int = 40, mentions: MentionTargets | None = None,
-                 context_tokenizer=None, described: EntityDescriptions | None = None):
+                 context_tokenizer=None, described: EntityDescriptions | None = None,
+                 moves: EntityMoves | None = None):
         self.story_ids = [s.story_id for s in stories]  # not the stories: workers stay light
         self.windows = windows
         self.store = store
@@ -131,6 +140,7 @@ class WindowDataset(Dataset):
             self.context_pad_id = context_tokenizer.pad_token_id
         self.mentions = mentions
         self.described = described
+        self.moves = moves
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -158,6 +168,8 @@ class WindowDataset(Dataset):
                 for c in w.context]
         if self.described is not None:  # [(box, description ids), ...] per context frame
             item["context_entities"] = [self.described.frame(w.story, c) for c in w.context]
+        if self.moves is not None:  # [(box now, box next), ...] per context frame
+            item["context_moves"] = [self.moves.frame(w.story, c) for c in w.context]
         return item
 
 
@@ -218,6 +230,7 @@ class Collate:
             context_boxes=_boxes(items, context_tokens.shape[-1]),
             **_content(items),
             **collate_descriptions(items, self.pad_id),
+            **collate_moves(items),
         )
 
 

@@ -17,6 +17,7 @@ from cmar.data.descriptions import EntityDescriptions
 from cmar.data.images import ImageStore
 from cmar.data.loading import load_stories
 from cmar.data.mentions import MentionTargets
+from cmar.data.moves import EntityMoves
 from cmar.data.story import StoryList
 from cmar.data.tokenizer import encode, train_tokenizer
 from cmar.data.windows import MODES, make_windows
@@ -147,7 +148,7 @@ def cut_targets_warning(summary: dict, caption_policy: str = "full") -> str | No
 def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLITS,
                  progress: bool = True, boxes: bool = False,
                  context_tokenizer=None, every_mention: bool = False,
-                 describe: str | None = None) -> StoryData:
+                 describe: str | None = None, moves: bool = False) -> StoryData:
     """Load, tokenize, window and decode every split named in ``splits``. ``tokenizer``: the
     caption tokenizer (a run's, or a pretrained decoder's); None trains a BPE on the training
     captions. ``context_tokenizer``: a pretrained text encoder's, for the context captions
@@ -156,7 +157,9 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
     loss); ``every_mention``: of the objects and places too (``model.ground_mentions=all``).
     ``describe`` (``characters`` or ``all``): batches also carry the box and
     ``chain_of_thought`` description of each such entity of the context frames (the describe
-    objective, ``model.w_describe``)."""
+    objective, ``model.w_describe``). ``moves``: batches also carry the boxes of each
+    character that moves between a context frame and the frame after it (the look-ahead
+    objective, ``model.w_look_ahead``)."""
     if cfg.mode not in MODES:
         raise ValueError(f"data.mode must be one of {MODES}, got {cfg.mode!r}")
     stories = {split: load_split(cfg, split, progress) for split in splits}
@@ -180,8 +183,9 @@ def prepare_data(cfg: DataConfig, tokenizer=None, splits: tuple[str, ...] = SPLI
                     if boxes else None)
         described = (EntityDescriptions(split_stories, store, tokenizer, describe)
                      if describe else None)
+        moving = EntityMoves(split_stories, store) if moves else None
         data.datasets[split] = WindowDataset(split_stories, windows, store, tokenizer,
                                              max_tokens=cfg.max_tokens, mentions=mentions,
                                              context_tokenizer=context_tokenizer,
-                                             described=described)
+                                             described=described, moves=moving)
     return data

@@ -4,6 +4,7 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
 
     context images (B, k, 3, S, S) --image_encoder--> regions (B*k, R, d), image (B*k, d)
                                    [--region_encoder: self-attention among a frame's regions]
+                                   [--look_ahead: each region reads where it is going next]
     context tokens (B, k, Lc)      --text_encoder---> tokens  (B*k, Lc, d), text (B*k, d)
     fusion per frame (concat | cross | cmar)        -> frame (B*k, d), refined tokens
     story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
@@ -22,9 +23,9 @@ decoder memory), no part of any pooled vector (both InfoNCE terms, the frame vec
 
 ``forward`` returns the logits and the loss terms (caption cross-entropy, alignment InfoNCE of
 the image and text vectors from before fusion, next-frame InfoNCE; the grounding loss, the
-dense next-frame loss of :mod:`cmar.models.imagine` and the describe loss of
-:mod:`cmar.models.describe` where their weights ask); the trainer
-weights them. ``components=`` replaces any part:
+dense next-frame loss of :mod:`cmar.models.imagine`, the describe loss of
+:mod:`cmar.models.describe` and the look-ahead loss of :mod:`cmar.models.look_ahead` where
+their weights ask); the trainer weights them. ``components=`` replaces any part:
 ``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
 """
 
@@ -42,6 +43,7 @@ from cmar.models.fusion import FusedFrame
 from cmar.models.hf.loading import hf_source
 from cmar.models.image_encoder import RegionEncoder, region_grid, region_mask, takes
 from cmar.models.imagine import NextRegions, next_regions_loss
+from cmar.models.look_ahead import LookAhead, look_ahead_loss
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
@@ -102,7 +104,7 @@ class Encoded:
     target_region_mask: torch.Tensor | None = None  # (B, R) the same of the target frame,
     #                                                 grounded mode only
     regions: torch.Tensor | None = None  # (B*k, R, d) each context frame's regions from the
-    #                                      image encoder (before fusion)
+    #                                      image encoder (before fusion; after the look-ahead)
     predicted: torch.Tensor | None = None  # (B, R, d) the predicted regions of frame k+1,
     #                                        as the image encoder gives them (before the region
     #                                        encoder, which then reads them for the memory)
@@ -111,6 +113,8 @@ class Encoded:
     true_grid: tuple[torch.Tensor, torch.Tensor] | None = None  # the true frame k+1 from the
     #                               image encoder, when teacher forcing (model.teacher_regions)
     #                               encoded it: regions (B, R, d), vector (B, d)
+    pointer: torch.Tensor | None = None  # (B*k, R, R) the look-ahead's logits: where each
+    #                                      context region's content goes in the next frame
 
 
 @dataclass
@@ -188,6 +192,7 @@ class StoryModel(nn.Module):
                              if cfg.predict_regions else None)
         self.describer = (RegionDescriber(vocab_size, d, drop)  # training-only supervision
                           if cfg.w_describe > 0 else None)
+        self.look_ahead = LookAhead(d, self.grid_size(), drop) if cfg.look_ahead else None
         self.encoder_region_kind = (nn.Parameter(torch.zeros(d))
                                     if cfg.memory_region_source == "both" else None)
         if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
@@ -204,11 +209,19 @@ class StoryModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {part: count_parameters(getattr(self, part)) for part in PARTS}
-        for extra in ("region_encoder", "next_regions", "describer"):
+        for extra in ("region_encoder", "next_regions", "describer", "look_ahead"):
             if getattr(self, extra) is not None:
                 counts[extra] = count_parameters(getattr(self, extra))
         counts["total"] = count_parameters(self)
         return counts
+
+    def grid_size(self) -> int:
+        """The number of regions R of the image encoder's grid (it must name one)."""
+        grid = region_grid(self.image_encoder)
+        if grid is None:
+            raise ValueError(f"{type(self.image_encoder).__name__} names no grid of regions: "
+                             "model.look_ahead needs one")
+        return grid[0] * grid[1]
 
     def region_mask(self, content: torch.Tensor | None) -> torch.Tensor | None:
         """Content boxes (..., 4) (``Batch.context_content`` / ``target_content``, frame
@@ -279,6 +292,9 @@ class StoryModel(nn.Module):
         keep = None if keep is None else keep.flatten(0, 1)  # (B*k, R)
         regions, image = self.encode_frames(batch.context_images, batch.context_features,
                                             flat=True, region_mask=keep)  # (B*k, R, d), (B*k, d)
+        pointer = None
+        if self.look_ahead is not None:  # each region also reads where it is going next
+            regions, pointer = self.look_ahead(regions, keep)  # (B*k, R, d), (B*k, R, R)
         mask = batch.context_mask.flatten(0, 1)  # (B*k, Lc)
         tokens, text = self.text_encoder(batch.context_tokens.flatten(0, 1), mask)
         fused = self.fusion(regions, image, tokens, text, mask, return_attention,
@@ -318,7 +334,7 @@ class StoryModel(nn.Module):
             ids[:, k:k + mask.numel() // b] = batch.context_tokens.reshape(b, -1)
         return Encoded(memory, torch.cat(masks, 1), ids, summary, fused, image, text, target,
                        keep, target_keep, regions, imagined.predicted, imagined.newest,
-                       imagined.true_grid)
+                       imagined.true_grid, pointer)
 
     def imagine(self, batch, fused: FusedFrame, regions: torch.Tensor, story: torch.Tensor,
                 keep: torch.Tensor | None) -> Imagined:
@@ -403,6 +419,12 @@ class StoryModel(nn.Module):
                 enc.regions, batch.context_entity_boxes.flatten(0, 1),
                 batch.context_descriptions.flatten(0, 1),
                 batch.context_description_mask.flatten(0, 1), self.init_args["image_size"],
+                enc.region_mask)
+        if (enc.pointer is not None and self.cfg.w_look_ahead > 0
+                and batch.context_move_from is not None):
+            losses["look_ahead"] = look_ahead_loss(
+                enc.pointer, batch.context_move_from.flatten(0, 1),
+                batch.context_move_to.flatten(0, 1), self.init_args["image_size"],
                 enc.region_mask)
         attention = enc.fused.attention
         if attention is not None:

@@ -1,0 +1,93 @@
+"""Look ahead: each region points at where its content goes next, and reads what lies there.
+
+On ShapeStories the place of the next caption is a lookup in two steps: which way the actor's
+dot points, then which landmark stands that way. Trained on the caption alone neither step
+starts (docs/visual-route.md). This module gives each step a part of its own, within one frame:
+
+    regions x (N, R, d) --pointer--> logits (N, R, R): where region i's content is in the next
+                                     frame (a distribution over the same grid)
+    glimpse g_i = sum_j softmax(logits_i)_j * value(x_j)        what lies where i is going
+    out x_i + proj(g_i), layer-normalised                       (N, R, d)
+
+so the regions under a character come to carry what stands where it is heading, one attention
+hop from the caption decoder, as grounded mode's target frame carries it.
+
+The pointer has its own supervision from annotations both datasets have: the boxes of each
+entity in two consecutive frames (``chain_of_thought``). For every entity that moves between
+frame t and t+1 (:func:`cmar.data.moves.moves_of`), every
+region under its box in frame t must point at the regions under its box in frame t+1
+(:func:`look_ahead_loss`, weight ``model.w_look_ahead``). It needs no landmark names, no
+directions and no captions. Training only: the model never reads the boxes when it predicts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cmar.data.mentions import box_regions
+
+
+class LookAhead(nn.Module):
+    """Regions (N, R, d) -> regions (N, R, d) that also hold what lies where each is going,
+    and the pointer's logits (N, R, R) (row i: where region i's content goes next)."""
+
+    def __init__(self, d_model: int, n_regions: int, dropout: float = 0.1):
+        super().__init__()
+        self.n_regions = n_regions
+        self.pointer = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model),
+                                     nn.GELU(), nn.Linear(d_model, n_regions))
+        self.value = nn.Linear(d_model, d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+
+    def logits(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """regions (N, R, d), region_mask (N, R) True on regions that see picture, or None ->
+        logits (N, R, R); a padding region is never pointed at."""
+        if regions.shape[1] != self.n_regions:
+            raise ValueError(f"this look-ahead points over {self.n_regions} regions, got "
+                             f"{regions.shape[1]}")
+        logits = self.pointer(regions)
+        if region_mask is not None:
+            logits = logits.masked_fill(~region_mask[:, None, :], torch.finfo(logits.dtype).min)
+        return logits
+
+    def forward(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(regions, region_mask)
+        glimpse = logits.softmax(-1) @ self.value(regions)  # (N, R, d)
+        return self.norm(regions + self.drop(self.proj(glimpse))), logits
+
+
+def look_ahead_loss(logits: torch.Tensor, from_boxes: torch.Tensor, to_boxes: torch.Tensor,
+                    image_size: int, region_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the pointer at the regions under each moving entity.
+
+    logits (N, R, R) from :meth:`LookAhead.logits` over a square grid; from_boxes and to_boxes
+    (N, E, 4): entity e's box in frame n and in the frame after it (frame pixels, NaN for no
+    entity; ``Batch.context_move_from`` / ``context_move_to`` flattened to N = B * k);
+    region_mask (N, R) or None. The target of each region under the first box is uniform over
+    the regions under the second. A batch where no one moves gives 0, still attached.
+    """
+    n, r = logits.shape[:2]
+    side = math.isqrt(r)
+    if side * side != r:
+        raise ValueError(f"the look-ahead loss needs a square grid of regions, got R={r}")
+    cell = image_size / side
+    start = box_regions(from_boxes, side, cell)  # (N, E, R) where it is
+    end = box_regions(to_boxes, side, cell)  # (N, E, R) where it will be
+    if region_mask is not None:
+        start, end = start & region_mask[:, None], end & region_mask[:, None]
+    moving = start.any(-1) & end.any(-1)  # (N, E)
+    if not moving.any():
+        return logits.sum() * 0
+    frame = moving.nonzero()[:, 0]  # (M,) the frame of each moving entity
+    start, end = start[moving].to(logits.dtype), end[moving].to(logits.dtype)  # (M, R)
+    target = end / end.sum(-1, keepdim=True)  # (M, R) uniform over where it will be
+    log_p = logits[frame].log_softmax(-1)  # (M, R, R)
+    per_region = -(log_p * target[:, None, :]).sum(-1)  # (M, R) each region's cross-entropy
+    return (per_region * start).sum() / start.sum()
