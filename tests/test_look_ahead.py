@@ -98,7 +98,7 @@ def test_the_loss_is_low_when_the_pointer_points_at_the_next_box_and_high_elsewh
 
 def test_a_padding_region_is_never_pointed_at_nor_a_target():
     torch.manual_seed(0)
-    look = LookAhead(8, 4, dropout=0.0)
+    look = LookAhead(8, (2, 2), dropout=0.0)
     regions = torch.randn(2, 4, 8)
     keep = torch.tensor([[True, True, True, False], [True] * 4])
     out, logits = look(regions, keep)
@@ -176,3 +176,21 @@ def test_look_ahead_keys_are_checked():
         load_config("smoke", ["model.w_look_ahead=1"])
     with pytest.raises(ValueError, match="model.w_look_ahead"):
         load_config("smoke", ["model.look_ahead=true", "model.w_look_ahead=-1"])
+
+
+def test_each_region_learns_how_far_and_which_way_it_points():
+    look = LookAhead(8, (2, 2), dropout=0.0)
+    assert look.centres.tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+    with torch.no_grad():  # every region points at region 3, the bottom-right cell
+        look.pointer[-1].weight.zero_()
+        look.pointer[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 50.0]))
+        look.where.weight.copy_(torch.eye(8)[:, :2])  # the step lands in features 0 and 1
+        look.where.bias.zero_()
+        look.proj.weight.zero_()
+        look.proj.bias.zero_()
+    seen = {}
+    look.norm.register_forward_hook(lambda _, inputs, __: seen.update(before=inputs[0]))
+    regions = torch.zeros(1, 4, 8)
+    look(regions)
+    step = seen["before"][0, :, :2]  # (R, 2) what the norm received: regions + the step
+    assert step.tolist() == pytest.approx([[0.5, 0.5], [0.0, 0.5], [0.5, 0.0], [0.0, 0.0]])

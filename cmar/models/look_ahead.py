@@ -7,7 +7,9 @@ starts (docs/visual-route.md). This module gives each step a part of its own, wi
     regions x (N, R, d) --pointer--> logits (N, R, R): where region i's content is in the next
                                      frame (a distribution over the same grid)
     glimpse g_i = sum_j softmax(logits_i)_j * value(x_j)        what lies where i is going
-    out x_i + proj(g_i), layer-normalised                       (N, R, d)
+    step    s_i = sum_j softmax(logits_i)_j * (c_j - c_i)       how far and which way (2,),
+                                                                c the cell centres in [0, 1]
+    out x_i + proj(g_i) + where(s_i), layer-normalised          (N, R, d)
 
 so the regions under a character come to carry what stands where it is heading, one attention
 hop from the caption decoder, as grounded mode's target frame carries it.
@@ -31,16 +33,23 @@ from cmar.data.mentions import box_regions
 
 
 class LookAhead(nn.Module):
-    """Regions (N, R, d) -> regions (N, R, d) that also hold what lies where each is going,
-    and the pointer's logits (N, R, R) (row i: where region i's content goes next)."""
+    """Regions (N, R, d) of a (rows, cols) grid, row-major -> regions (N, R, d) that also
+    hold what lies where each is going and how far that is, and the pointer's logits
+    (N, R, R) (row i: where region i's content goes next)."""
 
-    def __init__(self, d_model: int, n_regions: int, dropout: float = 0.1):
+    def __init__(self, d_model: int, grid: tuple[int, int], dropout: float = 0.1):
         super().__init__()
-        self.n_regions = n_regions
+        rows, cols = grid
+        self.n_regions = rows * cols
+        y, x = torch.meshgrid((torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols,
+                              indexing="ij")
+        self.register_buffer("centres", torch.stack([x, y], -1).flatten(0, 1),
+                             persistent=False)  # (R, 2)
         self.pointer = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model),
-                                     nn.GELU(), nn.Linear(d_model, n_regions))
+                                     nn.GELU(), nn.Linear(d_model, self.n_regions))
         self.value = nn.Linear(d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
+        self.where = nn.Linear(2, d_model)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
 
@@ -59,8 +68,10 @@ class LookAhead(nn.Module):
     def forward(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(regions, region_mask)
-        glimpse = logits.softmax(-1) @ self.value(regions)  # (N, R, d)
-        return self.norm(regions + self.drop(self.proj(glimpse))), logits
+        weights = logits.softmax(-1)  # (N, R, R)
+        glimpse = weights @ self.value(regions)  # (N, R, d)
+        step = weights @ self.centres - self.centres  # (N, R, 2)
+        return self.norm(regions + self.drop(self.proj(glimpse) + self.where(step))), logits
 
 
 def look_ahead_loss(logits: torch.Tensor, from_boxes: torch.Tensor, to_boxes: torch.Tensor,

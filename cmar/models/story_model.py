@@ -192,7 +192,7 @@ class StoryModel(nn.Module):
                              if cfg.predict_regions else None)
         self.describer = (RegionDescriber(vocab_size, d, drop)  # training-only supervision
                           if cfg.w_describe > 0 else None)
-        self.look_ahead = LookAhead(d, self.grid_size(), drop) if cfg.look_ahead else None
+        self.look_ahead = LookAhead(d, self.grid(), drop) if cfg.look_ahead else None
         self.encoder_region_kind = (nn.Parameter(torch.zeros(d))
                                     if cfg.memory_region_source == "both" else None)
         if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
@@ -215,13 +215,13 @@ class StoryModel(nn.Module):
         counts["total"] = count_parameters(self)
         return counts
 
-    def grid_size(self) -> int:
-        """The number of regions R of the image encoder's grid (it must name one)."""
+    def grid(self) -> tuple[int, int]:
+        """The (rows, cols) of the image encoder's regions (it must name a grid)."""
         grid = region_grid(self.image_encoder)
         if grid is None:
             raise ValueError(f"{type(self.image_encoder).__name__} names no grid of regions: "
                              "model.look_ahead needs one")
-        return grid[0] * grid[1]
+        return grid
 
     def region_mask(self, content: torch.Tensor | None) -> torch.Tensor | None:
         """Content boxes (..., 4) (``Batch.context_content`` / ``target_content``, frame
