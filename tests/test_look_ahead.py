@@ -193,4 +193,4 @@ def test_each_region_learns_how_far_and_which_way_it_points():
     regions = torch.zeros(1, 4, 8)
     look(regions)
     step = seen["before"][0, :, :2]  # (R, 2) what the norm received: regions + the step
-    assert step.tolist() == pytest.approx([[0.5, 0.5], [0.0, 0.5], [0.5, 0.0], [0.0, 0.0]])
+    assert torch.allclose(step, torch.tensor([[0.5, 0.5], [0.0, 0.5], [0.5, 0.0], [0.0, 0.0]]))
