@@ -30,12 +30,17 @@ each epoch the validation accuracy at the word after "facing the" (of that phase
 landmark's name replaced by its ring direction ("... facing the north", from the landmark
 table of the same frame): the dot alone, no relation. Perception against relation: can the
 encoder see the dot, and can it find what the dot points at? ``direction:2,kind:3`` asks
-whether the relation is learnable once the dot's direction is encoded.
+whether the relation is learnable once the dot's direction is encoded. With
+``model.look_ahead=true`` the look-ahead (:mod:`cmar.models.look_ahead`) joins the image side
+and the describer reads its regions; with ``model.w_look_ahead`` its pointer is also trained
+on where each moving character goes next, and the row gives the share of the regions under a
+mover whose pointer's top cell lies under the mover's next box (``pointer``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -202,17 +207,33 @@ def _say_direction(stories) -> None:
                     described[entity] = f"{text[:match.start()]}facing the {described[landmark]}"
 
 
+def _pointer_hits(logits: torch.Tensor, batch, size: int) -> tuple[int, int]:
+    """Regions under a mover whose pointer's top cell lies under its next box, and their
+    count: logits (N, R, R) of the look-ahead, the batch's move boxes."""
+    from cmar.data.mentions import box_regions
+
+    side = math.isqrt(logits.shape[1])
+    start = box_regions(batch.context_move_from.flatten(0, 1), side, size / side)  # (N, E, R)
+    end = box_regions(batch.context_move_to.flatten(0, 1), side, size / side)
+    moving = start.any(-1) & end.any(-1)
+    start, end = start[moving], end[moving]  # (M, R)
+    top = logits[moving.nonzero()[:, 0]].argmax(-1)  # (M, R) each region's top cell
+    return int((end.gather(1, top) & start).sum()), int(start.sum())
+
+
 def relation(phases: list[tuple[str, int]], overrides: list[str] = ()) -> list[dict]:
     """``phases``: (target, epochs) in order, each target ``kind`` or ``direction``."""
     from cmar.config import load_config
     from cmar.data import prepare_data
     from cmar.models import build_model
+    from cmar.models.look_ahead import look_ahead_loss
     from cmar.train.checkpoints import seed_everything
 
     cfg = load_config("default", ["model.w_describe=1", *overrides])
     seed_everything(cfg.seed)
+    pointed = cfg.model.look_ahead and cfg.model.w_look_ahead > 0
     data = prepare_data(cfg.data, splits=("train", "validation"), progress=False,
-                        describe="characters")
+                        describe="characters", moves=pointed)
     written = {split: [[dict(d) for d in story.descriptions] for story in data.stories[split]]
                for split in ("train", "validation")}
 
@@ -226,38 +247,58 @@ def relation(phases: list[tuple[str, int]], overrides: list[str] = ()) -> list[d
 
     tokenizer, size = data.tokenizer, cfg.data.image_size
     model = build_model(cfg.model, tokenizer, cfg.data)
-    parts = (model.image_encoder, model.region_encoder, model.describer)
+    parts = (model.image_encoder, model.region_encoder, model.look_ahead, model.describer)
     optimizer = torch.optim.AdamW([p for part in parts if part is not None
                                    for p in part.parameters()], lr=cfg.train.lr)
 
+    def encoded(batch):  # regions (N, R, d) after any look-ahead, and its logits or None
+        regions = model.encode_frames(batch.context_images, batch.context_features, flat=True)[0]
+        return regions if model.look_ahead is None else model.look_ahead(regions)
+
     def regions_of(batch):
-        return model.encode_frames(batch.context_images, batch.context_features, flat=True)[0]
+        out = encoded(batch)
+        return out if model.look_ahead is None else out[0]
 
     rows, epoch = [], 0
     for target, epochs in phases:
         for _ in range(epochs):
             say(target)
             model.train()
-            start, total, steps = time.time(), 0.0, 0
+            start, total, total_aim, steps = time.time(), 0.0, 0.0, 0
             for batch in data.loader("train", shuffle=True, seed=cfg.seed * 10_000 + epoch):
+                out = encoded(batch)
+                regions, logits = out if model.look_ahead is not None else (out, None)
                 loss = model.describer.loss(
-                    regions_of(batch), batch.context_entity_boxes.flatten(0, 1),
+                    regions, batch.context_entity_boxes.flatten(0, 1),
                     batch.context_descriptions.flatten(0, 1),
                     batch.context_description_mask.flatten(0, 1), size)
+                total, steps = total + loss.item(), steps + 1
+                if pointed:
+                    aim = look_ahead_loss(logits, batch.context_move_from.flatten(0, 1),
+                                          batch.context_move_to.flatten(0, 1), size)
+                    loss = loss + cfg.model.w_look_ahead * aim
+                    total_aim += aim.item()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total, steps = total + loss.item(), steps + 1
             model.eval()
             hits = count = 0
+            aimed = [0, 0]
             with torch.no_grad():
                 for batch in data.loader("validation", shuffle=False, num_workers=0):
-                    a, n = _describer_hits(model, batch, regions_of(batch), tokenizer, size,
+                    out = encoded(batch)
+                    regions, logits = out if model.look_ahead is not None else (out, None)
+                    a, n = _describer_hits(model, batch, regions, tokenizer, size,
                                            "facing the")
                     hits, count = hits + a, count + n
+                    if pointed:
+                        a, n = _pointer_hits(logits, batch, size)
+                        aimed = [aimed[0] + a, aimed[1] + n]
             epoch += 1
             row = {"target": target, "epoch": epoch, "train_describe": round(total / steps, 3),
                    "facing accuracy": round(hits / count, 3), "n": count,
+                   **({"train_look_ahead": round(total_aim / steps, 3),
+                       "pointer": round(aimed[0] / aimed[1], 3)} if aimed[1] else {}),
                    "seconds": round(time.time() - start)}
             print(json.dumps(row), flush=True)
             rows.append(row)
