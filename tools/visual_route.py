@@ -4,6 +4,7 @@
     python tools/visual_route.py diagnose RUN_DIR                  # where an imagining run fails
     python tools/visual_route.py describes RUN_DIR                 # what a describing run's
     #                                                                regions say of each character
+    python tools/visual_route.py points RUN_DIR                    # a look-ahead run's pointer
     python tools/visual_route.py relation PHASES [KEY=VALUE ...]  # e.g. kind:4 or
     #                                                                direction:2,kind:3
 
@@ -190,6 +191,38 @@ def describes(run_dir: str, batches: int = 20) -> dict:
             for after, (a, n) in hits.items()}
 
 
+@torch.no_grad()
+def points(run_dir: str, batches: int = 20) -> dict:
+    """A look-ahead run's pointer, on the first ``batches`` batches of the train and test
+    splits: its loss, and the share of the regions under a mover whose top cell lies under
+    the mover's next box."""
+    from cmar.config import load_config
+    from cmar.data import prepare_data
+    from cmar.data.tokenizer import load_tokenizer
+    from cmar.models.checkpoint import load_model
+    from cmar.models.look_ahead import look_ahead_loss
+
+    cfg = load_config(f"{run_dir}/config.yaml")
+    model = load_model(f"{run_dir}/best.pt")[0].eval()
+    if model.look_ahead is None:
+        raise SystemExit(f"{run_dir} was trained without model.look_ahead")
+    data = prepare_data(cfg.data, tokenizer=load_tokenizer(f"{run_dir}/tokenizer"),
+                        splits=("train", "test"), progress=False, moves=True)
+    size, out = cfg.data.image_size, {}
+    for split in ("train", "test"):
+        losses, aimed = [], [0, 0]
+        loader = data.loader(split, shuffle=False, num_workers=0)
+        for _, batch in zip(range(batches), loader, strict=False):
+            logits = model.encode(batch).pointer
+            losses.append(look_ahead_loss(logits, batch.context_move_from.flatten(0, 1),
+                                          batch.context_move_to.flatten(0, 1), size).item())
+            a, n = _pointer_hits(logits, batch, size)
+            aimed = [aimed[0] + a, aimed[1] + n]
+        out[split] = {"look-ahead loss": round(sum(losses) / len(losses), 3),
+                      "pointer": round(aimed[0] / aimed[1], 3), "regions": aimed[1]}
+    return out
+
+
 def _say_direction(stories) -> None:
     """Each character's "facing the <landmark>" becomes "facing the <its ring direction>", as
     the same frame's landmark table gives it (ShapeStories: a landmark's Description)."""
@@ -314,6 +347,8 @@ if __name__ == "__main__":
         print(json.dumps(diagnose(rest[0]), indent=2))
     elif command == "describes" and len(rest) == 1:
         print(json.dumps(describes(rest[0]), indent=2))
+    elif command == "points" and len(rest) == 1:
+        print(json.dumps(points(rest[0]), indent=2))
     elif command == "relation" and rest:
         phases = [(target, int(epochs)) for target, epochs in
                   (phase.split(":") for phase in rest[0].split(","))]

@@ -37,7 +37,8 @@ class LookAhead(nn.Module):
     hold what lies where each is going and how far that is, and the pointer's logits
     (N, R, R) (row i: where region i's content goes next)."""
 
-    def __init__(self, d_model: int, grid: tuple[int, int], dropout: float = 0.1):
+    def __init__(self, d_model: int, grid: tuple[int, int], dropout: float = 0.1,
+                 conditioned: bool = False):
         super().__init__()
         rows, cols = grid
         self.n_regions = rows * cols
@@ -50,24 +51,29 @@ class LookAhead(nn.Module):
         self.value = nn.Linear(d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.where = nn.Linear(2, d_model)
+        # what the pointer also reads of each frame (the story state: whose turn it is)
+        self.condition = nn.Linear(d_model, d_model) if conditioned else None
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
 
-    def logits(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None
-               ) -> torch.Tensor:
-        """regions (N, R, d), region_mask (N, R) True on regions that see picture, or None ->
-        logits (N, R, R); a padding region is never pointed at."""
+    def logits(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None,
+               condition: torch.Tensor | None = None) -> torch.Tensor:
+        """regions (N, R, d), region_mask (N, R) True on regions that see picture, or None,
+        condition (N, d) or None -> logits (N, R, R); a padding region is never pointed at."""
         if regions.shape[1] != self.n_regions:
             raise ValueError(f"this look-ahead points over {self.n_regions} regions, got "
                              f"{regions.shape[1]}")
-        logits = self.pointer(regions)
+        if (condition is None) != (self.condition is None):
+            raise ValueError("a conditioned look-ahead needs a condition, and only it takes one")
+        reads = regions if condition is None else regions + self.condition(condition)[:, None]
+        logits = self.pointer(reads)
         if region_mask is not None:
             logits = logits.masked_fill(~region_mask[:, None, :], torch.finfo(logits.dtype).min)
         return logits
 
-    def forward(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits(regions, region_mask)
+    def forward(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None,
+                condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(regions, region_mask, condition)
         weights = logits.softmax(-1)  # (N, R, R)
         glimpse = weights @ self.value(regions)  # (N, R, d)
         step = weights @ self.centres - self.centres  # (N, R, 2)

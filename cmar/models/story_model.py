@@ -31,6 +31,7 @@ their weights ask); the trainer weights them. ``components=`` replaces any part:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -192,7 +193,8 @@ class StoryModel(nn.Module):
                              if cfg.predict_regions else None)
         self.describer = (RegionDescriber(vocab_size, d, drop)  # training-only supervision
                           if cfg.w_describe > 0 else None)
-        self.look_ahead = LookAhead(d, self.grid(), drop) if cfg.look_ahead else None
+        self.look_ahead = (LookAhead(d, self.grid(), drop, cfg.look_ahead_turn)
+                           if cfg.look_ahead else None)
         self.encoder_region_kind = (nn.Parameter(torch.zeros(d))
                                     if cfg.memory_region_source == "both" else None)
         if cfg.learn_temperature:  # log(1 / temperature) of the alignment and next losses
@@ -293,13 +295,16 @@ class StoryModel(nn.Module):
         regions, image = self.encode_frames(batch.context_images, batch.context_features,
                                             flat=True, region_mask=keep)  # (B*k, R, d), (B*k, d)
         pointer = None
-        if self.look_ahead is not None:  # each region also reads where it is going next
-            regions, pointer = self.look_ahead(regions, keep)  # (B*k, R, d), (B*k, R, R)
+        if self.look_ahead is not None and not self.cfg.look_ahead_turn:  # each region also
+            regions, pointer = self.look_ahead(regions, keep)  # reads where it is going next
         mask = batch.context_mask.flatten(0, 1)  # (B*k, Lc)
         tokens, text = self.text_encoder(batch.context_tokens.flatten(0, 1), mask)
         fused = self.fusion(regions, image, tokens, text, mask, return_attention,
                             **self.fusion_mask(keep))
         story, summary = self.story_encoder(fused.frame.view(b, k, -1))  # (B, k, d), (B, d)
+        if self.look_ahead is not None and self.cfg.look_ahead_turn and fused.regions is not None:
+            looked, pointer = self.look_ahead(fused.regions, keep, story.flatten(0, 1))
+            fused = dataclasses.replace(fused, regions=looked)  # what the memory holds
         kinds = self.memory_kind.weight
         parts = [story + kinds[0]]
         masks = [torch.ones(b, k, dtype=torch.bool, device=story.device)]
