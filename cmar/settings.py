@@ -245,6 +245,9 @@ def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
     if m.teacher_regions > 0 and not m.predict_regions:
         raise ValueError(f"config key model.teacher_regions ({m.teacher_regions}) replaces "
                          "predicted next-frame regions: it needs model.predict_regions=true")
+    if m.look_ahead_turn and not m.look_ahead:
+        raise ValueError("config key model.look_ahead_turn places the look-ahead: it needs "
+                         "model.look_ahead=true")
     if m.w_look_ahead > 0 and not m.look_ahead:
         raise ValueError(f"config key model.w_look_ahead ({m.w_look_ahead}) weights the "
                          "look-ahead pointer's loss: it needs model.look_ahead=true")

@@ -194,3 +194,28 @@ def test_each_region_learns_how_far_and_which_way_it_points():
     look(regions)
     step = seen["before"][0, :, :2]  # (R, 2) what the norm received: regions + the step
     assert torch.allclose(step, torch.tensor([[0.5, 0.5], [0.0, 0.5], [0.5, 0.0], [0.0, 0.0]]))
+
+
+def test_a_turn_conditioned_look_ahead_reads_the_story_and_refines_the_memory():
+    torch.manual_seed(0)
+    model = tiny_model(look_ahead=True, look_ahead_turn=True, w_look_ahead=1.0).eval()
+    batch = moving_batch()
+    enc = model.encode(batch)
+    assert enc.pointer.shape == (12, 4, 4)
+    # the fusion reads the plain regions; the memory holds the looked-ahead fused ones
+    plain = tiny_model(look_ahead=True, look_ahead_turn=True, w_look_ahead=1.0).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.look_ahead = None
+    assert torch.equal(plain.encode(batch).fused.frame, enc.fused.frame)
+    assert not torch.equal(plain.encode(batch).fused.regions, enc.fused.regions)
+    # the pointer reads the story state: its loss reaches the story and text encoders
+    model.train()
+    model.zero_grad()
+    model(batch).losses["look_ahead"].backward()
+    for part in ("story_encoder", "text_encoder", "image_encoder"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in getattr(model, part).parameters()), part
+    with pytest.raises(ValueError, match="condition"):
+        model.look_ahead(torch.randn(2, 4, 32))
+    with pytest.raises(ValueError, match="model.look_ahead=true"):
+        load_config("smoke", ["model.look_ahead_turn=true"])
