@@ -178,22 +178,20 @@ def test_look_ahead_keys_are_checked():
         load_config("smoke", ["model.look_ahead=true", "model.w_look_ahead=-1"])
 
 
-def test_each_region_learns_how_far_and_which_way_it_points():
+def test_each_region_reads_where_it_starts_and_where_it_lands():
     look = LookAhead(8, (2, 2), dropout=0.0)
     assert look.centres.tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
     with torch.no_grad():  # every region points at region 3, the bottom-right cell
         look.pointer[-1].weight.zero_()
         look.pointer[-1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 50.0]))
-        look.where.weight.copy_(torch.eye(8)[:, :2])  # the step lands in features 0 and 1
-        look.where.bias.zero_()
         look.proj.weight.zero_()
         look.proj.bias.zero_()
     seen = {}
-    look.norm.register_forward_hook(lambda _, inputs, __: seen.update(before=inputs[0]))
-    regions = torch.zeros(1, 4, 8)
-    look(regions)
-    step = seen["before"][0, :, :2]  # (R, 2) what the norm received: regions + the step
-    assert torch.allclose(step, torch.tensor([[0.5, 0.5], [0.0, 0.5], [0.5, 0.0], [0.0, 0.0]]))
+    look.where.register_forward_hook(lambda _, inputs, __: seen.update(read=inputs[0]))
+    look(torch.zeros(1, 4, 8))
+    expected = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.75, 0.25, 0.75, 0.75],
+                             [0.25, 0.75, 0.75, 0.75], [0.75, 0.75, 0.75, 0.75]])
+    assert torch.allclose(seen["read"][0], expected)  # (R, 4): start, then end
 
 
 def test_a_turn_conditioned_look_ahead_reads_the_story_and_refines_the_memory():

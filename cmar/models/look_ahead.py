@@ -7,9 +7,11 @@ starts (docs/visual-route.md). This module gives each step a part of its own, wi
     regions x (N, R, d) --pointer--> logits (N, R, R): where region i's content is in the next
                                      frame (a distribution over the same grid)
     glimpse g_i = sum_j softmax(logits_i)_j * value(x_j)        what lies where i is going
-    step    s_i = sum_j softmax(logits_i)_j * (c_j - c_i)       how far and which way (2,),
-                                                                c the cell centres in [0, 1]
-    out x_i + proj(g_i) + where(s_i), layer-normalised          (N, R, d)
+    end     e_i = sum_j softmax(logits_i)_j * c_j               where it lands (2,), c the cell
+                                                                centres in [0, 1]
+    out x_i + proj(g_i) + where([c_i ; e_i]), layer-normalised  (N, R, d); ``where`` is a small
+                                                                MLP, so a region can tell how
+                                                                far it goes (runs or walks)
 
 so the regions under a character come to carry what stands where it is heading, one attention
 hop from the caption decoder, as grounded mode's target frame carries it.
@@ -50,7 +52,7 @@ class LookAhead(nn.Module):
                                      nn.GELU(), nn.Linear(d_model, self.n_regions))
         self.value = nn.Linear(d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
-        self.where = nn.Linear(2, d_model)
+        self.where = nn.Sequential(nn.Linear(4, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         # what the pointer also reads of each frame (the story state: whose turn it is)
         self.condition = nn.Linear(d_model, d_model) if conditioned else None
         self.drop = nn.Dropout(dropout)
@@ -76,8 +78,10 @@ class LookAhead(nn.Module):
         logits = self.logits(regions, region_mask, condition)
         weights = logits.softmax(-1)  # (N, R, R)
         glimpse = weights @ self.value(regions)  # (N, R, d)
-        step = weights @ self.centres - self.centres  # (N, R, 2)
-        return self.norm(regions + self.drop(self.proj(glimpse) + self.where(step))), logits
+        end = weights @ self.centres  # (N, R, 2)
+        start = self.centres.expand_as(end)
+        moves = self.where(torch.cat([start, end], -1))  # (N, R, d)
+        return self.norm(regions + self.drop(self.proj(glimpse) + moves)), logits
 
 
 def look_ahead_loss(logits: torch.Tensor, from_boxes: torch.Tensor, to_boxes: torch.Tensor,
