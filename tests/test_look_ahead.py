@@ -217,3 +217,14 @@ def test_a_turn_conditioned_look_ahead_reads_the_story_and_refines_the_memory():
         model.look_ahead(torch.randn(2, 4, 32))
     with pytest.raises(ValueError, match="model.look_ahead=true"):
         load_config("smoke", ["model.look_ahead_turn=true"])
+
+
+def test_the_describer_reads_the_regions_the_look_ahead_refined():
+    torch.manual_seed(0)
+    before = tiny_model(look_ahead=True, w_describe=1.0)
+    enc = before.encode(moving_batch())
+    assert before.described_regions(enc) is enc.regions  # after the look-ahead, pre-fusion
+    after = tiny_model(look_ahead=True, look_ahead_turn=True, w_describe=1.0)
+    enc = after.encode(moving_batch())
+    assert after.described_regions(enc) is enc.fused.regions  # refined after the story
+    assert tiny_model(w_describe=1.0).encode(moving_batch()).regions is not None

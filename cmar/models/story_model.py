@@ -421,7 +421,7 @@ class StoryModel(nn.Module):
                                                   target_keep)
         if self.describer is not None and batch.context_descriptions is not None:
             losses["describe"] = self.describer.loss(
-                enc.regions, batch.context_entity_boxes.flatten(0, 1),
+                self.described_regions(enc), batch.context_entity_boxes.flatten(0, 1),
                 batch.context_descriptions.flatten(0, 1),
                 batch.context_description_mask.flatten(0, 1), self.init_args["image_size"],
                 enc.region_mask)
@@ -442,6 +442,16 @@ class StoryModel(nn.Module):
             losses["ground"] = grounding_loss(attention, batch.context_boxes,
                                               batch.context_mask, self.init_args["image_size"])
         return ModelOutput(logits, losses, next_pred, next_true, attention, enc)
+
+    def described_regions(self, enc: Encoded) -> torch.Tensor:
+        """The context regions (B*k, R, d) the describe loss reads: the image side's (after
+        any look-ahead), or, when the look-ahead follows the story encoder
+        (``model.look_ahead_turn``), the fused regions it refined, so that describing where a
+        character faces trains the pointer and its glimpse either way."""
+        turned = self.look_ahead is not None and self.cfg.look_ahead_turn
+        if turned and enc.fused.regions is not None:
+            return enc.fused.regions
+        return enc.regions
 
     def copy_from(self, enc: Encoded) -> dict:
         """The decoder's ``memory_ids`` argument when it copies (``model.copy_tokens``); none
