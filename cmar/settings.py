@@ -140,12 +140,12 @@ class ModelConfig:
     describe_entities: str = "characters"  # which boxed entities it describes: "characters"
     #                                        | "all" (objects and landmarks too)
     look_ahead: bool = False  # each context region points at where its content goes in the
-    #                           next frame and reads what lies there (after the region
-    #                           encoder, before the fusion; cmar.models.look_ahead)
-    look_ahead_turn: bool = False  # the look-ahead comes after the story encoder instead:
-    #                                its pointer also reads the story state of its frame (whose
-    #                                turn is next, from the captions), and it refines the fused
-    #                                regions the decoder memory holds
+    #                           next frame and reads what lies there (cmar.models.look_ahead)
+    look_ahead_turn: bool = False  # where it sits: false, after the region encoder and before
+    #                                the fusion (image only) | true, after the story encoder,
+    #                                its pointer also reading the story state of its frame
+    #                                (whose turn is next, from the captions) and refining the
+    #                                fused regions the decoder memory holds
     w_look_ahead: float = 0.0  # weight of the look-ahead loss: the regions under each
     #                            character that moves point at its box in the next frame
     #                            (training-only supervision from chain_of_thought boxes; needs

@@ -302,7 +302,10 @@ class StoryModel(nn.Module):
         fused = self.fusion(regions, image, tokens, text, mask, return_attention,
                             **self.fusion_mask(keep))
         story, summary = self.story_encoder(fused.frame.view(b, k, -1))  # (B, k, d), (B, d)
-        if self.look_ahead is not None and self.cfg.look_ahead_turn and fused.regions is not None:
+        if self.look_ahead is not None and self.cfg.look_ahead_turn:  # whose turn is next
+            if fused.regions is None:
+                raise ValueError(f"model.look_ahead_turn refines the fused regions, but "
+                                 f"{type(self.fusion).__name__} returns none")
             looked, pointer = self.look_ahead(fused.regions, keep, story.flatten(0, 1))
             fused = dataclasses.replace(fused, regions=looked)  # what the memory holds
         kinds = self.memory_kind.weight
@@ -448,8 +451,7 @@ class StoryModel(nn.Module):
         any look-ahead), or, when the look-ahead follows the story encoder
         (``model.look_ahead_turn``), the fused regions it refined, so that describing where a
         character faces trains the pointer and its glimpse either way."""
-        turned = self.look_ahead is not None and self.cfg.look_ahead_turn
-        if turned and enc.fused.regions is not None:
+        if self.look_ahead is not None and self.cfg.look_ahead_turn:
             return enc.fused.regions
         return enc.regions
 
