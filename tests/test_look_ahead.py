@@ -110,6 +110,9 @@ def test_a_padding_region_is_never_pointed_at_nor_a_target():
     loss = look_ahead_loss(logits, start, end, 32, keep)
     only_second = look_ahead_loss(logits[1:], start[1:], end[1:], 32)
     assert loss.item() == pytest.approx(only_second.item())
+    # a batch where no one moves gives 0, even with masked logits (the dtype's lowest value)
+    nobody = torch.full((2, 1, 4), float("nan"))
+    assert look_ahead_loss(logits, nobody, nobody, 32, keep).item() == 0
 
 
 def test_the_look_ahead_loss_trains_the_pointer_and_the_image_side_only():
@@ -228,3 +231,14 @@ def test_the_describer_reads_the_regions_the_look_ahead_refined():
     enc = after.encode(moving_batch())
     assert after.described_regions(enc) is enc.fused.regions  # refined after the story
     assert tiny_model(w_describe=1.0).encode(moving_batch()).regions is not None
+
+
+def test_the_loss_stays_finite_when_a_padding_regions_log_probability_is_infinite():
+    logits = torch.zeros(1, 4, 4)
+    logits[..., 3] = float("-inf")  # what log_softmax can give at a masked padding region
+    start = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]])
+    end = torch.tensor([[[20.0, 0.0, 30.0, 10.0]]])  # region 1
+    loss = look_ahead_loss(logits.requires_grad_(), start, end, 32)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(math.log(3))
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()

@@ -84,3 +84,15 @@ def test_the_describe_objective_trains_on_the_lookalike_through_the_letterbox(pr
     expected = (row["train_caption"] + 0.1 * row["train_align"] + 0.1 * row["train_next"]
                 + 0.5 * row["train_describe"])
     assert row["train_total"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("turn", ["false", "true"])
+def test_the_look_ahead_trains_on_the_lookalike_through_the_letterbox(prose_copy, tmp_path,
+                                                                       turn):
+    cfg = smoke_on(prose_copy, tmp_path, "model.look_ahead=true", f"model.look_ahead_turn={turn}",
+                   "model.w_look_ahead=0.5")
+    row = Trainer(cfg, progress=False).fit()[-1]
+    assert row["train_look_ahead"] > 0 and row["val_look_ahead"] > 0
+    expected = (row["train_caption"] + 0.1 * row["train_align"] + 0.1 * row["train_next"]
+                + 0.5 * row["train_look_ahead"])
+    assert row["train_total"] == pytest.approx(expected, rel=1e-4)

@@ -60,10 +60,13 @@ COLOURS = [(200, 60, 60), (60, 160, 80), (60, 90, 210), (220, 190, 40), (150, 70
 
 
 def frame(t: int) -> tuple[bytes, dict[str, tuple[int, int, int, int]]]:
-    """A 575 x 240 frame with the two characters drawn as boxes that move with t."""
+    """A 575 x 240 frame with the two characters drawn as boxes that move with t: the first
+    walks right across the frame and starts again from the left (60 px a frame, over a tenth
+    of the side at any image size: a mover for the look-ahead), the second drifts left."""
     image = Image.new("RGB", (575, 240), COLOURS[t % len(COLOURS)])
     draw = ImageDraw.Draw(image)
-    boxes = {"char1": (40 + 30 * t, 60, 140 + 30 * t, 230),
+    x = 40 + (60 * t) % 360
+    boxes = {"char1": (x, 60, x + 100, 230),
              "char2": (400 - 20 * t, 50, 500 - 20 * t, 235)}
     for name, box in boxes.items():
         draw.rectangle(box, fill=(255, 255, 255) if name == "char1" else (0, 0, 0))

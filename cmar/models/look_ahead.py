@@ -104,11 +104,12 @@ def look_ahead_loss(logits: torch.Tensor, from_boxes: torch.Tensor, to_boxes: to
     if region_mask is not None:
         start, end = start & region_mask[:, None], end & region_mask[:, None]
     moving = start.any(-1) & end.any(-1)  # (N, E)
-    if not moving.any():
-        return logits.sum() * 0
+    if not moving.any():  # 0, attached; not logits.sum() * 0: the masked logits, each the
+        return (logits * 0).sum()  # dtype's lowest value, sum to -inf, and -inf * 0 is NaN
     frame = moving.nonzero()[:, 0]  # (M,) the frame of each moving entity
     start, end = start[moving].to(logits.dtype), end[moving].to(logits.dtype)  # (M, R)
     target = end / end.sum(-1, keepdim=True)  # (M, R) uniform over where it will be
-    log_p = logits[frame].log_softmax(-1)  # (M, R, R)
-    per_region = -(log_p * target[:, None, :]).sum(-1)  # (M, R) each region's cross-entropy
+    log_p = logits[frame].log_softmax(-1)  # (M, R, R); -inf may stand at a padding region,
+    aimed = target[:, None, :].expand_as(log_p)  # which is never a target: 0 * -inf is NaN
+    per_region = -torch.where(aimed > 0, log_p * aimed, 0).sum(-1)  # (M, R) cross-entropies
     return (per_region * start).sum() / start.sum()
