@@ -40,3 +40,17 @@ def tiny_model(mode: str = "next", size: int = 32, components=None, **overrides)
     cfg = ModelConfig(d_model=32, n_heads=2, dropout=0.0, **{**SMALL, **overrides})
     return StoryModel(cfg, VOCAB, size, mode=mode, max_len=12, pad_id=PAD, bos_id=BOS,
                       eos_id=EOS, components=components)
+
+
+def fit_term(model: StoryModel, batch: Batch, term: str, steps: int = 30,
+             lr: float = 1e-2) -> tuple[float, float]:
+    """Adam steps on one loss term of ``model`` on ``batch`` alone: its first and last value."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    values = []
+    for _ in range(steps):
+        loss = model(batch).losses[term]
+        values.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return values[0], values[-1]
