@@ -8,6 +8,8 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
     context tokens (B, k, Lc)      --text_encoder---> tokens  (B*k, Lc, d), text (B*k, d)
     fusion per frame (concat | cross | cmar)        -> frame (B*k, d), refined tokens
     story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
+    [look_ahead here instead (model.look_ahead_turn): over the fused regions, its pointer also
+     reading each frame's story state]
     memory = story states [+ fused words and regions of every context frame]
              [+ target-frame regions if grounded | + predicted next-frame regions]
     next_regions(context regions, frame k's)        -> predicted regions of frame k+1 (B, R, d),
