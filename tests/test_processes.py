@@ -142,6 +142,7 @@ with main_process_first():  # the other process waits here while the main one bu
     pass
 gloo = dist.group.WORLD._get_backend(torch.device("cpu"))  # the group the waits go through
 Path(sys.argv[1], f"timeout-{rank()}").write_text(str(gloo.options._timeout.total_seconds()))
+dist.barrier()  # both done before either leaves: one leaving with gloo's threads alive may abort
 dist.destroy_process_group()
 """
 
