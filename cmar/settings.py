@@ -139,17 +139,18 @@ class ModelConfig:
     #                          descriptions there; cmar.models.describe; 0: off)
     describe_entities: str = "characters"  # which boxed entities it describes: "characters"
     #                                        | "all" (objects and landmarks too)
-    look_ahead: bool = False  # each context region points at where its content goes in the
-    #                           next frame and reads what lies there (cmar.models.look_ahead)
-    look_ahead_turn: bool = False  # where it sits: false, after the region encoder and before
-    #                                the fusion (image only) | true, after the story encoder,
-    #                                its pointer also reading the story state of its frame
-    #                                (whose turn is next, from the captions) and refining the
-    #                                fused regions the decoder memory holds
-    w_look_ahead: float = 0.0  # weight of the look-ahead loss: the regions under each
+    look_ahead: bool = True  # each context region points at where its content goes in the
+    #                          next frame and reads what lies there (cmar.models.look_ahead;
+    #                          false turns it off whole: the two keys below are then unread)
+    look_ahead_turn: bool = True  # where it sits: true, after the story encoder, its pointer
+    #                               also reading the story state of its frame (whose turn is
+    #                               next, from the captions) and refining the fused regions the
+    #                               decoder memory holds | false, after the region encoder and
+    #                               before the fusion (image only)
+    w_look_ahead: float = 1.0  # weight of the look-ahead loss: the regions under each
     #                            character that moves point at its box in the next frame
-    #                            (training-only supervision from chain_of_thought boxes; needs
-    #                            look_ahead; 0: the pointer learns from the other losses only)
+    #                            (training-only supervision from chain_of_thought boxes; 0: the
+    #                            pointer learns from the other losses only)
 
 
 @dataclass
@@ -245,12 +246,6 @@ def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:
     if m.teacher_regions > 0 and not m.predict_regions:
         raise ValueError(f"config key model.teacher_regions ({m.teacher_regions}) replaces "
                          "predicted next-frame regions: it needs model.predict_regions=true")
-    if m.look_ahead_turn and not m.look_ahead:
-        raise ValueError("config key model.look_ahead_turn places the look-ahead: it needs "
-                         "model.look_ahead=true")
-    if m.w_look_ahead > 0 and not m.look_ahead:
-        raise ValueError(f"config key model.w_look_ahead ({m.w_look_ahead}) weights the "
-                         "look-ahead pointer's loss: it needs model.look_ahead=true")
     if m.w_regions > 0 and not m.predict_regions:
         raise ValueError(f"config key model.w_regions ({m.w_regions}) weights the loss of the "
                          "predicted next-frame regions: it needs model.predict_regions=true")

@@ -249,8 +249,9 @@ REFUSED = [  # one bad value per rule, and its exact message
      "config key eval.strategy must be one of greedy, beam, sample, got 'nucleus'"),
     (["eval.tokenizer=spacy"], "config key eval.tokenizer must be one of python, ptb, got 'spacy'"),
     (["train.select=val_ground"],
-     "config key train.select must be one of val_caption, val_align, val_next, val_total, "
-     "train_caption, train_align, train_next, train_total, got 'val_ground'"),
+     "config key train.select must be one of val_caption, val_align, val_next, "
+     "val_look_ahead, val_total, train_caption, train_align, train_next, train_look_ahead, "
+     "train_total, got 'val_ground'"),
     (['model.decoder="hf:"'], "config key model.decoder must be hf:<hub id or local folder>, "
                             "got 'hf:'"),
     (["model.story_encoder=hf:gpt2"],

@@ -115,7 +115,7 @@ def test_a_run_with_w_ground_logs_the_term_and_selects_on_it(shapes_cache, tmp_p
     row = history[-1]
     assert row["train_ground"] > 0 and row["val_ground"] > 0
     expected = (row["train_caption"] + 0.1 * row["train_align"] + 0.1 * row["train_next"]
-                + 0.5 * row["train_ground"])
+                + 0.5 * row["train_ground"] + row["train_look_ahead"])
     assert row["train_total"] == pytest.approx(expected, rel=1e-4)
 
 

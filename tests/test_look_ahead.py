@@ -117,8 +117,8 @@ def test_a_padding_region_is_never_pointed_at_nor_a_target():
 
 def test_the_look_ahead_loss_trains_the_pointer_and_the_image_side_only():
     torch.manual_seed(0)
-    model = tiny_model(image_encoder="small_cnn", look_ahead=True, w_look_ahead=1.0,
-                       region_layers=1)
+    model = tiny_model(image_encoder="small_cnn", look_ahead=True, look_ahead_turn=False,
+                       w_look_ahead=1.0, region_layers=1)
     losses = model(moving_batch()).losses
     assert losses["look_ahead"] > 0
     model.zero_grad()
@@ -138,7 +138,7 @@ def test_the_look_ahead_loss_trains_the_pointer_and_the_image_side_only():
 
 def test_looking_ahead_learns_where_the_mover_goes():
     torch.manual_seed(0)
-    model = tiny_model(look_ahead=True, w_look_ahead=1.0)
+    model = tiny_model(look_ahead=True, look_ahead_turn=False, w_look_ahead=1.0)
     batch = moving_batch()
     first, last = fit_term(model, batch, "look_ahead")
     assert last < 0.2 * first
@@ -148,10 +148,10 @@ def test_looking_ahead_learns_where_the_mover_goes():
 
 def test_the_look_ahead_is_off_at_weight_zero_and_without_targets():
     torch.manual_seed(0)
-    off = tiny_model()
+    off = tiny_model(look_ahead=False)
     assert off.look_ahead is None and "look_ahead" not in off(moving_batch()).losses
     assert off.encode(moving_batch()).pointer is None
-    unsupervised = tiny_model(look_ahead=True)  # the glimpse, learned from the caption only
+    unsupervised = tiny_model(look_ahead=True, w_look_ahead=0.0)  # from the caption only
     assert "look_ahead" not in unsupervised(moving_batch()).losses
     on = tiny_model(look_ahead=True, w_look_ahead=1.0)
     assert "look_ahead" not in on(random_batch()).losses  # a batch without moves
@@ -167,9 +167,13 @@ def test_look_ahead_keys_are_checked():
 
     assert "look_ahead" in loss_terms_of(
         load_config("smoke", ["model.look_ahead=true", "model.w_look_ahead=0.5"]))
-    assert "look_ahead" not in loss_terms_of(load_config("smoke", ["model.look_ahead=true"]))
-    with pytest.raises(ValueError, match="model.look_ahead=true"):
-        load_config("smoke", ["model.w_look_ahead=1"])
+    assert "look_ahead" in loss_terms_of(load_config("smoke", []))  # on by default
+    assert "look_ahead" not in loss_terms_of(
+        load_config("smoke", ["model.look_ahead=true", "model.w_look_ahead=0"]))
+    # off is one key: the place and the weight are then unread
+    off = load_config("smoke", ["model.look_ahead=false"])
+    assert off.model.look_ahead_turn and off.model.w_look_ahead > 0
+    assert "look_ahead" not in loss_terms_of(off)
     with pytest.raises(ValueError, match="model.w_look_ahead"):
         load_config("smoke", ["model.look_ahead=true", "model.w_look_ahead=-1"])
 
@@ -211,19 +215,47 @@ def test_a_turn_conditioned_look_ahead_reads_the_story_and_refines_the_memory():
                    for p in getattr(model, part).parameters()), part
     with pytest.raises(ValueError, match="condition"):
         model.look_ahead(torch.randn(2, 4, 32))
-    with pytest.raises(ValueError, match="model.look_ahead=true"):
-        load_config("smoke", ["model.look_ahead_turn=true"])
+    assert tiny_model(look_ahead=False, look_ahead_turn=True).look_ahead is None
+
+
+class RegionlessFusion(torch.nn.Module):
+    """A user's fusion that refines no regions (the contract allows it)."""
+
+    def __init__(self, d_model):
+        super().__init__()
+        self.mix = torch.nn.Linear(2 * d_model, d_model)
+
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+        from cmar.models import FusedFrame
+
+        return FusedFrame(self.mix(torch.cat([image, text], -1)), tokens)
+
+
+def test_with_a_fusion_that_returns_no_regions_the_turn_refines_the_encoders():
+    torch.manual_seed(0)
+    model = tiny_model(components={"fusion": RegionlessFusion(32)}, look_ahead=True,
+                       look_ahead_turn=True, w_look_ahead=1.0).eval()
+    enc = model.encode(moving_batch())
+    assert enc.pointer.shape == (12, 4, 4)
+    assert enc.fused.regions.shape == enc.regions.shape  # the encoder's regions, refined
+    assert not torch.equal(enc.fused.regions, enc.regions)
+    without = tiny_model(components={"fusion": RegionlessFusion(32)}, look_ahead=False)
+    plain = without.encode(moving_batch())
+    assert plain.fused.regions is None  # no regions in the memory at all, as before
+    assert enc.memory.shape[1] == plain.memory.shape[1] + 3 * 4  # + k frames x R regions
 
 
 def test_the_describer_reads_the_regions_the_look_ahead_refined():
     torch.manual_seed(0)
-    before = tiny_model(look_ahead=True, w_describe=1.0)
+    before = tiny_model(look_ahead=True, look_ahead_turn=False, w_describe=1.0)
     enc = before.encode(moving_batch())
     assert before.described_regions(enc) is enc.regions  # after the look-ahead, pre-fusion
     after = tiny_model(look_ahead=True, look_ahead_turn=True, w_describe=1.0)
     enc = after.encode(moving_batch())
     assert after.described_regions(enc) is enc.fused.regions  # refined after the story
-    assert tiny_model(w_describe=1.0).encode(moving_batch()).regions is not None
+    without = tiny_model(look_ahead=False, w_describe=1.0)
+    enc = without.encode(moving_batch())
+    assert enc.regions is not None and without.described_regions(enc) is enc.regions
 
 
 def test_the_loss_stays_finite_when_a_padding_regions_log_probability_is_infinite():

@@ -82,7 +82,7 @@ def test_the_describe_objective_trains_on_the_lookalike_through_the_letterbox(pr
     row = Trainer(cfg, progress=False).fit()[-1]
     assert row["train_describe"] > 0 and row["val_describe"] > 0
     expected = (row["train_caption"] + 0.1 * row["train_align"] + 0.1 * row["train_next"]
-                + 0.5 * row["train_describe"])
+                + 0.5 * row["train_describe"] + row["train_look_ahead"])
     assert row["train_total"] == pytest.approx(expected, rel=1e-4)
 
 

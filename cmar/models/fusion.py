@@ -9,7 +9,8 @@ Contract of every fusion (register yours in ``FUSIONS``; see CONTRIBUTING.md)::
       text_mask (N, L)     True on real tokens
       region_mask (N, R)   True on regions that see picture, or None: every region does
     FusedFrame(frame (N, d), tokens (N, L, d), attention (N, rounds, L, R) or None,
-               regions (N, R, d) or None)
+               regions (N, R, d) or None: the fusion refined none; the turn-conditioned
+               look-ahead then refines the encoder's regions in their place)
 
 ``image`` and ``text`` are inputs a fusion may read (the built-in ones pool the regions and
 words themselves); a fusion returns only what it computes. The alignment loss compares the

@@ -103,13 +103,14 @@ def look_ahead_loss(logits: torch.Tensor, from_boxes: torch.Tensor, to_boxes: to
     end = box_regions(to_boxes, side, cell)  # (N, E, R) where it will be
     if region_mask is not None:
         start, end = start & region_mask[:, None], end & region_mask[:, None]
-    moving = start.any(-1) & end.any(-1)  # (N, E)
-    if not moving.any():  # 0, attached; not logits.sum() * 0: the masked logits, each the
-        return (logits * 0).sum()  # dtype's lowest value, sum to -inf, and -inf * 0 is NaN
-    frame = moving.nonzero()[:, 0]  # (M,) the frame of each moving entity
-    start, end = start[moving].to(logits.dtype), end[moving].to(logits.dtype)  # (M, R)
-    target = end / end.sum(-1, keepdim=True)  # (M, R) uniform over where it will be
-    log_p = logits[frame].log_softmax(-1)  # (M, R, R); -inf may stand at a padding region,
-    aimed = target[:, None, :].expand_as(log_p)  # which is never a target: 0 * -inf is NaN
-    per_region = -torch.where(aimed > 0, log_p * aimed, 0).sum(-1)  # (M, R) cross-entropies
-    return (per_region * start).sum() / start.sum()
+    moving = (start.any(-1) & end.any(-1))[..., None]  # (N, E, 1)
+    start = (start & moving).to(logits.dtype)  # (N, E, R) the regions that must point
+    end = end.to(logits.dtype)
+    target = end / end.sum(-1, keepdim=True).clamp(min=1)  # (N, E, R) uniform where it will be
+    # a padding column may hold -inf (the masked logit, the dtype's lowest value, minus the
+    # log-sum-exp); it is never a target, and the clamp keeps 0 * it at 0, not NaN
+    log_p = logits.log_softmax(-1).clamp(min=torch.finfo(logits.dtype).min)  # (N, R, R)
+    per_region = -torch.einsum("nej,nij->nei", target, log_p)  # (N, E, R) cross-entropies
+    # no boolean indexing and no branch: nothing waits for the device (one host sync a
+    # logging interval); a batch where no one moves gives 0 / 1 = 0, still attached
+    return (per_region * start).sum() / start.sum().clamp(min=1)

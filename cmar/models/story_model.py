@@ -4,12 +4,13 @@ Data flow for a :class:`cmar.data.Batch` of B windows, k context frames, d = d_m
 
     context images (B, k, 3, S, S) --image_encoder--> regions (B*k, R, d), image (B*k, d)
                                    [--region_encoder: self-attention among a frame's regions]
-                                   [--look_ahead: each region reads where it is going next]
+                                   [--look_ahead here with model.look_ahead_turn=false]
     context tokens (B, k, Lc)      --text_encoder---> tokens  (B*k, Lc, d), text (B*k, d)
     fusion per frame (concat | cross | cmar)        -> frame (B*k, d), refined tokens
     story_encoder over the k frames                 -> story (B, k, d), summary (B, d)
-    [look_ahead here instead (model.look_ahead_turn): over the fused regions, its pointer also
-     reading each frame's story state]
+    look_ahead (default; model.look_ahead=false skips it): each fused region (the encoder's
+     where the fusion returns none) points at where it goes next, its pointer reading its
+     frame's story state, and reads what lies there -> the regions the memory holds
     memory = story states [+ fused words and regions of every context frame]
              [+ target-frame regions if grounded | + predicted next-frame regions]
     next_regions(context regions, frame k's)        -> predicted regions of frame k+1 (B, R, d),
@@ -224,7 +225,8 @@ class StoryModel(nn.Module):
         grid = region_grid(self.image_encoder)
         if grid is None:
             raise ValueError(f"{type(self.image_encoder).__name__} names no grid of regions: "
-                             "model.look_ahead needs one")
+                             "model.look_ahead needs one (give the encoder a `grid` or "
+                             "`n_regions`, or set model.look_ahead=false)")
         return grid
 
     def region_mask(self, content: torch.Tensor | None) -> torch.Tensor | None:
@@ -305,10 +307,9 @@ class StoryModel(nn.Module):
                             **self.fusion_mask(keep))
         story, summary = self.story_encoder(fused.frame.view(b, k, -1))  # (B, k, d), (B, d)
         if self.look_ahead is not None and self.cfg.look_ahead_turn:  # whose turn is next
-            if fused.regions is None:
-                raise ValueError(f"model.look_ahead_turn refines the fused regions, but "
-                                 f"{type(self.fusion).__name__} returns none")
-            looked, pointer = self.look_ahead(fused.regions, keep, story.flatten(0, 1))
+            # the fused regions; the encoder's where a fusion returns none (it refined none)
+            base = regions if fused.regions is None else fused.regions  # (B*k, R, d)
+            looked, pointer = self.look_ahead(base, keep, story.flatten(0, 1))
             fused = dataclasses.replace(fused, regions=looked)  # what the memory holds
         kinds = self.memory_kind.weight
         parts = [story + kinds[0]]
@@ -390,7 +391,9 @@ class StoryModel(nn.Module):
         """The context regions (B*k, R, d) the memory holds (``model.memory_region_source``),
         each with what is added to tell it apart: the fused ones, the encoder's (a visual
         route the captions cannot flood), or both (the encoder's then carry a learned
-        offset). A fusion that returns no regions leaves the fused ones out."""
+        offset). A fusion that returns no regions leaves the fused ones out, unless the
+        look-ahead follows the story encoder (``model.look_ahead_turn``): it then refines the
+        encoder's regions, and those stand in for the fused ones."""
         source = self.cfg.memory_region_source
         out = []
         if source in ("fused", "both") and fused.regions is not None:
