@@ -335,6 +335,13 @@ NOTEBOOKS = {
            "frame caption --GRU--> words W ---+-- CMAR x r-+--> fused words, regions -----^\n"
            "```\n\n`cross` is one text-to-image pass; `concat` joins the pooled vectors. All "
            "three get the same parameter budget.\n\n"
+           "After the story encoder, a **look-ahead** (`cmar.models.look_ahead`) refines the "
+           "fused regions the decoder reads: each region points at where its content will be "
+           "in the next frame, reading whose turn it is from the story state, and adds what "
+           "lies there to itself. In training the characters' boxes in consecutive frames "
+           "supervise the pointer. It is what makes the model read where the actor is heading "
+           "from the images; `model.look_ahead=false` removes it "
+           "(docs/visual-route.md).\n\n"
            "The next cell reads the data (the tokenizer fixes the vocabulary), builds the "
            "model and counts the parameters of each part: the fusion is the part the three "
            "variants change."),
@@ -1256,7 +1263,10 @@ NOTEBOOKS["07_investigation"] = header(
         decoder reads the story states and the fused words (where it finds, and copies, the
         names), so whatever it knows of the images went through the fusion under test: into
         the frame vector for every fusion, and into the words too for CMAR (its words attend
-        to the regions; concat's and FiLM's words leave the fusion as they came in)."""),
+        to the regions; concat's and FiLM's words leave the fusion as they came in). The
+        reference's look-ahead then refines regions the decoder no longer reads: it stays only
+        as a training signal (its pointer's loss reaches the image encoder, the fusion and the
+        story encoder), the same in every arm."""),
     code("""
         from cmar.config import load_config, preset_for
 
