@@ -54,3 +54,18 @@ def fit_term(model: StoryModel, batch: Batch, term: str, steps: int = 30,
         loss.backward()
         optimizer.step()
     return values[0], values[-1]
+
+
+class TinyFusion(torch.nn.Module):
+    """A user's fusion: only the documented interface (it refines no regions, as allowed)."""
+
+    def __init__(self, d_model):
+        super().__init__()
+        self.mix = torch.nn.Linear(2 * d_model, d_model)
+        self.calls = 0
+
+    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
+        from cmar.models import FusedFrame
+
+        self.calls += 1
+        return FusedFrame(self.mix(torch.cat([image, text], -1)), tokens)

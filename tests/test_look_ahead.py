@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from model_helpers import fit_term, random_batch, tiny_model
+from model_helpers import TinyFusion, fit_term, random_batch, tiny_model
 
 from cmar.config import load_config
 from cmar.data import prepare_data
@@ -218,28 +218,15 @@ def test_a_turn_conditioned_look_ahead_reads_the_story_and_refines_the_memory():
     assert tiny_model(look_ahead=False, look_ahead_turn=True).look_ahead is None
 
 
-class RegionlessFusion(torch.nn.Module):
-    """A user's fusion that refines no regions (the contract allows it)."""
-
-    def __init__(self, d_model):
-        super().__init__()
-        self.mix = torch.nn.Linear(2 * d_model, d_model)
-
-    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
-        from cmar.models import FusedFrame
-
-        return FusedFrame(self.mix(torch.cat([image, text], -1)), tokens)
-
-
 def test_with_a_fusion_that_returns_no_regions_the_turn_refines_the_encoders():
     torch.manual_seed(0)
-    model = tiny_model(components={"fusion": RegionlessFusion(32)}, look_ahead=True,
+    model = tiny_model(components={"fusion": TinyFusion(32)}, look_ahead=True,
                        look_ahead_turn=True, w_look_ahead=1.0).eval()
     enc = model.encode(moving_batch())
     assert enc.pointer.shape == (12, 4, 4)
     assert enc.fused.regions.shape == enc.regions.shape  # the encoder's regions, refined
     assert not torch.equal(enc.fused.regions, enc.regions)
-    without = tiny_model(components={"fusion": RegionlessFusion(32)}, look_ahead=False)
+    without = tiny_model(components={"fusion": TinyFusion(32)}, look_ahead=False)
     plain = without.encode(moving_batch())
     assert plain.fused.regions is None  # no regions in the memory at all, as before
     assert enc.memory.shape[1] == plain.memory.shape[1] + 3 * 4  # + k frames x R regions

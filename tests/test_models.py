@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from model_helpers import EOS, PAD, random_batch, tiny_model
+from model_helpers import EOS, PAD, TinyFusion, random_batch, tiny_model
 
 from cmar.models import DECODERS, FUSIONS, SEQUENCE_ENCODERS, load_model, save_model
 
@@ -52,21 +52,6 @@ def test_cmar_returns_attention_over_regions_per_word():
     assert (b, k, rounds, words) == (4, 3, 3, 6)
     assert regions == model.image_encoder.n_regions
     assert torch.allclose(out.attention.sum(-1), torch.ones(b, k, rounds, words), atol=1e-5)
-
-
-class TinyFusion(torch.nn.Module):
-    """A user's fusion: only the documented interface."""
-
-    def __init__(self, d_model):
-        super().__init__()
-        self.mix = torch.nn.Linear(2 * d_model, d_model)
-        self.calls = 0
-
-    def forward(self, regions, image, tokens, text, text_mask, return_attention=False):
-        from cmar.models import FusedFrame
-
-        self.calls += 1
-        return FusedFrame(self.mix(torch.cat([image, text], -1)), tokens)
 
 
 def test_components_hook_swaps_a_part():
