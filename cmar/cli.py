@@ -21,7 +21,9 @@ from cmar.research.bench.runner import TARGETS as BENCH_TARGETS
 STUDY_GRIDS = {"smoke": "2 runs, seconds",
                "readme": "the README's study, 54 runs of 3 epochs",
                "full": "the same 54 at the preset's epochs (8)",
-               "v2": "90 runs of next mode, 3 epochs, decoder memory story vs full, 5 seeds"}
+               "v2": "90 runs of next mode, 3 epochs, decoder memory story vs full, 5 seeds",
+               "v3": "15 runs of next mode, 8 epochs, story-only memory, the look-ahead before "
+                     "the fusion, 5 seeds"}
 STUDY_GRIDS_HELP = "; ".join(f"{name}: {what}" for name, what in STUDY_GRIDS.items()) + "."
 
 
@@ -249,7 +251,9 @@ def cmd_study(args: argparse.Namespace) -> int:
                if v}
     if args.epochs is not None:
         changes["epochs"] = args.epochs
-    grid = dataclasses.replace(grid, **changes, overrides=tuple(args.overrides))
+    # the grid's own overrides first (v3's), then the command line's
+    grid = dataclasses.replace(grid, **changes,
+                               overrides=(*grid.overrides, *args.overrides))
     result = run_study(grid, args.runs_dir, modes=tuple(args.only_mode or ()),
                        ablate=not args.no_ablation)
     print((Path(args.runs_dir) / "study.md").read_text())

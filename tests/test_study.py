@@ -86,6 +86,35 @@ def test_grids_cover_the_issue_grid():
     assert len(cells(GRIDS["smoke"])) == 2
 
 
+def test_v3_compares_the_fusions_with_the_look_ahead_feeding_them(tmp_path):
+    v3 = GRIDS["v3"]
+    assert len(cells(v3)) == 3 * 5  # fusion x seed, one decoder, story memory, next mode
+    for cell in cells(v3):
+        cfg = run_config(v3, *cell, tmp_path)
+        assert (cfg.model.memory_tokens, cfg.model.memory_regions) == (False, False)
+        # the look-ahead sits before the fusion, the only way its output reaches the caption
+        assert cfg.model.look_ahead and not cfg.model.look_ahead_turn
+        assert cfg.train.epochs == load_config("default").train.epochs
+
+
+def test_the_command_line_keeps_the_grids_own_overrides(monkeypatch, tmp_path):
+    from cmar import cli
+    from cmar.research.study import grid as grid_module
+
+    seen = {}
+
+    def fake_study(grid, runs_dir, **kwargs):
+        seen["grid"] = grid
+        (tmp_path / "study.md").write_text("table")
+        return {"rows": []}
+
+    monkeypatch.setattr(grid_module, "run_study", fake_study)
+    assert cli.main(["study", "--grid", "v3", "--seeds", "2", "--runs-dir", str(tmp_path),
+                     "--set", "train.batch_size=8"]) == 0
+    assert seen["grid"].seeds == (2,)
+    assert seen["grid"].overrides == (*GRIDS["v3"].overrides, "train.batch_size=8")
+
+
 def test_run_names_keep_the_old_name_for_the_full_memory():
     assert run_name("next", "full", "cmar", "gru", 0) == "next-cmar-gru-s0"
     assert run_name("next", "story", "cmar", "gru", 0) == "next-story-cmar-gru-s0"

@@ -62,6 +62,14 @@ GRIDS = {
     # 90 runs (2 memories x 3 fusions x 3 decoders x 5 seeds), next mode, 3 epochs: the fusions
     # compared with the story states as the decoder's only memory, beside the full memory
     "v2": Grid(memories=("story", "full"), seeds=(0, 1, 2, 3, 4), modes=("next",), epochs=3),
+    # 15 runs (3 fusions x 5 seeds), next mode, the preset's 8 epochs, the transformer decoder:
+    # the fusions with the look-ahead recipe and the story states as the only memory. The
+    # look-ahead sits before the fusion there (look_ahead_turn=false): placed after the story
+    # encoder it refines regions that a story-only memory never reads, so what it finds
+    # reaches the caption only through the fusion under test
+    "v3": Grid(fusions=FUSIONS, decoders=("transformer",), memories=("story",),
+               seeds=(0, 1, 2, 3, 4), modes=("next",),
+               overrides=("model.look_ahead=true", "model.look_ahead_turn=false")),
 }
 
 
