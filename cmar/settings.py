@@ -151,9 +151,6 @@ class ModelConfig:
     #                            character that moves point at its box in the next frame
     #                            (training-only supervision from chain_of_thought boxes; 0: the
     #                            pointer learns from the other losses only)
-    w_distance: float = 0.0  # weight of the move-distance loss: the look-ahead's regions under
-    #                          each character that moves predict how far it goes (its box
-    #                          centres in two consecutive frames, in image sides); 0 turns it off
 
 
 @dataclass
@@ -223,8 +220,7 @@ def loss_terms_of(config: Config) -> tuple[str, ...]:
     return (*LOSS_TERMS, *(("ground",) if m.w_ground > 0 else ()),
             *(("regions",) if m.predict_regions and m.w_regions > 0 else ()),
             *(("describe",) if m.w_describe > 0 else ()),
-            *(("look_ahead",) if m.look_ahead and m.w_look_ahead > 0 else ()),
-            *(("distance",) if m.look_ahead and m.w_distance > 0 else ()), "total")
+            *(("look_ahead",) if m.look_ahead and m.w_look_ahead > 0 else ()), "total")
 
 
 def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:

@@ -22,12 +22,6 @@ frame t and t+1 (:func:`cmar.data.moves.moves_of`), every
 region under its box in frame t must point at the regions under its box in frame t+1
 (:func:`look_ahead_loss`, weight ``model.w_look_ahead``). It needs no landmark names, no
 directions and no captions. Training only: the model never reads the boxes when it predicts.
-
-How far the content goes (on ShapeStories the verb: it ``runs`` across the picture, ``walks``
-to a neighbouring landmark) is in ``where``'s input, but nothing asks for it. With
-``model.w_distance`` > 0 a linear head reads it back from the output regions: each region under
-a moving entity predicts the distance between the entity's box centres in the two frames, in
-image sides (:func:`move_distance_loss`), the same boxes again.
 """
 
 from __future__ import annotations
@@ -46,7 +40,7 @@ class LookAhead(nn.Module):
     (N, R, R) (row i: where region i's content goes next)."""
 
     def __init__(self, d_model: int, grid: tuple[int, int], dropout: float = 0.1,
-                 conditioned: bool = False, distance: bool = False):
+                 conditioned: bool = False):
         super().__init__()
         rows, cols = grid
         self.n_regions = rows * cols
@@ -63,8 +57,6 @@ class LookAhead(nn.Module):
         self.condition = nn.Linear(d_model, d_model) if conditioned else None
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
-        # how far each output region's content goes (model.w_distance): training only
-        self.distance = nn.Linear(d_model, 1) if distance else None
 
     def logits(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None,
                condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,35 +114,3 @@ def look_ahead_loss(logits: torch.Tensor, from_boxes: torch.Tensor, to_boxes: to
     # no boolean indexing and no branch: nothing waits for the device (one host sync a
     # logging interval); a batch where no one moves gives 0 / 1 = 0, still attached
     return (per_region * start).sum() / start.sum().clamp(min=1)
-
-
-def box_centres(boxes: torch.Tensor) -> torch.Tensor:
-    """boxes (..., 4) as (x1, y1, x2, y2) -> their centres (..., 2)."""
-    return (boxes[..., :2] + boxes[..., 2:]) / 2
-
-
-def move_distance_loss(predicted: torch.Tensor, from_boxes: torch.Tensor,
-                       to_boxes: torch.Tensor, image_size: int,
-                       region_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error of the distance each moving entity goes, read at its regions.
-
-    predicted (N, R): ``LookAhead.distance`` of the look-ahead's output regions; from_boxes,
-    to_boxes (N, E, 4) and region_mask as in :func:`look_ahead_loss`. The target of every region
-    under an entity's first box is the distance between the centres of its two boxes, divided by
-    ``image_size`` (0 to about 1.4). A batch where no one moves gives 0, still attached.
-    """
-    n, r = predicted.shape
-    side = math.isqrt(r)
-    if side * side != r:
-        raise ValueError(f"the move-distance loss needs a square grid of regions, got R={r}")
-    start = box_regions(from_boxes, side, image_size / side)  # (N, E, R)
-    end = box_regions(to_boxes, side, image_size / side)
-    if region_mask is not None:
-        start, end = start & region_mask[:, None], end & region_mask[:, None]
-    moving = start.any(-1) & end.any(-1)  # (N, E)
-    gone = (box_centres(to_boxes) - box_centres(from_boxes)).norm(dim=-1) / image_size  # (N, E)
-    gone = torch.nan_to_num(gone)  # NaN where an entity has no box: never a target
-    weight = (start & moving[..., None]).to(predicted.dtype)  # (N, E, R) the regions that answer
-    error = (predicted[:, None, :] - gone[..., None].to(predicted.dtype)) ** 2  # (N, E, R)
-    # no boolean indexing and no branch, as in look_ahead_loss
-    return (error * weight).sum() / weight.sum().clamp(min=1)
