@@ -341,6 +341,11 @@ def test_the_visual_route_tool_trains_scores_and_diagnoses_an_imagining_run(
         assert 0 <= value <= 1
     assert set(found["change left unpredicted (copy = 1)"]) == {
         "frame", "region the actor arrives", "region the actor leaves"}
+    said = tool.verb(str(tmp_path / "imagine"))  # what the decoder says at the verb
+    assert set(said) == {"true verb: runs", "true verb: walks"}
+    assert sum(group["windows"] for group in said.values()) > 0
+    for group in said.values():
+        assert 0 <= group["p(runs)"] + group["p(walks)"] <= 1.001
 
 
 def test_motion_entries_let_the_prediction_read_how_regions_changed():

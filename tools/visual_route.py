@@ -5,6 +5,8 @@
     python tools/visual_route.py describes RUN_DIR                 # what a describing run's
     #                                                                regions say of each character
     python tools/visual_route.py points RUN_DIR                    # a look-ahead run's pointer
+    python tools/visual_route.py verb RUN_DIR                      # what the decoder says at
+    #                                                                the verb, by the true verb
     python tools/visual_route.py relation PHASES [KEY=VALUE ...]  # e.g. kind:4 or
     #                                                                direction:2,kind:3
 
@@ -18,6 +20,11 @@ place word's first token with the predicted regions and with the true next frame
 slot (can the decoder read the slot at all?), and the share of frame k+1's change the
 prediction leaves unpredicted, overall and at the regions the actor leaves and arrives in
 (does the prediction know who moves, and where to?).
+
+``verb`` reads any run: on the test split, teacher-forced, the decoder's mean probability of
+"runs" and of "walks" at the verb of each caption, grouped by the true verb. A model that
+reads how far the actor goes gives "runs" more probability where the actor runs; one that has
+learned only the verb's frequency gives the same numbers in both groups.
 
 ``describes`` reads a run with ``model.w_describe``: on the test split, the teacher-forced
 accuracy of its describer at the landmark after "at the" (where the character stands: local in
@@ -138,6 +145,30 @@ def diagnose(run_dir: str) -> dict:
             "change left unpredicted (copy = 1)": {
                 "frame": round(sum(losses) / len(losses), 3),
                 **{f"region the actor {k}": round(a / b, 3) for k, (a, b) in moved.items()}}}
+
+
+@torch.no_grad()
+def verb(run_dir: str) -> dict:
+    from cmar.experiment.scoring import load_inputs
+
+    inputs = load_inputs(run_dir, "test", progress=False)
+    model, tokenizer = inputs.model.eval(), inputs.data.tokenizer
+    ids = {word: tokenizer.convert_tokens_to_ids("\u0120" + word) for word in ("runs", "walks")}
+    if tokenizer.unk_token_id in ids.values():
+        raise SystemExit(f"{run_dir}: its tokenizer splits 'runs' or 'walks' into pieces")
+    sums = {true: {"windows": 0, "p(runs)": 0.0, "p(walks)": 0.0} for true in ids}
+    for batch in inputs.data.loader("test", shuffle=False, batch_size=64, num_workers=0):
+        probs = model(batch).logits.softmax(-1)  # (B, L, V)
+        for i, row in enumerate(batch.target_out):
+            where = ((row == ids["runs"]) | (row == ids["walks"])).nonzero()
+            if len(where):
+                j = where[0, 0]
+                true = "runs" if row[j] == ids["runs"] else "walks"
+                sums[true]["windows"] += 1
+                for word, token in ids.items():
+                    sums[true][f"p({word})"] += probs[i, j, token].item()
+    return {f"true verb: {true}": {k: v if k == "windows" else round(v / max(row["windows"], 1), 3)
+                                   for k, v in row.items()} for true, row in sums.items()}
 
 
 def _facing_positions(tokenizer, tokens: torch.Tensor, after: str) -> list[tuple[int, int]]:
@@ -347,6 +378,8 @@ if __name__ == "__main__":
         print(json.dumps(diagnose(rest[0]), indent=2))
     elif command == "describes" and len(rest) == 1:
         print(json.dumps(describes(rest[0]), indent=2))
+    elif command == "verb" and len(rest) == 1:
+        print(json.dumps(verb(rest[0]), indent=2))
     elif command == "points" and len(rest) == 1:
         print(json.dumps(points(rest[0]), indent=2))
     elif command == "relation" and rest:
