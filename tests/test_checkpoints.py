@@ -86,3 +86,13 @@ def test_a_checkpoint_of_another_format_is_refused_with_a_sentence(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="newer cmar"):
         load_model(path)
+
+
+def test_a_checkpoint_with_a_model_key_this_cmar_lacks_is_refused_with_a_sentence(tmp_path):
+    path = tmp_path / "best.pt"
+    save_model(tiny_model(), path)
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["w_something_new"] = 0.0  # a key of another version of cmar
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"model keys .*\['w_something_new'\].*Train the"):
+        load_model(path)

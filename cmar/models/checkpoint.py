@@ -118,6 +118,13 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
             f"cmar (checkpoint format {written}; this one reads format {CHECKPOINT_FORMAT}), "
             "whose parameters have other names. Train the run again with this version "
             "(cmar train --config RUN/config.yaml --overwrite).")
+    known = {field.name for field in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(payload["model_config"]) - known)
+    if unknown:
+        raise CheckpointError(
+            f"{path} was written by a cmar with model keys this one does not have ({unknown}). "
+            "Train the run again with this version (cmar train --config RUN/config.yaml "
+            "--overwrite), or load it with the cmar that trained it.")
     cfg = ModelConfig(**payload["model_config"])
     named = payload.get("named_weights", {})
     # stored weights replace any download; named torchvision ones need it
