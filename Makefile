@@ -12,7 +12,7 @@ help:
 	@echo "make demo   set up .venv, train and evaluate the default model on ShapeStories"
 	@echo "make test   set up .venv with the dev extra, lint, run the tests and the notebooks"
 	@echo "make bench  every benchmark table (cmar bench all, about 9 min on 2 cores)"
-	@echo "make study  the README's ablation study (54 runs, about 2 hours on 2 cores)"
+	@echo "make study  the README's fusion study (15 runs, about 2 hours on 2 cores)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,10 +69,11 @@ notebooks: $(VENV)/.installed-dev
 bench: $(VENV)/.installed
 	$(BIN)/cmar bench all
 
-# The README's study: fusion x decoder x 3 seeds x 2 modes, 3 epochs each; finished runs are
-# read back, so an interrupted study continues. Tables and chart in runs/study/.
+# The README's fusion study (v3): concat, cross and CMAR with story-only decoder memory, 5 seeds,
+# 8 epochs each; finished runs are read back, so an interrupted study continues. Tables and
+# chart in runs/study-v3/.
 study: $(VENV)/.installed
-	$(BIN)/cmar study --grid readme
+	$(BIN)/cmar study --grid v3 --runs-dir runs/study-v3
 
 clean-data:
 	rm -rf data/shapestories data/frames data/features
