@@ -346,6 +346,27 @@ def test_the_visual_route_tool_trains_scores_and_diagnoses_an_imagining_run(
     assert sum(group["windows"] for group in said.values()) > 0
     for group in said.values():
         assert 0 <= group["p(runs)"] + group["p(walks)"] <= 1.001
+    moved = tool.moves(str(tmp_path / "imagine"), batches=2)  # the look-ahead's moves
+    assert moved["windows"]["test"] > 0
+    probes = next(v for k, v in moved.items() if k.startswith("verb probe accuracy"))
+    assert set(probes) == {"boxes", "pointer", "memory"}
+    assert all(0 <= value <= 1 for value in probes.values())
+
+
+def test_the_visual_route_probe_reads_a_separable_label_and_not_a_shuffled_one():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "visual_route", Path(__file__).parent.parent / "tools" / "visual_route.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    torch.manual_seed(0)
+    x = torch.randn(800, 5)
+    y = (x[:, 0] + 0.5 * x[:, 3] > 0.2).long()
+    assert tool._probe((x[:600], y[:600]), (x[600:], y[600:])) >= 0.97
+    shuffled = y[torch.randperm(800)]
+    assert tool._probe((x[:600], shuffled[:600]), (x[600:], shuffled[600:])) < 0.65
 
 
 def test_motion_entries_let_the_prediction_read_how_regions_changed():

@@ -7,6 +7,8 @@
     python tools/visual_route.py points RUN_DIR                    # a look-ahead run's pointer
     python tools/visual_route.py verb RUN_DIR                      # what the decoder says at
     #                                                                the verb, by the true verb
+    python tools/visual_route.py moves RUN_DIR                     # does the look-ahead hold
+    #                                                                how far the actor goes?
     python tools/visual_route.py relation PHASES [KEY=VALUE ...]  # e.g. kind:4 or
     #                                                                direction:2,kind:3
 
@@ -25,6 +27,16 @@ prediction leaves unpredicted, overall and at the regions the actor leaves and a
 "runs" and of "walks" at the verb of each caption, grouped by the true verb. A model that
 reads how far the actor goes gives "runs" more probability where the actor runs; one that has
 learned only the verb's frequency gives the same numbers in both groups.
+
+``moves`` reads a look-ahead run: for the actor of each window (the character that moves
+between the newest context frame and the target frame), where the pointer of the regions under
+it says it lands, and three logistic probes of the verb (fitted on the first batches of the
+train split, scored on the test split): from the true start and end of the move (what the
+boxes give: the ceiling), from the regions' cell centres and the pointer's expected end point
+(what the look-ahead's ``where`` MLP reads), and from the memory entries the decoder reads
+there (the look-ahead's output, averaged over the actor's regions). A verb that the first two
+read and the decoder does not is a verb the decoder fails to read; one that the pointer's end
+point does not give is a verb the pointer does not hold.
 
 ``describes`` reads a run with ``model.w_describe``: on the test split, the teacher-forced
 accuracy of its describer at the landmark after "at the" (where the character stands: local in
@@ -169,6 +181,95 @@ def verb(run_dir: str) -> dict:
                     sums[true][f"p({word})"] += probs[i, j, token].item()
     return {f"true verb: {true}": {k: v if k == "windows" else round(v / max(row["windows"], 1), 3)
                                    for k, v in row.items()} for true, row in sums.items()}
+
+
+def _verb_of(row: torch.Tensor, ids: dict[str, int]) -> int | None:
+    """1 where a caption (L,) says "runs", 0 "walks", None neither."""
+    where = ((row == ids["runs"]) | (row == ids["walks"])).nonzero()
+    return None if not len(where) else int(row[where[0, 0]] == ids["runs"])
+
+
+def _probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+           steps: int = 300) -> float:
+    """Test accuracy of a logistic probe fitted on (features (n, f), labels (n,)),
+    features standardised on the train split."""
+    (x, y), (xt, yt) = train, test
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    x, xt = (x - mean) / std, (xt - mean) / std
+    probe = torch.nn.Linear(x.shape[1], 1)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            probe(x)[:, 0], y.float()) + 1e-3 * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return round(((probe(xt)[:, 0] > 0).long() == yt).float().mean().item(), 3)
+
+
+@torch.no_grad()
+def moves(run_dir: str, batches: int = 40) -> dict:
+    from cmar.config import load_config
+    from cmar.data import prepare_data
+    from cmar.data.mentions import box_regions
+    from cmar.data.tokenizer import load_tokenizer
+    from cmar.models.checkpoint import load_model
+
+    cfg = load_config(f"{run_dir}/config.yaml")
+    model = load_model(f"{run_dir}/best.pt")[0].eval()
+    if model.look_ahead is None:
+        raise SystemExit(f"{run_dir} was trained without model.look_ahead")
+    tokenizer = load_tokenizer(f"{run_dir}/tokenizer")
+    ids = {word: tokenizer.convert_tokens_to_ids("\u0120" + word) for word in ("runs", "walks")}
+    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=("train", "test"),
+                        progress=False, moves=True)
+    size = cfg.data.image_size
+    side = math.isqrt(model.look_ahead.n_regions)
+    centres = model.look_ahead.centres  # (R, 2)
+    feats = {}
+    for split in ("train", "test"):
+        rows = {"boxes": [], "pointer": [], "memory": [], "verb": []}
+        runs = {"runs": [0.0, 0], "walks": [0.0, 0]}
+        loader = data.loader(split, shuffle=False, batch_size=64, num_workers=0)
+        for _, batch in zip(range(batches), loader, strict=False):
+            enc = model.encode(batch)
+            b, k = batch.context_move_from.shape[:2]
+            last = torch.arange(b) * k + k - 1  # the newest context frame of each window
+            weights = enc.pointer[last].softmax(-1)  # (B, R, R)
+            held = enc.fused.regions if enc.fused.regions is not None else enc.regions
+            looked = held.view(b, k, *held.shape[1:])[:, -1]  # what the memory holds
+            start_box, end_box = batch.context_move_from[:, -1, 0], batch.context_move_to[:, -1, 0]
+            under = box_regions(start_box, side, size / side).float()  # (B, R)
+            for i in range(b):
+                verb = _verb_of(batch.target_out[i], ids)
+                if verb is None or under[i].sum() == 0:
+                    continue
+                share = under[i] / under[i].sum()  # (R,)
+                start = share @ centres
+                end = share @ (weights[i] @ centres)
+                true = torch.cat([(start_box[i, :2] + start_box[i, 2:]) / (2 * size),
+                                  (end_box[i, :2] + end_box[i, 2:]) / (2 * size)])
+                rows["boxes"].append(torch.cat([true, (true[2:] - true[:2]).norm()[None]]))
+                rows["pointer"].append(torch.cat([start, end, (end - start).norm()[None]]))
+                rows["memory"].append(share @ looked[i])
+                rows["verb"].append(verb)
+                key = "runs" if verb else "walks"
+                runs[key] = [runs[key][0] + (end - start).norm().item(), runs[key][1] + 1]
+        feats[split] = {name: torch.stack(v) if name != "verb" else torch.tensor(v)
+                        for name, v in rows.items()}
+        if split == "test":
+            distances = {f"pointer's move length, true verb {k}": round(a / max(n, 1), 3)
+                         for k, (a, n) in runs.items()}
+    train, test = feats["train"], feats["test"]
+    majority = max(test["verb"].float().mean().item(), 1 - test["verb"].float().mean().item())
+    return {"windows": {"train": len(train["verb"]), "test": len(test["verb"])},
+            **distances, f"verb probe accuracy (majority {majority:.3f})": {
+                name: _probe((train[name], train["verb"]), (test[name], test["verb"]))
+                for name in ("boxes", "pointer", "memory")}}
 
 
 def _facing_positions(tokenizer, tokens: torch.Tensor, after: str) -> list[tuple[int, int]]:
@@ -380,6 +481,8 @@ if __name__ == "__main__":
         print(json.dumps(describes(rest[0]), indent=2))
     elif command == "verb" and len(rest) == 1:
         print(json.dumps(verb(rest[0]), indent=2))
+    elif command == "moves" and len(rest) == 1:
+        print(json.dumps(moves(rest[0]), indent=2))
     elif command == "points" and len(rest) == 1:
         print(json.dumps(points(rest[0]), indent=2))
     elif command == "relation" and rest:
