@@ -351,6 +351,10 @@ def test_the_visual_route_tool_trains_scores_and_diagnoses_an_imagining_run(
     probes = next(v for k, v in moved.items() if k.startswith("verb probe accuracy"))
     assert set(probes) == {"boxes", "pointer", "memory"}
     assert all(0 <= value <= 1 for value in probes.values())
+    aimed = tool.points(str(tmp_path / "imagine"), batches=2)  # the look-ahead's pointer
+    assert set(aimed) == {"train", "test"} and all(0 <= v["pointer"] <= 1 for v in aimed.values())
+    with pytest.raises(SystemExit, match="without model.w_describe"):
+        tool.describes(str(tmp_path / "imagine"))
 
 
 def test_the_visual_route_probe_reads_a_separable_label_and_not_a_shuffled_one():

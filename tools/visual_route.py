@@ -90,6 +90,31 @@ def run(name: str, preset: str, overrides: list[str]) -> dict:
     return row
 
 
+def _load_run(run_dir: str, part: str, key: str, splits: tuple[str, ...], **prepare):
+    """A trained run's config, model (eval mode), tokenizer and data (``splits``, prepared with
+    ``prepare``); SystemExit when the model has no ``part`` (trained without ``key``)."""
+    from cmar.config import load_config
+    from cmar.data import prepare_data
+    from cmar.data.tokenizer import load_tokenizer
+    from cmar.models.checkpoint import load_model
+
+    cfg = load_config(f"{run_dir}/config.yaml")
+    model = load_model(f"{run_dir}/best.pt")[0].eval()
+    if getattr(model, part) is None:
+        raise SystemExit(f"{run_dir} was trained without {key}")
+    tokenizer = load_tokenizer(f"{run_dir}/tokenizer")
+    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=splits, progress=False, **prepare)
+    return cfg, model, tokenizer, data
+
+
+def _verb_ids(tokenizer, run_dir: str) -> dict[str, int]:
+    """The token of " runs" and of " walks"; SystemExit when the tokenizer splits either."""
+    ids = {word: tokenizer.convert_tokens_to_ids("\u0120" + word) for word in ("runs", "walks")}
+    if tokenizer.unk_token_id in ids.values():
+        raise SystemExit(f"{run_dir}: its tokenizer splits 'runs' or 'walks' into pieces")
+    return ids
+
+
 def _place_positions(tokenizer, target_out: torch.Tensor) -> list[int | None]:
     """For each caption (B, L), the position of the first token after "to the"."""
     from cmar.data import decode
@@ -165,9 +190,7 @@ def verb(run_dir: str) -> dict:
 
     inputs = load_inputs(run_dir, "test", progress=False)
     model, tokenizer = inputs.model.eval(), inputs.data.tokenizer
-    ids = {word: tokenizer.convert_tokens_to_ids("\u0120" + word) for word in ("runs", "walks")}
-    if tokenizer.unk_token_id in ids.values():
-        raise SystemExit(f"{run_dir}: its tokenizer splits 'runs' or 'walks' into pieces")
+    ids = _verb_ids(tokenizer, run_dir)
     sums = {true: {"windows": 0, "p(runs)": 0.0, "p(walks)": 0.0} for true in ids}
     for batch in inputs.data.loader("test", shuffle=False, batch_size=64, num_workers=0):
         probs = model(batch).logits.softmax(-1)  # (B, L, V)
@@ -213,20 +236,11 @@ def _probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, t
 
 @torch.no_grad()
 def moves(run_dir: str, batches: int = 40) -> dict:
-    from cmar.config import load_config
-    from cmar.data import prepare_data
     from cmar.data.mentions import box_regions
-    from cmar.data.tokenizer import load_tokenizer
-    from cmar.models.checkpoint import load_model
 
-    cfg = load_config(f"{run_dir}/config.yaml")
-    model = load_model(f"{run_dir}/best.pt")[0].eval()
-    if model.look_ahead is None:
-        raise SystemExit(f"{run_dir} was trained without model.look_ahead")
-    tokenizer = load_tokenizer(f"{run_dir}/tokenizer")
-    ids = {word: tokenizer.convert_tokens_to_ids("\u0120" + word) for word in ("runs", "walks")}
-    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=("train", "test"),
-                        progress=False, moves=True)
+    cfg, model, tokenizer, data = _load_run(run_dir, "look_ahead", "model.look_ahead",
+                                            ("train", "test"), moves=True)
+    ids = _verb_ids(tokenizer, run_dir)
     size = cfg.data.image_size
     side = math.isqrt(model.look_ahead.n_regions)
     centres = model.look_ahead.centres  # (R, 2)
@@ -298,18 +312,8 @@ def _describer_hits(model, batch, regions, tokenizer, size: int, after: str) -> 
 
 @torch.no_grad()
 def describes(run_dir: str, batches: int = 20) -> dict:
-    from cmar.config import load_config
-    from cmar.data import prepare_data
-    from cmar.data.tokenizer import load_tokenizer
-    from cmar.models.checkpoint import load_model
-
-    cfg = load_config(f"{run_dir}/config.yaml")
-    model = load_model(f"{run_dir}/best.pt")[0].eval()
-    if model.describer is None:
-        raise SystemExit(f"{run_dir} was trained without model.w_describe")
-    tokenizer = load_tokenizer(f"{run_dir}/tokenizer")
-    data = prepare_data(cfg.data, tokenizer=tokenizer, splits=("test",), progress=False,
-                        describe="characters")
+    cfg, model, tokenizer, data = _load_run(run_dir, "describer", "model.w_describe",
+                                            ("test",), describe="characters")
     hits = {"at the": [0, 0], "facing the": [0, 0]}
     for i, batch in enumerate(data.loader("test", shuffle=False, batch_size=32, num_workers=0)):
         if i == batches:
@@ -328,18 +332,10 @@ def points(run_dir: str, batches: int = 20) -> dict:
     """A look-ahead run's pointer, on the first ``batches`` batches of the train and test
     splits: its loss, and the share of the regions under a mover whose top cell lies under
     the mover's next box."""
-    from cmar.config import load_config
-    from cmar.data import prepare_data
-    from cmar.data.tokenizer import load_tokenizer
-    from cmar.models.checkpoint import load_model
     from cmar.models.look_ahead import look_ahead_loss
 
-    cfg = load_config(f"{run_dir}/config.yaml")
-    model = load_model(f"{run_dir}/best.pt")[0].eval()
-    if model.look_ahead is None:
-        raise SystemExit(f"{run_dir} was trained without model.look_ahead")
-    data = prepare_data(cfg.data, tokenizer=load_tokenizer(f"{run_dir}/tokenizer"),
-                        splits=("train", "test"), progress=False, moves=True)
+    cfg, model, _, data = _load_run(run_dir, "look_ahead", "model.look_ahead",
+                                    ("train", "test"), moves=True)
     size, out = cfg.data.image_size, {}
     for split in ("train", "test"):
         losses, aimed = [], [0, 0]
