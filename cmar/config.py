@@ -121,7 +121,7 @@ AT_LEAST = {"data.k": 1, "data.batch_size": 1, "data.max_tokens": 1, "data.image
             "model.encoder_layers": 1, "model.cmar_rounds": 1,
             "data.n_stories": 1, "data.shapestories_seed": 0, "data.min_pair_freq": 0,
             "model.region_layers": 0, "model.w_ground": 0, "model.w_regions": 0,
-            "model.w_describe": 0, "model.w_look_ahead": 0,
+            "model.w_describe": 0, "model.w_look_ahead": 0, "model.w_move": 0,
             "train.weight_decay": 0,
             "train.grad_clip": 0, "train.w_align": 0, "train.w_next": 0, "train.patience": 0,
             "eval.candidates": 2, "eval.retrieval_windows": 0, "eval.examples": 0,

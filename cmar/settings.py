@@ -151,6 +151,10 @@ class ModelConfig:
     #                            character that moves point at its box in the next frame
     #                            (training-only supervision from chain_of_thought boxes; 0: the
     #                            pointer learns from the other losses only)
+    w_move: float = 0.0  # weight of the move loss: the look-ahead's output regions under each
+    #                      character that moves give its step (dx, dy and length, between its
+    #                      box centres in two consecutive frames) through a linear head, so that
+    #                      the decoder can read how far it goes; 0 turns it off
 
 
 @dataclass
@@ -220,7 +224,8 @@ def loss_terms_of(config: Config) -> tuple[str, ...]:
     return (*LOSS_TERMS, *(("ground",) if m.w_ground > 0 else ()),
             *(("regions",) if m.predict_regions and m.w_regions > 0 else ()),
             *(("describe",) if m.w_describe > 0 else ()),
-            *(("look_ahead",) if m.look_ahead and m.w_look_ahead > 0 else ()), "total")
+            *(("look_ahead",) if m.look_ahead and m.w_look_ahead > 0 else ()),
+            *(("move",) if m.look_ahead and m.w_move > 0 else ()), "total")
 
 
 def check_model(m: ModelConfig, fusion_given: bool = False) -> ModelConfig:

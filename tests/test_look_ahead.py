@@ -1,7 +1,9 @@
 """The look-ahead (model.look_ahead, model.w_look_ahead): each context region points at where its
 content goes in the next frame and reads what lies there. Its targets are the moving
 characters' boxes in two consecutive frames, its loss reaches the pointer and the image side
-only, a padding region is never pointed at, and it is off at weight 0."""
+only, a padding region is never pointed at, and it is off at weight 0. The move-distance loss
+(model.w_move) reads how far and which way each mover goes from the same regions, off at
+weight 0."""
 
 import math
 
@@ -13,7 +15,7 @@ from cmar.config import load_config
 from cmar.data import prepare_data
 from cmar.data.moves import MIN_MOVE, collate_moves, moves_of
 from cmar.data.windows import window_frame
-from cmar.models.look_ahead import LookAhead, look_ahead_loss
+from cmar.models.look_ahead import LookAhead, look_ahead_loss, move_loss
 from cmar.train import loss_terms
 
 
@@ -236,13 +238,13 @@ def test_the_describer_reads_the_regions_the_look_ahead_refined():
     torch.manual_seed(0)
     before = tiny_model(look_ahead=True, look_ahead_turn=False, w_describe=1.0)
     enc = before.encode(moving_batch())
-    assert before.described_regions(enc) is enc.regions  # after the look-ahead, pre-fusion
+    assert before.looked_regions(enc) is enc.regions  # after the look-ahead, pre-fusion
     after = tiny_model(look_ahead=True, look_ahead_turn=True, w_describe=1.0)
     enc = after.encode(moving_batch())
-    assert after.described_regions(enc) is enc.fused.regions  # refined after the story
+    assert after.looked_regions(enc) is enc.fused.regions  # refined after the story
     without = tiny_model(look_ahead=False, w_describe=1.0)
     enc = without.encode(moving_batch())
-    assert enc.regions is not None and without.described_regions(enc) is enc.regions
+    assert enc.regions is not None and without.looked_regions(enc) is enc.regions
 
 
 def test_the_loss_stays_finite_when_a_padding_regions_log_probability_is_infinite():
@@ -254,3 +256,42 @@ def test_the_loss_stays_finite_when_a_padding_regions_log_probability_is_infinit
     assert torch.isfinite(loss) and loss.item() == pytest.approx(math.log(3))
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_the_move_target_is_the_step_between_box_centres_in_quarter_sides():
+    start = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [float("nan")] * 4]])  # (N=1, E=2, 4)
+    end = torch.tensor([[[20.0, 10.0, 30.0, 20.0], [float("nan")] * 4]])  # entity 2: no box
+    dx, dy = 20 * 4 / 32, 10 * 4 / 32  # (5, 5) -> (25, 15), a quarter side is 8 px
+    step = [dx, dy, math.hypot(dx, dy)]
+    exact = torch.tensor([[step, [0.7] * 3, [0.7] * 3, [0.7] * 3]])  # only region 0 lies under
+    assert move_loss(exact, start, end, 32).item() == pytest.approx(0, abs=1e-6)  # the first box
+    off = exact.clone()
+    off[0, 0] += torch.tensor([0.5, 0.0, -0.5])
+    assert move_loss(off, start, end, 32).item() == pytest.approx(0.5)
+    keep = torch.tensor([[False, True, True, True]])  # its start wholly in padding: no target
+    quiet = move_loss(off.requires_grad_(), start, end, 32, keep)
+    assert quiet.item() == 0 and quiet.requires_grad
+    with pytest.raises(ValueError, match="square grid"):
+        move_loss(torch.zeros(1, 6, 3), start, end, 32)
+
+
+def test_the_move_loss_trains_the_look_ahead_and_is_off_at_weight_zero():
+    torch.manual_seed(0)
+    off = tiny_model(look_ahead=True)
+    assert off.look_ahead.move is None and "move" not in off(moving_batch()).losses
+    model = tiny_model(look_ahead=True, w_move=1.0)
+    assert "move" not in model(random_batch()).losses  # a batch without moves
+    losses = model(moving_batch()).losses
+    model.zero_grad()
+    losses["move"].backward()
+    look = model.look_ahead
+    for part in (look.move, look.where, look.pointer, model.image_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    first, last = fit_term(model, moving_batch(), "move")
+    assert last < 0.2 * first
+    cfg = load_config("smoke", ["model.w_move=0.5"])
+    assert cfg.model.w_move == 0.5
+    terms = loss_terms(model, moving_batch(), cfg)
+    expected = (terms["caption"] + 0.1 * terms["align"] + 0.1 * terms["next"]
+                + cfg.model.w_look_ahead * terms["look_ahead"] + 0.5 * terms["move"])
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -22,6 +22,15 @@ frame t and t+1 (:func:`cmar.data.moves.moves_of`), every
 region under its box in frame t must point at the regions under its box in frame t+1
 (:func:`look_ahead_loss`, weight ``model.w_look_ahead``). It needs no landmark names, no
 directions and no captions. Training only: the model never reads the boxes when it predicts.
+
+How far and which way the content goes (on ShapeStories the verb: it ``runs`` across the
+picture, ``walks`` to a neighbouring landmark) is in ``where``'s input, and a probe reads it
+there; but added to the region and normalised it is no longer linear in what the decoder
+attends to, and the decoder reads its memory through linear projections. With
+``model.w_move`` > 0 a linear head reads the move back from the output regions: each region
+under a moving entity predicts the entity's displacement and its length, in quarters of the
+image side (:func:`move_loss`), the same boxes again, so that the move stays linear in the
+region.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ class LookAhead(nn.Module):
     (N, R, R) (row i: where region i's content goes next)."""
 
     def __init__(self, d_model: int, grid: tuple[int, int], dropout: float = 0.1,
-                 conditioned: bool = False):
+                 conditioned: bool = False, move: bool = False):
         super().__init__()
         rows, cols = grid
         self.n_regions = rows * cols
@@ -57,6 +66,8 @@ class LookAhead(nn.Module):
         self.condition = nn.Linear(d_model, d_model) if conditioned else None
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
+        # how far and which way each output region's content goes (model.w_move): training only
+        self.move = nn.Linear(d_model, 3) if move else None
 
     def logits(self, regions: torch.Tensor, region_mask: torch.Tensor | None = None,
                condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,3 +125,39 @@ def look_ahead_loss(logits: torch.Tensor, from_boxes: torch.Tensor, to_boxes: to
     # no boolean indexing and no branch: nothing waits for the device (one host sync a
     # logging interval); a batch where no one moves gives 0 / 1 = 0, still attached
     return (per_region * start).sum() / start.sum().clamp(min=1)
+
+
+def box_centres(boxes: torch.Tensor) -> torch.Tensor:
+    """boxes (..., 4) as (x1, y1, x2, y2) -> their centres (..., 2)."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2
+
+
+MOVE_UNIT = 4  # the move's target is in 1 / MOVE_UNIT of the image side: about 1 for a move
+
+
+def move_loss(predicted: torch.Tensor, from_boxes: torch.Tensor, to_boxes: torch.Tensor,
+              image_size: int, region_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error of each moving entity's move, read at its regions.
+
+    predicted (N, R, 3): ``LookAhead.move`` of the look-ahead's output regions; from_boxes,
+    to_boxes (N, E, 4) and region_mask as in :func:`look_ahead_loss`. The target of every region
+    under an entity's first box is (dx, dy, length) of the step between the centres of its two
+    boxes, in quarters of the image side (a step across the picture is about 2). A batch where
+    no one moves gives 0, still attached.
+    """
+    n, r = predicted.shape[:2]
+    side = math.isqrt(r)
+    if side * side != r:
+        raise ValueError(f"the move loss needs a square grid of regions, got R={r}")
+    start = box_regions(from_boxes, side, image_size / side)  # (N, E, R)
+    end = box_regions(to_boxes, side, image_size / side)
+    if region_mask is not None:
+        start, end = start & region_mask[:, None], end & region_mask[:, None]
+    moving = start.any(-1) & end.any(-1)  # (N, E)
+    step = (box_centres(to_boxes) - box_centres(from_boxes)) * MOVE_UNIT / image_size  # (N, E, 2)
+    target = torch.cat([step, step.norm(dim=-1, keepdim=True)], -1)  # (N, E, 3)
+    target = torch.nan_to_num(target).to(predicted.dtype)  # NaN where no box: never a target
+    weight = (start & moving[..., None]).to(predicted.dtype)  # (N, E, R) the regions that answer
+    error = ((predicted[:, None] - target[:, :, None]) ** 2).sum(-1)  # (N, E, R)
+    # no boolean indexing and no branch, as in look_ahead_loss
+    return (error * weight).sum() / weight.sum().clamp(min=1)

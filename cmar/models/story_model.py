@@ -27,9 +27,9 @@ decoder memory), no part of any pooled vector (both InfoNCE terms, the frame vec
 ``forward`` returns the logits and the loss terms (caption cross-entropy, alignment InfoNCE of
 the image and text vectors from before fusion, next-frame InfoNCE; the grounding loss, the
 dense next-frame loss of :mod:`cmar.models.imagine`, the describe loss of
-:mod:`cmar.models.describe` and the look-ahead loss of :mod:`cmar.models.look_ahead` where
-their weights ask); the trainer weights them. ``components=`` replaces any part:
-``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
+:mod:`cmar.models.describe`, the look-ahead and move-distance losses of
+:mod:`cmar.models.look_ahead` where their weights ask); the trainer weights them.
+``components=`` replaces any part: ``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from cmar.models.fusion import FusedFrame
 from cmar.models.hf.loading import hf_source
 from cmar.models.image_encoder import RegionEncoder, region_grid, region_mask, takes
 from cmar.models.imagine import NextRegions, next_regions_loss
-from cmar.models.look_ahead import LookAhead, look_ahead_loss
+from cmar.models.look_ahead import LookAhead, look_ahead_loss, move_loss
 from cmar.models.losses import grounding_loss, info_nce, token_nll
 from cmar.models.registry import DECODERS, FUSIONS, IMAGE_ENCODERS, count_parameters
 from cmar.models.sequence import StoryEncoder, TextEncoder
@@ -196,7 +196,8 @@ class StoryModel(nn.Module):
                              if cfg.predict_regions else None)
         self.describer = (RegionDescriber(vocab_size, d, drop)  # training-only supervision
                           if cfg.w_describe > 0 else None)
-        self.look_ahead = (LookAhead(d, self.grid(), drop, cfg.look_ahead_turn)
+        self.look_ahead = (LookAhead(d, self.grid(), drop, cfg.look_ahead_turn,
+                                     move=cfg.w_move > 0)
                            if cfg.look_ahead else None)
         self.encoder_region_kind = (nn.Parameter(torch.zeros(d))
                                     if cfg.memory_region_source == "both" else None)
@@ -429,7 +430,7 @@ class StoryModel(nn.Module):
                                                   target_keep)
         if self.describer is not None and batch.context_descriptions is not None:
             losses["describe"] = self.describer.loss(
-                self.described_regions(enc), batch.context_entity_boxes.flatten(0, 1),
+                self.looked_regions(enc), batch.context_entity_boxes.flatten(0, 1),
                 batch.context_descriptions.flatten(0, 1),
                 batch.context_description_mask.flatten(0, 1), self.init_args["image_size"],
                 enc.region_mask)
@@ -439,6 +440,12 @@ class StoryModel(nn.Module):
                 enc.pointer, batch.context_move_from.flatten(0, 1),
                 batch.context_move_to.flatten(0, 1), self.init_args["image_size"],
                 enc.region_mask)
+        if (self.look_ahead is not None and self.look_ahead.move is not None
+                and batch.context_move_from is not None):
+            losses["move"] = move_loss(
+                self.look_ahead.move(self.looked_regions(enc)),
+                batch.context_move_from.flatten(0, 1), batch.context_move_to.flatten(0, 1),
+                self.init_args["image_size"], enc.region_mask)
         attention = enc.fused.attention
         if attention is not None:
             b, k = batch.context_tokens.shape[:2]
@@ -451,11 +458,11 @@ class StoryModel(nn.Module):
                                               batch.context_mask, self.init_args["image_size"])
         return ModelOutput(logits, losses, next_pred, next_true, attention, enc)
 
-    def described_regions(self, enc: Encoded) -> torch.Tensor:
-        """The context regions (B*k, R, d) the describe loss reads: the image side's (after
-        any look-ahead), or, when the look-ahead follows the story encoder
+    def looked_regions(self, enc: Encoded) -> torch.Tensor:
+        """The context regions (B*k, R, d) the describe and move-distance losses read: the
+        image side's (after any look-ahead), or, when the look-ahead follows the story encoder
         (``model.look_ahead_turn``), the fused regions it refined, so that describing where a
-        character faces trains the pointer and its glimpse either way."""
+        character faces, or how far it goes, trains the pointer and its glimpse either way."""
         if self.look_ahead is not None and self.cfg.look_ahead_turn:
             return enc.fused.regions
         return enc.regions

@@ -59,11 +59,12 @@ DATA_RECORD = "data.json"  # what the run learns from: see write_data_record
 def loss_terms(model, batch, cfg: Config) -> dict[str, torch.Tensor]:
     """The model's loss terms on ``batch`` (scalars) and their weighted sum, ``total``."""
     losses = dict(model(batch).losses)  # caption, align, next (ground, regions, describe,
-    #                                     look_ahead)
+    #                                     look_ahead, move)
     t, m = cfg.train, cfg.model
     losses["total"] = losses["caption"] + t.w_align * losses["align"] + t.w_next * losses["next"]
     for term, weight in (("ground", m.w_ground), ("regions", m.w_regions),
-                         ("describe", m.w_describe), ("look_ahead", m.w_look_ahead)):
+                         ("describe", m.w_describe), ("look_ahead", m.w_look_ahead),
+                         ("move", m.w_move)):
         if term in losses and weight > 0:
             losses["total"] = losses["total"] + weight * losses[term]
     return losses
@@ -142,7 +143,8 @@ class Trainer:
                                      every_mention=cfg.model.ground_mentions == "all",
                                      describe=(cfg.model.describe_entities
                                                if cfg.model.w_describe > 0 else None),
-                                     moves=cfg.model.look_ahead and cfg.model.w_look_ahead > 0,
+                                     moves=cfg.model.look_ahead and (cfg.model.w_look_ahead > 0
+                                                                     or cfg.model.w_move > 0),
                                      **tokenizers_for(cfg.model, tokenizer))
             self.tokenizer = self.data.tokenizer
             self.model = build_model(cfg.model, self.tokenizer, cfg.data)
