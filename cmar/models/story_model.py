@@ -27,7 +27,7 @@ decoder memory), no part of any pooled vector (both InfoNCE terms, the frame vec
 ``forward`` returns the logits and the loss terms (caption cross-entropy, alignment InfoNCE of
 the image and text vectors from before fusion, next-frame InfoNCE; the grounding loss, the
 dense next-frame loss of :mod:`cmar.models.imagine`, the describe loss of
-:mod:`cmar.models.describe`, the look-ahead and move-distance losses of
+:mod:`cmar.models.describe`, the look-ahead and move losses of
 :mod:`cmar.models.look_ahead` where their weights ask); the trainer weights them.
 ``components=`` replaces any part: ``StoryModel(cfg, ..., components={"fusion": MyFusion(...)})``.
 """
