@@ -1,7 +1,7 @@
 """The look-ahead (model.look_ahead, model.w_look_ahead): each context region points at where its
 content goes in the next frame and reads what lies there. Its targets are the moving
 characters' boxes in two consecutive frames, its loss reaches the pointer and the image side
-only, a padding region is never pointed at, and it is off at weight 0. The move-distance loss
+only, a padding region is never pointed at, and it is off at weight 0. The move loss
 (model.w_move) reads how far and which way each mover goes from the same regions, off at
 weight 0."""
 

@@ -115,6 +115,16 @@ def _verb_ids(tokenizer, run_dir: str) -> dict[str, int]:
     return ids
 
 
+def _verb_at(row: torch.Tensor, ids: dict[str, int]) -> tuple[int, int] | None:
+    """The position of a caption's (L,) first verb and 1 if it is "runs", 0 "walks"; None
+    when it has neither."""
+    where = ((row == ids["runs"]) | (row == ids["walks"])).nonzero()
+    if not len(where):
+        return None
+    j = int(where[0, 0])
+    return j, int(row[j] == ids["runs"])
+
+
 def _place_positions(tokenizer, target_out: torch.Tensor) -> list[int | None]:
     """For each caption (B, L), the position of the first token after "to the"."""
     from cmar.data import decode
@@ -195,10 +205,10 @@ def verb(run_dir: str) -> dict:
     for batch in inputs.data.loader("test", shuffle=False, batch_size=64, num_workers=0):
         probs = model(batch).logits.softmax(-1)  # (B, L, V)
         for i, row in enumerate(batch.target_out):
-            where = ((row == ids["runs"]) | (row == ids["walks"])).nonzero()
-            if len(where):
-                j = where[0, 0]
-                true = "runs" if row[j] == ids["runs"] else "walks"
+            found = _verb_at(row, ids)
+            if found is not None:
+                j, runs = found
+                true = "runs" if runs else "walks"
                 sums[true]["windows"] += 1
                 for word, token in ids.items():
                     sums[true][f"p({word})"] += probs[i, j, token].item()
@@ -206,10 +216,6 @@ def verb(run_dir: str) -> dict:
                                    for k, v in row.items()} for true, row in sums.items()}
 
 
-def _verb_of(row: torch.Tensor, ids: dict[str, int]) -> int | None:
-    """1 where a caption (L,) says "runs", 0 "walks", None neither."""
-    where = ((row == ids["runs"]) | (row == ids["walks"])).nonzero()
-    return None if not len(where) else int(row[where[0, 0]] == ids["runs"])
 
 
 def _probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
@@ -219,7 +225,9 @@ def _probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, t
     (x, y), (xt, yt) = train, test
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     x, xt = (x - mean) / std, (xt - mean) / std
-    probe = torch.nn.Linear(x.shape[1], 1)
+    with torch.random.fork_rng():  # the same start every call, the caller's RNG untouched
+        torch.manual_seed(0)
+        probe = torch.nn.Linear(x.shape[1], 1)
     opt = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
@@ -259,9 +267,10 @@ def moves(run_dir: str, batches: int = 40) -> dict:
             start_box, end_box = batch.context_move_from[:, -1, 0], batch.context_move_to[:, -1, 0]
             under = box_regions(start_box, side, size / side).float()  # (B, R)
             for i in range(b):
-                verb = _verb_of(batch.target_out[i], ids)
-                if verb is None or under[i].sum() == 0:
+                found = _verb_at(batch.target_out[i], ids)
+                if found is None or under[i].sum() == 0:
                     continue
+                verb = found[1]
                 share = under[i] / under[i].sum()  # (R,)
                 start = share @ centres
                 end = share @ (weights[i] @ centres)

@@ -145,7 +145,7 @@ def move_loss(predicted: torch.Tensor, from_boxes: torch.Tensor, to_boxes: torch
     boxes, in quarters of the image side (a step across the picture is about 2). A batch where
     no one moves gives 0, still attached.
     """
-    n, r = predicted.shape[:2]
+    r = predicted.shape[1]
     side = math.isqrt(r)
     if side * side != r:
         raise ValueError(f"the move loss needs a square grid of regions, got R={r}")

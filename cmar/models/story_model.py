@@ -459,7 +459,7 @@ class StoryModel(nn.Module):
         return ModelOutput(logits, losses, next_pred, next_true, attention, enc)
 
     def looked_regions(self, enc: Encoded) -> torch.Tensor:
-        """The context regions (B*k, R, d) the describe and move-distance losses read: the
+        """The context regions (B*k, R, d) the describe and move losses read: the
         image side's (after any look-ahead), or, when the look-ahead follows the story encoder
         (``model.look_ahead_turn``), the fused regions it refined, so that describing where a
         character faces, or how far it goes, trains the pointer and its glimpse either way."""
